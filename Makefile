@@ -1,0 +1,39 @@
+# Two entry points (see README): `make book` and `make test`.
+# Both create the virtual environment on first use: torch 2.13.0 (CPU) first,
+# then everything else held to constraints.txt.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.scnotes-installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Plotting and BLAS threads: deterministic, and polite on 2-core machines.
+export MPLBACKEND := Agg
+
+.PHONY: setup book test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	bash scripts/install_r.sh
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/jupyter-book build -W -n --keep-going .
+	@test -f _build/html/index.html && echo "book: _build/html/index.html"
+
+test: setup
+	$(BIN)/python -m pytest -n 2 tests
+
+test-all: setup
+	$(BIN)/python -m pytest -n 2 -m "" tests
+
+bench: setup
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf _build .pytest_cache

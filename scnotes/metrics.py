@@ -1,0 +1,1 @@
+"""Integration and clustering metrics (iLISI/cLISI, silhouette, ARI)."""

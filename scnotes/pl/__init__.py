@@ -1,0 +1,2 @@
+"""Plots. Plotting never computes: every function here draws what a model or ``tl`` call stored."""
+from ._common import *  # noqa: F401,F403
