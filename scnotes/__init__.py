@@ -14,13 +14,14 @@ Modules (one idea each):
 - :mod:`scnotes.metrics`      integration / clustering metrics
 - :mod:`scnotes.tl`, :mod:`scnotes.pl`  AnnData fronts (scanpy style) and plots
 - :mod:`scnotes.cli`          ``scnotes run CHAPTER`` (papermill on a chapter)
+- :mod:`scnotes.report`       package versions for closing cells
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 
 _SUBMODULES = ("datasets", "likelihoods", "simulate", "vae", "nmf", "mnn", "glmm",
-               "gmvae", "ldvae", "metrics", "tl", "pl", "cli")
+               "gmvae", "ldvae", "metrics", "tl", "pl", "cli", "report")
 
 
 def __getattr__(name):
