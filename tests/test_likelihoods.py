@@ -1,0 +1,124 @@
+"""Count log-pmfs against scipy, limits, and the Gaussian KL against torch.distributions."""
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+
+from scnotes.likelihoods import (nb_log_pmf, normal_kl, poisson_log_pmf, zinb_log_pmf,
+                                 zinb_nonzero_posterior)
+
+D = torch.float64
+
+
+def t(a):
+    return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=D)
+
+
+X = np.array([0, 1, 2, 5, 17, 100, 1000])
+MU = np.array([0.01, 0.5, 1.0, 3.0, 20.0, 80.0, 1200.0])
+
+
+def test_poisson_matches_scipy():
+    got = poisson_log_pmf(t(X[:, None]), t(MU[None, :])).numpy()
+    ref = st.poisson(MU[None, :]).logpmf(X[:, None])
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    # x = 0 at rate 0 has probability 1.
+    assert poisson_log_pmf(t(0.0), t(0.0)).item() == 0.0
+
+
+@pytest.mark.parametrize("theta", [1e-2, 0.3, 1.0, 7.5, 100.0, 1e4])
+def test_nb_matches_scipy(theta):
+    xx, mm = np.meshgrid(X, MU, indexing="ij")
+    got = nb_log_pmf(t(xx), t(mm), t(theta)).numpy()
+    ref = st.nbinom(n=theta, p=theta / (theta + mm)).logpmf(xx)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_nb_broadcasts_and_differentiates():
+    x = t(X[:, None])
+    mu = t(MU[None, :]).requires_grad_(True)
+    theta = t([2.0]).requires_grad_(True)
+    out = nb_log_pmf(x, mu, theta)
+    assert out.shape == (len(X), len(MU))
+    out.sum().backward()
+    assert torch.all(torch.isfinite(mu.grad)) and torch.isfinite(theta.grad).all()
+    # d/dμ log NB = x/μ − (x + θ)/(θ + μ): check the closed form.
+    expect = (x / mu - (x + theta) / (theta + mu)).sum(0)
+    np.testing.assert_allclose(mu.grad.numpy().ravel(), expect.detach().numpy().ravel(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("theta", [1e6, 1e8, 1e12, 1e20])
+def test_nb_large_theta_approaches_poisson(theta):
+    xx, mm = np.meshgrid(X, MU, indexing="ij")
+    nb = nb_log_pmf(t(xx), t(mm), t(theta)).numpy()
+    po = st.poisson(mm).logpmf(xx)
+    assert np.all(np.isfinite(nb))
+    # The gap is O((x − μ)²/θ); no cancellation noise on top of it.
+    bound = ((xx - mm) ** 2 + xx + mm) / theta + 1e-10
+    assert np.all(np.abs(nb - po) <= 2 * bound)
+
+
+def test_nb_large_theta_continuous_across_switch():
+    # The series/lgamma switch sits at θ = 1e3 (x + 1): values on both sides agree
+    # with a smooth function of θ (finite differences stay tiny).
+    x, mu = t(50.0), t(40.0)
+    thetas = t(np.linspace(1e3 * 51 * 0.99, 1e3 * 51 * 1.01, 41))
+    v = nb_log_pmf(x, mu, thetas).numpy()
+    assert np.max(np.abs(np.diff(v, 2))) < 1e-9
+
+
+def test_large_counts_accurate():
+    x = np.array([1e4, 2.5e4, 9e3])
+    mu = np.array([1.1e4, 2.4e4, 1e4])
+    for theta in (0.5, 50.0, 1e5):
+        got = nb_log_pmf(t(x), t(mu), t(theta)).numpy()
+        ref = st.nbinom(n=theta, p=theta / (theta + mu)).logpmf(x)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, ref, rtol=1e-10)
+    # Reference value at θ = 1e8 from a 50-digit mpmath evaluation of the lgamma form.
+    got = nb_log_pmf(t(1e4), t(1e4), t(1e8)).item()
+    assert abs(got - (-5.524167050026344)) < 1e-6
+    np.testing.assert_allclose(poisson_log_pmf(t(x), t(mu)).numpy(), st.poisson(mu).logpmf(x), rtol=1e-12)
+
+
+def test_zinb_matches_mixture_and_reduces_to_nb():
+    xx, mm = np.meshgrid(X, MU, indexing="ij")
+    theta, eta = 2.5, 0.7
+    pi = 1 / (1 + np.exp(-eta))
+    got = zinb_log_pmf(t(xx), t(mm), t(theta), t(eta)).numpy()
+    nb = st.nbinom(n=theta, p=theta / (theta + mm))
+    ref = np.where(xx == 0, np.logaddexp(np.log(pi), np.log1p(-pi) + nb.logpmf(0)),
+                   np.log1p(-pi) + nb.logpmf(xx))
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    # Zero dropout: η = −inf equals the NB exactly; very negative η to precision.
+    base = nb_log_pmf(t(xx), t(mm), t(theta)).numpy()
+    np.testing.assert_array_equal(zinb_log_pmf(t(xx), t(mm), t(theta), t(-np.inf)).numpy(), base)
+    np.testing.assert_allclose(zinb_log_pmf(t(xx), t(mm), t(theta), t(-50.0)).numpy(), base, atol=1e-12)
+
+
+def test_zinb_gradient_finite_at_extremes():
+    mu = t([0.3, 5.0]).requires_grad_(True)
+    eta = t([-30.0, 30.0]).requires_grad_(True)
+    out = zinb_log_pmf(t([0.0, 3.0]), mu, t(1.0), eta)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(mu.grad).all() and torch.isfinite(eta.grad).all()
+
+
+def test_zinb_nonzero_posterior_is_bayes_rule():
+    mm = np.array([0.2, 1.0, 10.0])
+    theta, eta = 1.5, -0.3
+    pi = 1 / (1 + np.exp(-eta))
+    p0 = st.nbinom(n=theta, p=theta / (theta + mm)).pmf(0)
+    got = zinb_nonzero_posterior(t(np.zeros(3)), t(mm), t(theta), t(eta)).numpy()
+    np.testing.assert_allclose(got, (1 - pi) * p0 / (pi + (1 - pi) * p0), rtol=1e-12)
+    assert np.all(zinb_nonzero_posterior(t(np.ones(3)), t(mm), t(theta), t(eta)).numpy() == 1)
+
+
+def test_normal_kl_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(7, 4, generator=g, dtype=D)
+    s = torch.rand(7, 4, generator=g, dtype=D) * 3 + 1e-3
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(m, s),
+                                            torch.distributions.Normal(torch.zeros_like(m), torch.ones_like(s)))
+    np.testing.assert_allclose(normal_kl(m, s).numpy(), ref.numpy(), rtol=1e-12, atol=1e-14)
+    assert normal_kl(t(0.0), t(1.0)).item() == 0.0

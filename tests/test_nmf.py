@@ -1,0 +1,346 @@
+"""Poisson NMF (MU, extrapolated SCD), weights, NBMF and the topic form: known truths and invariances."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.stats as st
+
+from scnotes.nmf import (NBMF, PoissonNMF, nb_loglik, nbmf, poisson_loglik, poisson_nmf,
+                         poisson_to_topics, topics_to_poisson)
+
+
+def _low_rank(n=300, p=100, k=3, seed=0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    L = rng.gamma(0.5, scale, size=(n, k))
+    F = rng.gamma(0.5, 2.0, size=(p, k))
+    mu = L @ F.T
+    x = rng.poisson(mu)
+    keep = x.sum(axis=1) > 0
+    return x[keep].astype(float), mu[keep]
+
+
+@pytest.fixture(scope="module")
+def lowrank():
+    return _low_rank()
+
+
+# --------------------------------------------------------------- likelihoods
+def test_poisson_loglik_matches_scipy_dense_sparse_and_masked():
+    x, mu = _low_rank(60, 20, 2, seed=3)
+    rng = np.random.default_rng(1)
+    L, F = rng.uniform(0.1, 1, (60, 2)), rng.uniform(0.1, 1, (20, 2))
+    x = x[:60]
+    L = L[:x.shape[0]]
+    ref = st.poisson.logpmf(x, L @ F.T)
+    w = rng.uniform(size=x.shape) * (rng.uniform(size=x.shape) < 0.8)
+    assert poisson_loglik(x, L, F) == pytest.approx(ref.sum(), rel=1e-12)
+    assert poisson_loglik(sp.csr_matrix(x), L, F) == pytest.approx(ref.sum(), rel=1e-12)
+    assert poisson_loglik(x, L, F, w=w) == pytest.approx((w * ref).sum(), rel=1e-12)
+
+
+def test_nb_loglik_matches_scipy():
+    x, mu = _low_rank(40, 15, 2, seed=4)
+    rng = np.random.default_rng(2)
+    L, F = rng.uniform(0.1, 1, (x.shape[0], 2)), rng.uniform(0.1, 1, (15, 2))
+    m = L @ F.T
+    for theta in (0.3, np.linspace(0.5, 3, 15)):
+        ref = st.nbinom.logpmf(x, theta, theta / (theta + m)).sum()
+        assert nb_loglik(x, L, F, theta) == pytest.approx(ref, rel=1e-10)
+
+
+# ------------------------------------------------------------ Poisson NMF
+@pytest.mark.parametrize("method", ["mu", "scd"])
+def test_rank1_reaches_closed_form_mle(method):
+    rng = np.random.default_rng(0)
+    x = rng.poisson(rng.gamma(2.0, 1.0, (80, 1)) @ rng.gamma(2.0, 1.0, (1, 40))).astype(float)
+    m = PoissonNMF(1, method=method, max_iter=300, tol=0, seed=1).fit(x)
+    mle = np.outer(x.sum(1), x.sum(0)) / x.sum()
+    np.testing.assert_allclose(m.mean_, mle, rtol=1e-6, atol=1e-10)
+    assert m.loglik_ == pytest.approx(st.poisson.logpmf(x, mle).sum(), rel=1e-10)
+
+
+@pytest.mark.parametrize("kw", [dict(method="mu"), dict(method="scd", extrapolate=False),
+                                dict(method="scd", extrapolate=False, n_inner=1)])
+def test_trace_is_nondecreasing(lowrank, kw):
+    x, _ = lowrank
+    tr = PoissonNMF(3, max_iter=60, tol=0, **kw).fit(x).trace_
+    assert list(tr.columns) == ["iter", "loglik", "time", "beta"]
+    d = np.diff(tr["loglik"].to_numpy())
+    assert np.all(d >= -1e-9 * abs(tr["loglik"].iloc[-1]))
+    assert np.all(np.diff(tr["time"].to_numpy()) >= 0)
+
+
+def test_scd_beats_mu_and_recovers_mean(lowrank):
+    x, mu = lowrank
+    ref = PoissonNMF(3, method="mu", max_iter=400, tol=0, seed=2).fit(x)
+    fast = PoissonNMF(3, method="scd", max_iter=400, tol=0, seed=2).fit(x)
+    target = ref.loglik_ - 1e-7 * abs(ref.loglik_)
+    hit = fast.trace_.loc[fast.trace_["loglik"] >= target, "iter"]
+    assert len(hit) > 0, "SCD never reached the MU log-likelihood"
+    assert hit.iloc[0] < 0.25 * ref.n_iter_
+    assert fast.loglik_ >= target
+    rel = np.linalg.norm(fast.mean_ - mu) / np.linalg.norm(mu)
+    assert rel < 0.1
+
+
+def test_sparse_and_dense_give_the_same_fit(lowrank):
+    x, _ = lowrank
+    for method in ("mu", "scd"):
+        a = PoissonNMF(3, method=method, max_iter=30, seed=5).fit(x)
+        b = PoissonNMF(3, method=method, max_iter=30, seed=5).fit(sp.csr_matrix(x))
+        c = PoissonNMF(3, method=method, max_iter=30, seed=5).fit(sp.csc_matrix(x))
+        np.testing.assert_array_equal(a.L_, b.L_)
+        np.testing.assert_array_equal(a.F_, c.F_)
+
+
+@pytest.mark.parametrize("kw, iters, rtol", [(dict(method="mu"), 40, 1e-6),
+                                             (dict(method="scd"), 300, 1e-4)])
+def test_full_mask_equals_no_mask(lowrank, kw, iters, rtol):
+    # The masked path computes the linear term as W F instead of colsums(F):
+    # same numbers up to rounding. SCD's branch decisions can amplify rounding
+    # along the way, so it is compared at convergence.
+    x, _ = lowrank
+    x = x[:150, :60]
+    a = PoissonNMF(3, max_iter=iters, tol=0, seed=5, **kw).fit(x)
+    b = PoissonNMF(3, max_iter=iters, tol=0, seed=5, **kw).fit(x, w=sp.csr_matrix(np.ones_like(x)))
+    np.testing.assert_allclose(a.mean_, b.mean_, rtol=rtol)
+    assert a.loglik_ == pytest.approx(b.loglik_, rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["mu", "scd"])
+def test_masked_entries_are_ignored(lowrank, method):
+    x, _ = lowrank
+    rng = np.random.default_rng(7)
+    w = (rng.uniform(size=x.shape) < 0.85).astype(float)
+    x2 = x + 7.0 * (1 - w)
+    a = PoissonNMF(3, method=method, max_iter=40, seed=1).fit(x, w=w)
+    b = PoissonNMF(3, method=method, max_iter=40, seed=1).fit(x2, w=w)
+    np.testing.assert_allclose(a.L_, b.L_, rtol=1e-9)
+    np.testing.assert_allclose(a.F_, b.F_, rtol=1e-9)
+    assert a.loglik_ == pytest.approx(b.loglik_, rel=1e-12)
+    # the weighted log-likelihood only counts observed entries
+    assert a.loglik_ == pytest.approx(poisson_loglik(x, a.L_, a.F_, w=w), rel=1e-9)
+
+
+def test_fractional_weights_match_replicated_data():
+    # w = 1/2 on every entry of 2x (stacked twice) equals w = 1 on x once:
+    # the weighted objective is the same function of (L, F) up to row duplication.
+    x, _ = _low_rank(100, 40, 2, seed=8)
+    a = PoissonNMF(2, method="scd", max_iter=200, tol=0, seed=0).fit(x)
+    b = PoissonNMF(2, method="scd", max_iter=200, tol=0, seed=0).fit(
+        np.vstack([x, x]), w=np.full((2 * x.shape[0], x.shape[1]), 0.5))
+    assert b.loglik_ == pytest.approx(a.loglik_, rel=1e-6)
+
+
+def test_same_seed_same_fit_and_different_seed_differs(lowrank):
+    x, _ = lowrank
+    a = PoissonNMF(3, max_iter=20, seed=11).fit(x)
+    b = PoissonNMF(3, max_iter=20, seed=11).fit(x)
+    c = PoissonNMF(3, max_iter=20, seed=12).fit(x)
+    np.testing.assert_array_equal(a.L_, b.L_)
+    np.testing.assert_array_equal(a.trace_["loglik"], b.trace_["loglik"])
+    assert not np.array_equal(a.L_, c.L_)
+
+
+def test_fit_does_not_depend_on_thread_count(lowrank, monkeypatch):
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 numba threads")
+    from scnotes.nmf import _kernels
+
+    x, _ = lowrank
+    monkeypatch.setattr(_kernels, "_PARALLEL_MIN_NNZ", 0)
+    fits = []
+    for threads in (1, 2):
+        old = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            fits.append(PoissonNMF(3, max_iter=15, tol=0, seed=4).fit(x))
+        finally:
+            numba.set_num_threads(old)
+    np.testing.assert_array_equal(fits[0].L_, fits[1].L_)
+    np.testing.assert_array_equal(fits[0].trace_["loglik"], fits[1].trace_["loglik"])
+
+
+def test_custom_init_and_functional_shortcut(lowrank):
+    x, _ = lowrank
+    rng = np.random.default_rng(0)
+    L0, F0 = rng.uniform(0.5, 1, (x.shape[0], 3)), rng.uniform(0.5, 1, (x.shape[1], 3))
+    m = poisson_nmf(x, 3, init=(L0, F0), max_iter=0)
+    np.testing.assert_array_equal(m.L_, L0)
+    assert m.loglik_ == pytest.approx(st.poisson.logpmf(x, L0 @ F0.T).sum(), rel=1e-10)
+
+
+def test_mu_matches_or_beats_sklearn_from_same_init():
+    sk = pytest.importorskip("sklearn.decomposition")
+    x, _ = _low_rank(150, 60, 3, seed=9)
+    rng = np.random.default_rng(1)
+    L0, F0 = rng.uniform(0.5, 1.5, (x.shape[0], 3)), rng.uniform(0.5, 1.5, (x.shape[1], 3))
+    ref = sk.NMF(3, solver="mu", beta_loss="kullback-leibler", init="custom",
+                 max_iter=200, tol=0)
+    W = ref.fit_transform(x, W=L0.copy(), H=F0.T.copy())
+    ll_sk = poisson_loglik(x, W, ref.components_.T)
+    ours = PoissonNMF(3, method="mu", init=(L0, F0), max_iter=200, tol=0).fit(x)
+    assert ours.loglik_ >= ll_sk - 1e-9 * abs(ll_sk)
+    fast = PoissonNMF(3, method="scd", init=(L0, F0), max_iter=200, tol=0).fit(x)
+    assert fast.loglik_ >= ll_sk
+
+
+@pytest.mark.parametrize("bad, err", [
+    (lambda x: -x, "negative"),
+    (lambda x: x + 0.5, "non-integer"),
+    (lambda x: np.where(x > 3, np.nan, x), "NaN"),
+])
+def test_bad_counts_raise(lowrank, bad, err):
+    x, _ = lowrank
+    with pytest.raises(ValueError, match=err):
+        PoissonNMF(2).fit(bad(x))
+
+
+def test_bad_arguments_raise(lowrank):
+    x, _ = lowrank
+    with pytest.raises(ValueError, match="shape"):
+        PoissonNMF(2).fit(x, w=np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        PoissonNMF(2).fit(x, w=2 * np.ones_like(x))
+    with pytest.raises(ValueError, match="n_components"):
+        PoissonNMF(0).fit(x)
+    with pytest.raises(ValueError, match="method"):
+        PoissonNMF(2, method="als").fit(x)
+    with pytest.raises(ValueError, match="shapes"):
+        PoissonNMF(2, init=(np.ones((3, 2)), np.ones((x.shape[1], 2)))).fit(x)
+    with pytest.raises(ValueError, match="nonnegative"):
+        PoissonNMF(2, init=(-np.ones((x.shape[0], 2)), np.ones((x.shape[1], 2)))).fit(x)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PoissonNMF(2).topics()
+
+
+# ------------------------------------------------------------------ topics
+def test_topic_conversion_round_trips():
+    rng = np.random.default_rng(0)
+    L, F = rng.gamma(0.5, 1, (50, 4)), rng.gamma(0.5, 1, (30, 4))
+    P, T, s = poisson_to_topics(L, F)
+    np.testing.assert_allclose(P.sum(1), 1, rtol=1e-12)
+    np.testing.assert_allclose(T.sum(0), 1, rtol=1e-12)
+    np.testing.assert_allclose(s, (L @ F.T).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(s[:, None] * P @ T.T, L @ F.T, rtol=1e-12)
+    L2, F2 = topics_to_poisson(P, T, s)
+    np.testing.assert_allclose(L2 @ F2.T, L @ F.T, rtol=1e-12)
+    # (L2, F2) is in the image of the inverse, so forward then inverse gives it back
+    L3, F3 = topics_to_poisson(*poisson_to_topics(L2, F2))
+    np.testing.assert_allclose(L3, L2, rtol=1e-12)
+    np.testing.assert_allclose(F3, F2, rtol=1e-12)
+    P4, T4, s4 = poisson_to_topics(*topics_to_poisson(P, T, s))
+    np.testing.assert_allclose(P4, P, rtol=1e-12)
+    np.testing.assert_allclose(T4, T, rtol=1e-12)
+    np.testing.assert_allclose(s4, s, rtol=1e-12)
+
+
+def test_topic_conversion_edge_cases_and_errors():
+    L = np.array([[1.0, 0.0], [0.0, 0.0]])
+    F = np.array([[2.0, 0.0], [1.0, 0.0]])
+    P, T, s = poisson_to_topics(L, F)
+    np.testing.assert_allclose(T[:, 1], 0.5)        # dead factor: uniform topic
+    np.testing.assert_allclose(P[1], 0.5)           # empty cell: uniform proportions
+    assert s[1] == 0
+    with pytest.raises(ValueError, match="sum to 1"):
+        topics_to_poisson(np.ones((2, 2)), T, s)
+    with pytest.raises(ValueError, match="columns"):
+        poisson_to_topics(np.ones((2, 3)), F)
+
+
+def test_fitted_topics_reproduce_mean(lowrank):
+    x, _ = lowrank
+    m = PoissonNMF(3, max_iter=200, tol=0).fit(sp.csr_matrix(x))
+    P, T, s = m.topics()
+    np.testing.assert_allclose(s[:, None] * P @ T.T, m.mean_, rtol=1e-10)
+    # at the MLE the fitted row totals equal the observed ones
+    np.testing.assert_allclose(s, x.sum(1), rtol=1e-6)
+
+
+# -------------------------------------------------------------------- NBMF
+@pytest.fixture(scope="module")
+def nbdata():
+    rng = np.random.default_rng(0)
+    n, p, theta = 2000, 50, 2.0
+    L = rng.gamma(1.0, 3.0, (n, 2))
+    F = rng.gamma(1.0, 2.0, (p, 2))
+    mu = L @ F.T
+    u = rng.gamma(theta, 1 / theta, (n, p))
+    x = rng.poisson(mu * u).astype(float)
+    return x, mu, theta
+
+
+def test_nbmf_recovers_inverse_dispersion(nbdata):
+    x, mu, theta = nbdata
+    m = NBMF(2, inv_disp=0.5, max_iter=150, seed=0).fit(x)
+    assert m.inv_disp_.shape == (1,)
+    assert abs(m.inv_disp_[0] - theta) / theta < 0.2
+    d = np.diff(m.trace_["loglik"].to_numpy())
+    assert np.all(d >= -1e-9 * abs(m.loglik_))
+    assert m.loglik_ == pytest.approx(nb_loglik(x, m.L_, m.F_, m.inv_disp_), rel=1e-10)
+    # NB fits these data better than Poisson NMF of the same rank
+    pois = PoissonNMF(2, max_iter=100).fit(x)
+    assert m.loglik_ > pois.loglik_
+
+
+def test_nbmf_per_gene_fixed_and_masked(nbdata):
+    x, _, theta = nbdata
+    x = x[:400]
+    m = nbmf(x, 2, inv_disp=1.0, inv_disp_by_gene=True, max_iter=40)
+    assert m.inv_disp_.shape == (x.shape[1],)
+    assert 0.5 * theta < np.median(m.inv_disp_) < 2 * theta
+    f = NBMF(2, inv_disp=0.7, fix_inv_disp=True, method="mu", max_iter=20).fit(x)
+    np.testing.assert_array_equal(f.inv_disp_, [0.7])
+    assert np.all(np.diff(f.trace_["loglik"].to_numpy()) >= -1e-9 * abs(f.loglik_))
+    rng = np.random.default_rng(3)
+    w = (rng.uniform(size=x.shape) < 0.9).astype(float)
+    a = NBMF(2, max_iter=15).fit(x, w=w)
+    b = NBMF(2, max_iter=15).fit(x + 5 * (1 - w), w=w)
+    np.testing.assert_allclose(a.mean_, b.mean_, rtol=1e-9)
+    np.testing.assert_allclose(a.inv_disp_, b.inv_disp_, rtol=1e-9)
+    with pytest.raises(ValueError, match="positive"):
+        NBMF(2, inv_disp=-1).fit(x)
+    with pytest.raises(ValueError, match="shape"):
+        NBMF(2).fit(x, w=np.ones((2, 2)))
+
+
+def test_nbmf_masked_overfit_stays_finite_and_monotone():
+    # Rank well above the truth drives loadings to exact zeros; masked entries
+    # with x > 0 and zero mean must not turn the masked log-likelihood into NaN.
+    from scnotes.simulate import simulate_low_rank
+
+    sim = simulate_low_rank(200, 60, 3, gamma_shape="inverse_var", replicate=False, seed=0)
+    rng = np.random.default_rng(0)
+    w = (rng.uniform(size=sim.x.shape) < 0.9).astype(float)
+    m = NBMF(12, inv_disp=0.1, max_iter=150, seed=0).fit(sim.x, w=w)
+    assert np.isfinite(m.loglik_)
+    assert m.loglik_ == pytest.approx(nb_loglik(sim.x, m.L_, m.F_, m.inv_disp_, w=w), rel=1e-10)
+    d = np.diff(m.trace_["loglik"].to_numpy())
+    assert np.all(d >= -1e-9 * abs(m.loglik_))
+
+
+# ------------------------------------------------------------ AnnData front
+def test_tl_nmf_writes_slots():
+    ad = pytest.importorskip("anndata")
+    import scnotes.tl as tl
+
+    x, _ = _low_rank(120, 50, 3, seed=2)
+    adata = ad.AnnData(sp.csr_matrix(x))
+    est = tl.nmf(adata, n_components=3, max_iter=30)
+    assert adata.obsm["X_nmf"].shape == (x.shape[0], 3)
+    assert adata.varm["nmf"].shape == (50, 3)
+    np.testing.assert_allclose(adata.obsm["X_topics"].sum(1), 1)
+    np.testing.assert_allclose(adata.varm["topics"].sum(0), 1)
+    np.testing.assert_allclose(adata.obs["topic_scale"], est.mean_.sum(1))
+    assert adata.uns["nmf"]["loglik"] == est.loglik_
+    np.testing.assert_array_equal(est.predict(), est.mean_)
+    copied, est2 = tl.nmf(adata, n_components=3, max_iter=30, copy=True)
+    np.testing.assert_array_equal(copied.obsm["X_nmf"], adata.obsm["X_nmf"])
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X * 0.5
+    tl.nmf(adata, 2, layer="counts", key_added="X_nmf2", max_iter=5)
+    assert "X_topics2" in adata.obsm and "topics2" in adata.varm and "topics2_scale" in adata.obs
+    with pytest.raises(ValueError, match="non-integer"):
+        tl.nmf(adata, 2)
+    with pytest.raises(KeyError, match="nope"):
+        tl.nmf(adata, 2, layer="nope")
