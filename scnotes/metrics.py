@@ -1,1 +1,256 @@
-"""Integration and clustering metrics (iLISI/cLISI, silhouette, ARI)."""
+"""Integration metrics: batch mixing and label conservation on an embedding or a kNN graph.
+
+- :func:`lisi` — Local Inverse Simpson's Index (Korsunsky et al. 2019,
+  Nat Methods 16:1289): the effective number of categories in each cell's
+  neighbourhood under a Gaussian kernel calibrated to a fixed perplexity.
+  iLISI uses batch labels (higher = better mixing), cLISI cell-type labels
+  (lower = purer neighbourhoods). :func:`ilisi_score` / :func:`clisi_score`
+  rescale the median to [0, 1] with 1 best, as in scIB (Luecken et al. 2022,
+  Nat Methods 19:41).
+- :func:`kbet_acceptance` — a kBET-like test (Büttner et al. 2019, Nat
+  Methods 16:43): the fraction of neighbourhoods whose batch composition a
+  chi-square test does not reject against the global composition.
+- :func:`silhouette_label` — silhouette width by label, rescaled to [0, 1].
+- :func:`leiden_ari` — adjusted Rand index between Leiden clusters of the
+  kNN graph and the labels, best over a small resolution grid (as scIB
+  optimises the clustering resolution).
+
+Every function accepts either an embedding ``x`` (cells × d, Euclidean) or a
+precomputed graph (a sparse cells × cells distance matrix, e.g. BBKNN's
+``obsp["distances"]``); silhouette needs an embedding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = ["knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
+           "silhouette_label", "leiden_ari", "score_integration"]
+
+
+def _codes(labels, n):
+    lab = pd.Series(np.asarray(labels))
+    if len(lab) != n:
+        raise ValueError(f"{len(lab)} labels for {n} cells")
+    if lab.isna().any():
+        raise ValueError("labels contain missing values")
+    cat = pd.Categorical(lab)
+    return np.asarray(cat.codes, dtype=np.int64), len(cat.categories)
+
+
+def knn_graph(x=None, k: int = 90, graph=None, chunk_size: int = 512):
+    """Neighbour indices and distances, shape (n_cells, k), self excluded.
+
+    From an embedding ``x`` (exact Euclidean search), or from a sparse
+    distance ``graph`` (e.g. BBKNN's few neighbours per batch): there the
+    ``k`` nearest cells by shortest-path distance through the graph are used
+    (as scIB does for graph outputs), so that graph and embedding methods are
+    scored on neighbourhoods of the same size. Rows that reach fewer than
+    ``k`` cells are padded with index -1 / distance inf.
+    """
+    if graph is not None:
+        from scipy.sparse.csgraph import dijkstra
+
+        g = sp.csr_matrix(graph)
+        n = g.shape[0]
+        k = min(k, n - 1)
+        idx = np.full((n, k), -1, dtype=np.int64)
+        dist = np.full((n, k), np.inf)
+        for s in range(0, n, chunk_size):
+            rows = np.arange(s, min(s + chunk_size, n))
+            d = dijkstra(g, directed=False, indices=rows)
+            d[np.arange(len(rows)), rows] = np.inf
+            part = np.argpartition(d, k - 1, axis=1)[:, :k]
+            dp = np.take_along_axis(d, part, axis=1)
+            o = np.argsort(dp, axis=1, kind="stable")
+            part = np.take_along_axis(part, o, axis=1)
+            dp = np.take_along_axis(dp, o, axis=1)
+            idx[rows] = np.where(np.isfinite(dp), part, -1)
+            dist[rows] = dp
+        return idx, dist
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("embedding contains NaN or infinite values")
+    k = min(k, x.shape[0] - 1)
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(x)
+    dist, idx = nn.kneighbors(x)
+    return idx[:, 1:], dist[:, 1:]
+
+
+def lisi(labels, x=None, perplexity: float = 30.0, graph=None, knn=None, tol: float = 1e-5,
+         max_iter: int = 50):
+    """Per-cell LISI of ``labels``.
+
+    Parameters
+    ----------
+    labels : array-like, shape (n_cells,)
+    x : ndarray, shape (n_cells, d), optional
+        Embedding (Euclidean distances).
+    perplexity : float
+        Effective neighbourhood size; 3 × perplexity neighbours are used.
+    graph : sparse (n_cells, n_cells), optional
+        Distance graph instead of ``x``.
+    knn : (index, distance) tuple, optional
+        Precomputed neighbours (reused across label sets).
+
+    Returns
+    -------
+    ndarray, shape (n_cells,)
+        Values in [1, n_categories].
+    """
+    if knn is None:
+        knn = knn_graph(x, k=int(3 * perplexity), graph=graph)
+    idx, dist = knn
+    n = idx.shape[0]
+    codes, n_cat = _codes(labels, n)
+    valid = idx >= 0
+    d = np.where(valid, dist, np.inf)
+    # Vectorised bisection on the precision beta so each cell's kernel
+    # P ∝ exp(-beta d) has entropy log(perplexity) (the LISI/t-SNE calibration).
+    target = np.log(min(perplexity, max(valid.sum(axis=1).min(), 2) - 1e-9))
+    beta = np.ones(n)
+    lo = np.full(n, -np.inf)
+    hi = np.full(n, np.inf)
+    d0 = d - np.nanmin(np.where(valid, d, np.nan), axis=1, keepdims=True)
+    d0 = np.where(valid, d0, np.inf)
+    for _ in range(max_iter):
+        p = np.exp(-d0 * beta[:, None])
+        sp_ = p.sum(axis=1)
+        h = np.log(sp_) + beta * (np.where(valid, d0, 0.0) * p).sum(axis=1) / sp_
+        diff = h - target
+        if np.all(np.abs(diff) < tol):
+            break
+        up = diff > 0  # entropy too high: sharpen
+        lo = np.where(up, beta, lo)
+        hi = np.where(up, hi, beta)
+        beta = np.where(up, np.where(np.isinf(hi), beta * 2, (beta + hi) / 2),
+                        np.where(np.isinf(lo), beta / 2, (beta + lo) / 2))
+    p = np.exp(-d0 * beta[:, None])
+    p /= p.sum(axis=1, keepdims=True)
+    lab = np.where(valid, codes[np.where(valid, idx, 0)], -1)
+    simpson = np.zeros(n)
+    for c in range(n_cat):
+        simpson += ((lab == c) * p).sum(axis=1) ** 2
+    return 1.0 / simpson
+
+
+def ilisi_score(batch, x=None, graph=None, knn=None, perplexity: float = 30.0) -> float:
+    """Median iLISI rescaled to [0, 1]: (median − 1) / (n_batches − 1); 1 = perfectly mixed."""
+    n_b = pd.Series(np.asarray(batch)).nunique()
+    v = np.median(lisi(batch, x=x, graph=graph, knn=knn, perplexity=perplexity))
+    return float((v - 1) / (n_b - 1)) if n_b > 1 else float("nan")
+
+
+def clisi_score(labels, x=None, graph=None, knn=None, perplexity: float = 30.0) -> float:
+    """Median cLISI rescaled to [0, 1]: (n_labels − median) / (n_labels − 1); 1 = pure neighbourhoods."""
+    n_l = pd.Series(np.asarray(labels)).nunique()
+    v = np.median(lisi(labels, x=x, graph=graph, knn=knn, perplexity=perplexity))
+    return float((n_l - v) / (n_l - 1)) if n_l > 1 else float("nan")
+
+
+def kbet_acceptance(batch, x=None, graph=None, knn=None, k: int = 25, alpha: float = 0.05,
+                    n_sample: int | None = 1000, seed: int = 0) -> float:
+    """kBET-like acceptance rate: share of neighbourhoods consistent with the global batch mix.
+
+    For sampled cells, the batch counts among the cell and its ``k - 1``
+    nearest neighbours are compared with ``k`` × the global batch frequencies
+    by Pearson's chi-square test (df = n_batches − 1). Returns the fraction
+    of tests not rejected at level ``alpha`` (1 = well mixed).
+    """
+    from scipy.stats import chi2
+
+    if knn is None:
+        knn = knn_graph(x, k=k - 1, graph=graph)
+    idx = knn[0][:, :k - 1]
+    n = idx.shape[0]
+    codes, n_b = _codes(batch, n)
+    freq = np.bincount(codes, minlength=n_b) / n
+    rng = np.random.default_rng(seed)
+    cells = np.arange(n) if n_sample is None or n_sample >= n else rng.choice(n, n_sample, replace=False)
+    nb = np.concatenate([cells[:, None], idx[cells]], axis=1)
+    ok = nb >= 0
+    counts = np.stack([((codes[np.where(ok, nb, 0)] == b) & ok).sum(axis=1) for b in range(n_b)], axis=1)
+    size = ok.sum(axis=1, keepdims=True)
+    expected = size * freq[None, :]
+    stat = ((counts - expected) ** 2 / expected).sum(axis=1)
+    p = chi2.sf(stat, df=n_b - 1)
+    return float(np.mean(p >= alpha))
+
+
+def silhouette_label(x, labels) -> float:
+    """Mean silhouette width of ``labels`` on embedding ``x``, rescaled (s + 1) / 2 to [0, 1]."""
+    from sklearn.metrics import silhouette_score
+
+    codes, n_l = _codes(labels, np.asarray(x).shape[0])
+    if n_l < 2:
+        return float("nan")
+    return float((silhouette_score(np.asarray(x), codes) + 1) / 2)
+
+
+def leiden_ari(labels, x=None, graph=None, n_neighbors: int = 15,
+               resolutions=(0.1, 0.25, 0.5, 1.0), seed: int = 0) -> float:
+    """Best adjusted Rand index between Leiden clusters and ``labels`` over ``resolutions``.
+
+    The graph is scanpy's UMAP-style kNN graph of ``x`` (``n_neighbors``), or
+    the connectivities given as ``graph`` (e.g. BBKNN's).
+    """
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score
+
+    codes, _ = _codes(labels, (x if x is not None else graph).shape[0])
+    n = codes.size
+    a = ad.AnnData(X=np.zeros((n, 1), dtype=np.float32))
+    if graph is not None:
+        a.obsp["connectivities"] = sp.csr_matrix(graph)
+        a.obsp["distances"] = sp.csr_matrix(graph)
+        a.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
+                              "params": {"method": "umap", "n_neighbors": n_neighbors}}
+    else:
+        a.obsm["X_rep"] = np.asarray(x, dtype=np.float32)
+        sc.pp.neighbors(a, use_rep="X_rep", n_neighbors=n_neighbors, random_state=seed,
+                        transformer="sklearn")  # exact; avoids pynndescent compile time
+    best = -1.0
+    for r in resolutions:
+        sc.tl.leiden(a, resolution=r, random_state=seed, flavor="igraph", n_iterations=2,
+                     directed=False, key_added="_leiden")
+        best = max(best, adjusted_rand_score(codes, a.obs["_leiden"].cat.codes))
+    return float(best)
+
+
+def score_integration(batch, labels=None, x=None, graph=None, connectivities=None,
+                      perplexity: float = 30.0, seed: int = 0) -> dict:
+    """All metrics for one integration result.
+
+    Parameters
+    ----------
+    batch : array-like, shape (n_cells,)
+    labels : array-like, optional
+        Cell-type labels; label metrics are NaN without them.
+    x : ndarray (n_cells, d), optional
+        Integrated embedding.
+    graph, connectivities : sparse (n_cells, n_cells), optional
+        For graph-only methods (BBKNN): distances and connectivities.
+
+    Returns
+    -------
+    dict
+        ``ilisi``, ``kbet`` (batch mixing) and ``clisi``, ``silhouette``,
+        ``ari`` (label conservation), all in [0, 1], higher = better.
+    """
+    if x is None and graph is None:
+        raise ValueError("give an embedding x or a graph")
+    knn = knn_graph(x, k=int(3 * perplexity), graph=graph)
+    out = {"ilisi": ilisi_score(batch, knn=knn, perplexity=perplexity),
+           "kbet": kbet_acceptance(batch, knn=knn, seed=seed)}
+    if labels is None:
+        out.update(clisi=np.nan, silhouette=np.nan, ari=np.nan)
+        return out
+    out["clisi"] = clisi_score(labels, knn=knn, perplexity=perplexity)
+    out["silhouette"] = silhouette_label(x, labels) if x is not None else np.nan
+    out["ari"] = leiden_ari(labels, x=x if graph is None else None,
+                            graph=connectivities if graph is not None else None, seed=seed)
+    return out
