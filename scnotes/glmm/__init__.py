@@ -1,1 +1,27 @@
-"""(work in progress)"""
+"""Poisson GLMM for differential expression (seed "Poisson GLMM for differential expression").
+
+``y_ij ~ Poisson(s_i exp(b_{j,g(i)} + u_{j,d(i)}))``, ``u_jd ~ N(0, σ_uj²)``: cell-group
+fixed effects, donor random effects, the cell's total count as offset.
+
+- :func:`glmm_data`, :func:`glmm_data_from_adata`: validated design (:class:`GLMMData`)
+- :func:`gls_fixed_effects`, :func:`random_effects_posterior`, :func:`lmm_marginal_loglik`,
+  :func:`fit_lmm`: the Gaussian LMM closed forms the seed derives
+- :class:`PoissonGLMMVEB`, :func:`fit_veb`: variational empirical Bayes (factorised,
+  full-rank or low-rank guide; minibatch or full batch; MC or exact expectation)
+- :func:`fit_nuts`: NUTS (pyro) with R-hat and ESS
+- :func:`fit_genes`, :func:`agreement`: batched genome-wide fit, tidy table
+- :func:`fit_lme4`, :func:`lme4_available`: lme4 ``glmer`` through ``Rscript``
+- :func:`tidy_effects`: the shared tidy table (effects and condition contrasts)
+"""
+from ._batched import agreement, fit_genes
+from ._design import GLMMData, SufficientStats, glmm_data, glmm_data_from_adata
+from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available
+from ._lmm import fit_lmm, gls_fixed_effects, lmm_marginal_loglik, random_effects_posterior
+from ._nuts import NUTSResult, fit_nuts
+from ._tidy import TIDY_COLUMNS, tidy_effects
+from ._veb import PoissonGLMMVEB, fit_veb
+
+__all__ = ["GLMMData", "SufficientStats", "glmm_data", "glmm_data_from_adata",
+           "gls_fixed_effects", "random_effects_posterior", "lmm_marginal_loglik", "fit_lmm",
+           "PoissonGLMMVEB", "fit_veb", "fit_nuts", "NUTSResult", "fit_genes", "agreement",
+           "fit_lme4", "lme4_available", "Lme4Result", "INSTALL_HINT", "tidy_effects", "TIDY_COLUMNS"]

@@ -1,0 +1,291 @@
+"""Design of the Poisson GLMM: cells, cell groups, donors, offsets, validated once.
+
+The model (seed "Poisson GLMM for differential expression"; Svensson 2020) is,
+for gene ``j`` and cell ``i``,
+
+    y_ij ~ Poisson(s_i λ_ij),   ln λ_ij = b_{j, g(i)} + u_{j, d(i)},   u_jd ~ N(0, σ_uj²),
+
+with ``s_i`` the cell's total count (the offset), ``g(i)`` its cell group
+(one-hot ``X``), ``d(i)`` its donor (one-hot ``Z``). Because ``X`` and ``Z``
+are one-hot, the likelihood depends on the data only through the per
+(group, donor) sums ``Y_jgd = Σ y_ij`` and ``S_gd = Σ s_i``:
+
+    Σ_i ln p(y_ij) = Σ_gd [Y_jgd η_jgd − S_gd exp(η_jgd)] + c_j,
+    c_j = Σ_i [y_ij ln s_i − ln y_ij!],
+
+which is what :class:`GLMMData.stats` returns and what the full-batch VEB,
+NUTS and the batched fit use (Poisson sums are Poisson, so nothing is lost).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+from scipy.special import gammaln
+
+from .._checks import check_counts, check_obs_key
+
+__all__ = ["GLMMData", "SufficientStats", "glmm_data", "glmm_data_from_adata"]
+
+
+@dataclass
+class SufficientStats:
+    """Per (group, donor) sums; the Poisson GLMM likelihood needs nothing else.
+
+    Attributes
+    ----------
+    Y : ndarray (n_genes, n_groups, n_donors)   summed counts
+    S : ndarray (n_groups, n_donors)            summed totals (offsets), 0 where no cells
+    n : ndarray (n_groups, n_donors)            number of cells
+    const : ndarray (n_genes,)                  Σ_i [y_ij ln s_i − ln y_ij!] (nats)
+    """
+
+    Y: np.ndarray
+    S: np.ndarray
+    n: np.ndarray
+    const: np.ndarray
+
+
+@dataclass
+class GLMMData:
+    """Validated data for the Poisson GLMM (build with :func:`glmm_data`).
+
+    Attributes
+    ----------
+    counts : ndarray (n_cells, n_genes), float64, non-negative integers
+    total : ndarray (n_cells,)      per-cell total count s_i (> 0), the offset is ln s_i
+    group : ndarray (n_cells,) int  cell-group code in ``0..n_groups-1`` (columns of X)
+    donor : ndarray (n_cells,) int  donor code in ``0..n_donors-1`` (columns of Z)
+    groups, donors, genes : list of str
+    group_table : DataFrame indexed by group name with columns ``cell_type`` and
+        ``condition`` (``None`` entries when the groups were given directly).
+    """
+
+    counts: np.ndarray
+    total: np.ndarray
+    group: np.ndarray
+    donor: np.ndarray
+    groups: list
+    donors: list
+    genes: list
+    group_table: pd.DataFrame
+    _stats: SufficientStats | None = field(default=None, repr=False)
+
+    @property
+    def n_cells(self):
+        return self.counts.shape[0]
+
+    @property
+    def n_genes(self):
+        return self.counts.shape[1]
+
+    @property
+    def n_groups(self):
+        return len(self.groups)
+
+    @property
+    def n_donors(self):
+        return len(self.donors)
+
+    def X(self):
+        """One-hot cell-group design, ndarray (n_cells, n_groups)."""
+        return np.eye(self.n_groups)[self.group]
+
+    def Z(self):
+        """One-hot donor design, ndarray (n_cells, n_donors)."""
+        return np.eye(self.n_donors)[self.donor]
+
+    def stats(self) -> SufficientStats:
+        """The per (group, donor) sufficient statistics (cached)."""
+        if self._stats is None:
+            G, D, J = self.n_groups, self.n_donors, self.n_genes
+            cell = self.group * D + self.donor
+            Y = np.zeros((G * D, J))
+            np.add.at(Y, cell, self.counts)
+            S = np.bincount(cell, weights=self.total, minlength=G * D).reshape(G, D)
+            n = np.bincount(cell, minlength=G * D).reshape(G, D)
+            const = (self.counts * np.log(self.total)[:, None] - gammaln(self.counts + 1)).sum(0)
+            self._stats = SufficientStats(Y.T.reshape(J, G, D), S, n, const)
+        return self._stats
+
+    def subset_genes(self, genes) -> "GLMMData":
+        """The same design with only ``genes`` (names or integer positions)."""
+        genes = [genes] if isinstance(genes, (str, int, np.integer)) else list(genes)
+        idx = [self.genes.index(g) if isinstance(g, str) else int(g) for g in genes]
+        for g, i in zip(genes, idx):
+            if not 0 <= i < self.n_genes:
+                raise IndexError(f"gene {g!r} out of range (n_genes={self.n_genes})")
+        return GLMMData(self.counts[:, idx], self.total, self.group, self.donor, self.groups,
+                        self.donors, [self.genes[i] for i in idx], self.group_table)
+
+    def naive_estimates(self, pseudo: float = 0.5):
+        """Point-mass (no donor effect) estimates ln(Σy / Σs) per group, ndarray (n_genes, n_groups).
+
+        The seed's "point mass expression model"; ``pseudo`` counts keep groups
+        with no counts finite. Their standard errors are 1/sqrt(Σy) (delta method).
+        """
+        st = self.stats()
+        return np.log(st.Y.sum(2) + pseudo) - np.log(st.S.sum(1))[None, :]
+
+    def to_frame(self, gene) -> pd.DataFrame:
+        """Per-cell long table for one gene: y, total, cell_group, donor (as used by lme4)."""
+        j = self.genes.index(gene) if isinstance(gene, str) else int(gene)
+        return pd.DataFrame({"y": self.counts[:, j], "total": self.total,
+                             "cell_group": np.asarray(self.groups, dtype=object)[self.group],
+                             "donor": np.asarray(self.donors, dtype=object)[self.donor]})
+
+
+def _categorical(obs, key, what):
+    """obs[key] as a categorical; raises on a missing column, missing values or empty levels."""
+    col = check_obs_key(SimpleNamespace(obs=obs, obs_names=obs.index), key)
+    raw = obs[key]
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        empty = [str(c) for c in raw.cat.categories if (raw == c).sum() == 0]
+        if empty:
+            raise ValueError(
+                f"{what} column {key!r} declares level(s) with no cells: {empty}; a cell group "
+                "or donor without cells has no likelihood. Drop them first, e.g. "
+                f"obs[{key!r}] = obs[{key!r}].cat.remove_unused_categories()")
+    return col
+
+
+def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str,
+              group_key: str | None = None, cell_type_key: str | None = None,
+              condition_key: str | None = None, genes=None, reference: str | None = None) -> GLMMData:
+    """Validate and code the inputs of the Poisson GLMM.
+
+    Parameters
+    ----------
+    obs : DataFrame, n_cells rows
+        Per-cell annotations.
+    counts : array-like or sparse, (n_cells, n_genes), or (n_cells,) for one gene
+        Raw integer counts of the genes to test.
+    donor_key : str
+        Column of ``obs`` with the donor (random effect, at least 2 levels).
+    total_key : str
+        Column with the cell's total count ``s_i`` (offset ``ln s_i``), > 0.
+    group_key : str, optional
+        Column with the cell group (fixed effect). Alternatively give
+        ``cell_type_key`` and ``condition_key``: the cell group is then
+        ``"<cell type>|<condition>"`` and contrasts between conditions within
+        each cell type become available.
+    genes : list of str, optional
+        Gene names (default ``gene0, gene1, ...`` or the counts' columns).
+    reference : str, optional
+        Reference condition for contrasts (default: the first level).
+
+    Returns
+    -------
+    GLMMData
+
+    Raises
+    ------
+    KeyError
+        A key is not a column of ``obs``.
+    ValueError
+        Missing, zero or negative totals; missing labels; a cell group or donor
+        level with no cells; fewer than two donors; counts that are negative,
+        non-integer or not finite; a gene with no counts at all; mismatched lengths.
+    """
+    if not isinstance(obs, pd.DataFrame):
+        raise TypeError(f"obs must be a pandas DataFrame, got {type(obs).__name__}")
+    if genes is None and isinstance(counts, pd.DataFrame):
+        genes = [str(c) for c in counts.columns]
+    if isinstance(counts, (pd.DataFrame, pd.Series)):
+        counts = counts.to_numpy()
+    if hasattr(counts, "ndim") and counts.ndim == 1:
+        counts = np.asarray(counts).reshape(-1, 1)
+    counts = check_counts(counts, name="counts", allow_empty_cells=True, allow_empty_genes=False)
+    if hasattr(counts, "toarray"):
+        counts = counts.toarray()
+    if counts.shape[0] != len(obs):
+        raise ValueError(f"counts have {counts.shape[0]} rows but obs has {len(obs)} cells")
+
+    if total_key not in obs.columns:
+        raise KeyError(f"total key {total_key!r} not found in obs; available columns: {list(obs.columns)}")
+    total = pd.to_numeric(obs[total_key], errors="coerce").to_numpy(dtype=float)
+    if np.isnan(total).any():
+        raise ValueError(f"obs[{total_key!r}] has {int(np.isnan(total).sum())} missing or non-numeric "
+                         "totals; the offset ln(total) needs every cell's total count")
+    bad = ~np.isfinite(total) | (total <= 0)
+    if bad.any():
+        raise ValueError(f"obs[{total_key!r}] has {int(bad.sum())} zero, negative or infinite totals; "
+                         "the offset ln(total) is undefined there. Drop those cells "
+                         "(e.g. obs[obs[total_key] > 0]) before fitting")
+
+    donor = _categorical(obs, donor_key, "donor")
+    if len(donor.cat.categories) < 2:
+        raise ValueError(f"donor column {donor_key!r} has {len(donor.cat.categories)} level; a donor "
+                         "random effect needs at least 2 donors (σ_u is not identifiable otherwise)")
+
+    if group_key is not None:
+        if cell_type_key is not None or condition_key is not None:
+            raise ValueError("give either group_key or (cell_type_key, condition_key), not both")
+        grp = _categorical(obs, group_key, "cell group")
+        groups = [str(c) for c in grp.cat.categories]
+        gcode = grp.cat.codes.to_numpy()
+        table = pd.DataFrame({"cell_type": [None] * len(groups), "condition": [None] * len(groups)},
+                             index=pd.Index(groups, name="cell_group"))
+    else:
+        if cell_type_key is None or condition_key is None:
+            raise ValueError("give group_key, or both cell_type_key and condition_key")
+        ct = _categorical(obs, cell_type_key, "cell type")
+        cond = _categorical(obs, condition_key, "condition")
+        cts = [str(c) for c in ct.cat.categories]
+        conds = [str(c) for c in cond.cat.categories]
+        if reference is not None:
+            if reference not in conds:
+                raise ValueError(f"reference {reference!r} is not a level of {condition_key!r}: {conds}")
+            conds = [reference] + [c for c in conds if c != reference]
+        cond_code = np.array([conds.index(str(c)) for c in cond.cat.categories])[cond.cat.codes.to_numpy()]
+        full = ct.cat.codes.to_numpy() * len(conds) + cond_code
+        present = np.bincount(full, minlength=len(cts) * len(conds))
+        if (present == 0).any():
+            empty = [f"{cts[k // len(conds)]}|{conds[k % len(conds)]}" for k in np.flatnonzero(present == 0)]
+            raise ValueError(f"cell group(s) with no cells: {empty}. Each cell type needs cells in every "
+                             "condition; drop those cell types (and remove unused categories) first")
+        groups = [f"{c}|{k}" for c in cts for k in conds]
+        gcode = full
+        table = pd.DataFrame({"cell_type": [c for c in cts for _ in conds],
+                              "condition": [k for _ in cts for k in conds]},
+                             index=pd.Index(groups, name="cell_group"))
+
+    if genes is None:
+        genes = [f"gene{j}" for j in range(counts.shape[1])]
+    genes = [str(g) for g in genes]
+    if len(genes) != counts.shape[1]:
+        raise ValueError(f"{len(genes)} gene names for {counts.shape[1]} count columns")
+    return GLMMData(np.asarray(counts, dtype=float), total, np.asarray(gcode, dtype=int),
+                    donor.cat.codes.to_numpy().astype(int), groups,
+                    [str(d) for d in donor.cat.categories], genes, table)
+
+
+def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_key: str = "donor",
+                         total_key: str = "total_counts", cell_type_key: str | None = "cell_type",
+                         condition_key: str | None = "condition", group_key: str | None = None,
+                         reference: str | None = None) -> GLMMData:
+    """:func:`glmm_data` from an AnnData (cells × genes), for the named ``genes`` (default all).
+
+    The offset is ``adata.obs[total_key]`` — the exact per-cell total over all
+    genes — not the sum over the (possibly few) genes stored in ``adata``.
+
+    Raises
+    ------
+    KeyError
+        A gene, layer or obs key is missing. Otherwise as :func:`glmm_data`.
+    """
+    if genes is None:
+        genes = list(adata.var_names)
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise KeyError(f"genes not in adata.var_names: {missing[:10]}")
+    sub = adata[:, genes]
+    x = sub.X if layer is None else sub.layers[layer]
+    if group_key is not None:
+        cell_type_key = condition_key = None
+    return glmm_data(adata.obs, x, donor_key=donor_key, total_key=total_key, group_key=group_key,
+                     cell_type_key=cell_type_key, condition_key=condition_key, genes=genes,
+                     reference=reference)
