@@ -20,7 +20,7 @@ def _assert_executed(path):
 
 def test_count_vaes_chapter(tmp_path):
     out = run_chapter("count_vaes", {"n_cells": 60, "n_genes": 20, "latent_dims": [2], "max_epochs": 5,
-                                     "nmf_ranks": [1, 2], "iwae_samples": 5}, output=tmp_path / "a.ipynb")
+                                     "nmf_ranks": [1, 2], "iwae_samples": 5, "nmf_max_iter": 20}, output=tmp_path / "a.ipynb")
     _assert_executed(out)
 
 

@@ -1,0 +1,237 @@
+"""Benchmark: mnn_correct wall time and peak memory, exact vs approximate neighbours.
+
+Input: the joined PBMC set of the chapter ``mnn_topics`` (pbmc_facs_zheng2017 +
+pbmc4k_10x_soupx on shared gene symbols, coarse labels, CD34+/"?" dropped),
+log1p of total-count-normalised counts on 2,000 HVGs (sparse CSR), and the
+same cells subsampled / replicated to 1k, 5k, 20k and 50k cells. Replicated
+cells get multiplicative jitter on their non-zero values (sd 5 %) so that
+neighbours are not exact duplicates; the batch mix is kept.
+
+Per size, one line:
+
+- ``exact``: ``mnn_correct(backend="exact")`` (brute-force kNN, full Gaussian kernel);
+- ``approx``: ``mnn_correct(backend="pynndescent")`` (NN-descent candidates
+  in a 200-PC projection, re-ranked exactly; full Gaussian kernel in
+  float32), with its recall of the exact MNN pairs and the largest
+  difference of its output from the exact run;
+- ``trunc30``: how far a kernel truncated to each cell's 30 nearest MNN cells
+  is from the full kernel (same exact MNN pairs, 1,000 random cells of the
+  corrected batch): median and max of ‖Δ correction‖ / ‖full correction‖
+  per cell. This is why the approximate path keeps the full kernel;
+- Harmony (harmonypy through scanpy) and Scanorama on the 50 PCs of the same input.
+
+Both MNN runs use ``var_adj=False``: the variance adjustment is quadratic in
+cells (batchelor's too) and is not what the neighbour backend changes.
+Peak memory is measured with ``tracemalloc`` (NumPy/SciPy allocations; numba's
+own buffers inside pynndescent are not seen) in one worker subprocess, after a
+warm-up that keeps numba's one-off compilation (~50 s) out of the timings.
+
+Usage: ``python benchmarks/bench_mnn.py [--sizes joined 1000 5000 20000 50000] [--budget 540]``
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+SIZES = ["joined", 1000, 5000, 20000, 50000]
+ZHENG = {"CD19+ B": "B", "CD56+ NK": "NK", "CD14+ Monocyte": "Monocyte",
+         "CD8+ Cytotoxic T": "CD8 T", "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T",
+         "CD4+ T Helper2": "CD4 T", "CD4+/CD45RO+ Memory": "CD4 T",
+         "CD4+/CD25 T Reg": "CD4 T", "CD4+/CD45RA+/CD25- Naive T": "CD4 T"}
+PBMC4K = {"B": "B", "NK": "NK", "MNP": "Monocyte", "T_CD4": "CD4 T", "T_CD8": "CD8 T"}
+
+
+def load_pbmc(n_hvg=2000):
+    """Joined PBMC log-expression on HVGs: (csr float64 n × n_hvg, batch labels)."""
+    import numpy as np
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    from scnotes.datasets import load
+
+    parts, batches = [], []
+    genes = None
+    loaded = []
+    for name, col, mapping in (("pbmc_facs_zheng2017", "cell_type", ZHENG),
+                               ("pbmc4k_10x_soupx", "annotation", PBMC4K)):
+        a = load(name)
+        a = a[:, ~a.var["gene_symbol"].duplicated(keep=False).to_numpy()]
+        a = a[a.obs[col].map(mapping).notna().to_numpy()].copy()
+        a.var_names = a.var["gene_symbol"].astype(str).to_numpy()
+        loaded.append((name, a))
+        genes = a.var_names if genes is None else genes.intersection(a.var_names)
+    for name, a in loaded:
+        parts.append(sp.csr_matrix(a[:, genes].X))
+        batches += [name] * a.n_obs
+    ad = sc.AnnData(sp.vstack(parts, format="csr").astype(np.float32))
+    ad.obs["batch"] = batches
+    sc.pp.filter_genes(ad, min_cells=3)
+    sc.pp.normalize_total(ad)
+    sc.pp.log1p(ad)
+    sc.pp.highly_variable_genes(ad, n_top_genes=n_hvg, batch_key="batch")
+    ad = ad[:, ad.var["highly_variable"].to_numpy()]
+    x = sp.csr_matrix(ad.X, dtype=np.float64)
+    keep = np.asarray(x.sum(1)).ravel() > 0
+    return x[keep], np.asarray(ad.obs["batch"])[keep]
+
+
+def resize(x, batch, n, seed=0):
+    """Subsample (n ≤ cells) or replicate with 5 % multiplicative jitter on non-zeros."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    if n <= x.shape[0]:
+        idx = np.sort(rng.choice(x.shape[0], n, replace=False))
+        return x[idx], batch[idx]
+    idx = np.concatenate([np.arange(x.shape[0]), rng.choice(x.shape[0], n - x.shape[0])])
+    idx = idx[np.argsort(batch[idx], kind="stable")]
+    y = sp.csr_matrix(x[idx])
+    y.data = y.data * (1.0 + 0.05 * rng.standard_normal(y.data.size))
+    return y, batch[idx]
+
+
+def truncation_error(x, b, step, n_neighbors=30, n_cells=1000, seed=0):
+    """Relative change of the correction vectors when the kernel keeps only the nearest MNN cells.
+
+    Uses the exact run's MNN pairs; the full and the truncated kernel are
+    evaluated on the MNN cells plus ``n_cells`` random cells of the corrected
+    batch. Returns (median, max) over those cells of ‖Δ‖ / ‖full‖.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    from scnotes.mnn import average_pair_vectors, cosine_normalize, smooth_gaussian_kernel
+
+    lc = np.flatnonzero(np.isin(b, step.left))
+    rc = np.flatnonzero(np.isin(b, step.right))
+    left, _ = cosine_normalize(x[lc])
+    right, _ = cosine_normalize(x[rc])
+    first, second = np.searchsorted(lc, step.left_cells), np.searchsorted(rc, step.right_cells)
+    averaged, mnn_cells = average_pair_vectors(left, right, first, second)
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(right.shape[0], min(n_cells, right.shape[0]), replace=False)
+    # MNN cells first (so the densities are those of the whole batch), then the sample.
+    data = sp.vstack([right[mnn_cells], right[sub]], format="csr")
+    m = np.arange(len(mnn_cells))
+    full = smooth_gaussian_kernel(averaged, m, data)[len(m):]
+    trunc = smooth_gaussian_kernel(averaged, m, data, n_neighbors=n_neighbors)[len(m):]
+    rel = np.linalg.norm(trunc - full, axis=1) / np.maximum(np.linalg.norm(full, axis=1), 1e-12)
+    return float(np.median(rel)), float(rel.max())
+
+
+def measure(f):
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    t = time.perf_counter()
+    out = f()
+    dt = time.perf_counter() - t
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return out, dt, peak / 2 ** 20
+
+
+def worker(sizes, budget):
+    import numpy as np
+    import scanpy as sc
+
+    from scnotes.mnn import mnn_correct, pair_recall
+
+    t0 = time.time()
+    x0, b0 = load_pbmc()
+    t1 = time.time()
+    # Warm-up: numba compilation of pynndescent and of the re-ranking kernel,
+    # once per process, kept out of the timed runs.
+    xw, bw = resize(x0, b0, 600)
+    mnn_correct(xw, bw, var_adj=False, backend="pynndescent")
+    print(json.dumps({"info": f"loaded {x0.shape[0]} cells x {x0.shape[1]} HVGs in {t1 - t0:.0f} s; "
+                      f"numba compilation (warm-up, not timed below) {time.time() - t1:.0f} s"}),
+          flush=True)
+    for size in sizes:
+        n = x0.shape[0] if size == "joined" else int(size)
+        x, b = resize(x0, b0, n)
+        row = {"size": str(size), "cells": n}
+        common = dict(var_adj=False, dtype=np.float32)
+        approx, row["approx_s"], row["approx_mb"] = measure(
+            lambda: mnn_correct(x, b, backend="pynndescent", **common))
+        if time.time() - t0 > budget:
+            row["note"] = "exact skipped (time budget)"
+        else:
+            exact, row["exact_s"], row["exact_mb"] = measure(
+                lambda: mnn_correct(x, b, backend="exact", **common))
+            e, a = exact.steps[0], approx.steps[0]
+            row["pairs_exact"] = e.n_pairs
+            row["recall"] = pair_recall((a.left_cells, a.right_cells), (e.left_cells, e.right_cells))
+            row["max_abs_diff"] = float(np.abs(exact.corrected - approx.corrected).max())
+            row["speedup"] = row["exact_s"] / row["approx_s"]
+            row["trunc_median"], row["trunc_max"] = truncation_error(x, b, e)
+            del exact
+        del approx
+        ad = sc.AnnData(x.astype(np.float32))
+        ad.obs["batch"] = b
+        ad.obsm["X_pca"] = sc.pp.pca(ad.X, n_comps=50, random_state=0)
+        _, row["harmony_s"], row["harmony_mb"] = measure(
+            lambda: sc.external.pp.harmony_integrate(ad, "batch", random_state=0, verbose=False))
+        _, row["scanorama_s"], row["scanorama_mb"] = measure(
+            lambda: sc.external.pp.scanorama_integrate(ad, "batch", verbose=0))
+        print(json.dumps(row), flush=True)
+
+
+def fmt(r):
+    def g(k, f="{:.1f}"):
+        return f.format(r[k]) if k in r else "-"
+    return (f"{r['size']:>7} {r['cells']:>6} cells | exact {g('exact_s'):>6} s {g('exact_mb', '{:.0f}'):>5} MB"
+            f" | approx {g('approx_s'):>6} s {g('approx_mb', '{:.0f}'):>5} MB | speedup {g('speedup'):>5}x"
+            f" | recall {g('recall', '{:.3f}'):>5} | max|diff| {g('max_abs_diff', '{:.1e}'):>7}"
+            f" | trunc30 rel med {g('trunc_median', '{:.2f}'):>4} max {g('trunc_max', '{:.2f}'):>4}"
+            f" | harmony {g('harmony_s'):>5} s {g('harmony_mb', '{:.0f}'):>4} MB"
+            f" | scanorama {g('scanorama_s'):>5} s {g('scanorama_mb', '{:.0f}'):>4} MB"
+            + (f" | {r['note']}" if "note" in r else ""))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=[str(s) for s in SIZES])
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="seconds after which exact runs are skipped")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.sizes, args.budget)
+        return
+    t = time.time()
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", "--budget", str(args.budget),
+                             "--sizes", *args.sizes], stdout=subprocess.PIPE, text=True)
+    rows = []
+    for line in proc.stdout:
+        r = json.loads(line)
+        if "info" in r:
+            print(r["info"], flush=True)
+            continue
+        rows.append(r)
+        print(fmt(r), flush=True)
+    proc.wait()
+    if proc.returncode:
+        sys.exit(proc.returncode)
+    big = [r for r in rows if "speedup" in r]
+    if big:
+        r = big[-1]
+        print(f"summary: at {r['cells']} cells exact/approximate wall-time ratio {r['speedup']:.2f} "
+              f"(target >= 5), approximate pair recall {r['recall']:.3f} (target >= 0.95); "
+              f"total {time.time() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

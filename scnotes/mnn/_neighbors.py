@@ -1,0 +1,299 @@
+"""k-nearest neighbours across two batches and mutual nearest-neighbour (MNN) pairs.
+
+Two backends give the same interface:
+
+- ``"exact"``: brute-force Euclidean search (scikit-learn), the reference.
+- ``"pynndescent"``: approximate nearest-neighbour descent (Dong et al. 2011,
+  as implemented by pynndescent). The seed page's point: approximate search is
+  what makes MNN practical on large data (Aumüller et al. 2019,
+  ANN-Benchmarks). :func:`pair_recall` measures how many exact pairs it finds.
+  On high-dimensional rows (more than 200 features, e.g. 2,000 HVGs) the
+  search runs in a 200-component PCA projection shared by both batches (one
+  truncated SVD, one NN-descent index per batch, reused for both directions)
+  and returns ``10 k`` candidates per cell, which are re-ranked by their
+  exact distance in the full space (a numba kernel on the sparse rows). On
+  the joined PBMC HVGs this finds ≥ 0.95 of the exact MNN pairs; without
+  the projection, NN-descent on 2,000 dense dimensions was slower than the
+  exact search.
+
+MNN pairs follow Haghverdi et al. 2018 (Nat Biotechnol 36:421) and batchelor's
+``findMutualNN``: cell ``i`` of batch 1 and cell ``j`` of batch 2 form a pair
+when ``j`` is among the ``k2`` nearest batch-2 cells of ``i`` and ``i`` is
+among the ``k1`` nearest batch-1 cells of ``j``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["BACKENDS", "knn_query", "find_mutual_nn", "pair_recall", "check_matrix"]
+
+BACKENDS = ("exact", "pynndescent")
+
+
+def check_matrix(x, name: str = "x"):
+    """Validate a cells × features matrix of real values (dense or sparse; sparse stays sparse).
+
+    Returns float64 ndarray or CSR matrix.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not two-dimensional numeric data.
+    ValueError
+        If ``x`` is empty or has NaN/inf values.
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float64)
+        vals = x.data
+    else:
+        x = np.asarray(x)
+        if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+            raise TypeError(f"{name} must be numeric, got dtype {x.dtype}")
+        x = x.astype(np.float64, copy=False)
+        vals = x
+    if x.ndim != 2:
+        raise TypeError(f"{name} must be a 2-d cells × features matrix, got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape})")
+    if not np.all(np.isfinite(vals)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown neighbour backend {backend!r}; choose one of {BACKENDS}")
+
+
+def knn_query(ref, query, k: int, backend: str = "exact", seed: int = 0,
+              n_jobs: int = 1, epsilon: float = 0.1):
+    """The ``k`` nearest rows of ``ref`` for each row of ``query`` (Euclidean).
+
+    Parameters
+    ----------
+    ref : array or CSR matrix, shape (n_ref, n_features)
+    query : array or CSR matrix, shape (n_query, n_features)
+    k : int
+        Number of neighbours; must satisfy ``1 <= k <= n_ref``.
+    backend : {"exact", "pynndescent"}
+    seed : int
+        Random state of pynndescent's graph construction.
+    n_jobs : int
+        Threads for the search.
+    epsilon : float
+        pynndescent's search breadth (larger = more accurate, slower).
+
+    Returns
+    -------
+    index : ndarray of int64, shape (n_query, k)
+        Row indices into ``ref``, nearest first.
+    distance : ndarray of float64, shape (n_query, k)
+        Euclidean distances.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is out of range or the backend is unknown.
+    """
+    _check_backend(backend)
+    n_ref = ref.shape[0]
+    if not 1 <= k <= n_ref:
+        raise ValueError(f"k = {k} nearest neighbours requested but the reference has {n_ref} cells")
+    if backend == "exact":
+        from sklearn.neighbors import NearestNeighbors
+
+        # Brute force is exact and, for the high-dimensional (gene-space) data
+        # MNN works on, faster than trees; for low-dimensional embeddings
+        # scikit-learn's 'auto' picks a tree.
+        algorithm = "brute" if (sp.issparse(ref) or ref.shape[1] > 30) else "auto"
+        nn = NearestNeighbors(n_neighbors=k, algorithm=algorithm, n_jobs=n_jobs).fit(ref)
+        dist, idx = nn.kneighbors(query, n_neighbors=k)
+        return idx.astype(np.int64), dist.astype(np.float64)
+
+    return _approx_knn(ref, query, k, seed=seed, n_jobs=n_jobs, epsilon=epsilon)
+
+
+#: Above this many features the approximate search runs in a PCA projection
+#: (see :func:`_approx_knn`); below it NN-descent runs on the data directly.
+PROJECT_ABOVE = 200
+#: Dimensions of that projection and candidates per query (× k) re-ranked exactly.
+N_COMPONENTS = 200
+CANDIDATES_PER_K = 10
+#: Out-degree of the NN-descent search graph.
+GRAPH_NEIGHBORS = 30
+
+
+def _project(blocks, n_components, seed):
+    """Rows of all ``blocks`` projected on their top right singular vectors (float32).
+
+    One truncated SVD (Halko et al. 2011, randomized) of the stacked rows, not
+    centred, so that sparse input stays sparse; cost linear in cells.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    stacked = sp.vstack(blocks, format="csr") if any(sp.issparse(b) for b in blocks) \
+        else np.vstack(blocks)
+    n_comp = int(min(n_components, min(stacked.shape) - 1))
+    _, _, vt = randomized_svd(stacked, n_comp, n_iter=4, random_state=seed)
+    vt = vt.T
+    return [np.ascontiguousarray(np.asarray(b @ vt), dtype=np.float32) for b in blocks]
+
+
+def _nndescent_index(x, seed, n_jobs):
+    import pynndescent
+
+    n = x.shape[0]
+    n_graph = int(min(GRAPH_NEIGHBORS, n - 1)) if n > 2 else n
+    return pynndescent.NNDescent(x, n_neighbors=max(n_graph, 1), metric="euclidean",
+                                 random_state=seed, n_jobs=n_jobs, low_memory=True,
+                                 compressed=False)
+
+
+_RERANK = None
+
+
+def _rerank_kernel():
+    """numba kernel: squared distances of each query row to its candidate rows (CSR inputs)."""
+    global _RERANK
+    if _RERANK is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=False)
+        def rerank(qptr, qind, qdat, rptr, rind, rdat, cand, nq2, nr2, n_features):
+            m, c = cand.shape
+            out = np.empty((m, c), dtype=np.float64)
+            buf = np.zeros(n_features, dtype=np.float64)
+            for i in range(m):
+                # Scatter the query row once, then one sparse dot per candidate:
+                # cost Σ nnz(candidates), no dense copy of either batch.
+                for p in range(qptr[i], qptr[i + 1]):
+                    buf[qind[p]] = qdat[p]
+                for a in range(c):
+                    j = cand[i, a]
+                    if j < 0:  # pynndescent pads with -1 when it finds fewer than asked
+                        out[i, a] = np.inf
+                        continue
+                    s = 0.0
+                    for p in range(rptr[j], rptr[j + 1]):
+                        s += buf[rind[p]] * rdat[p]
+                    out[i, a] = max(nq2[i] + nr2[j] - 2.0 * s, 0.0)
+                for p in range(qptr[i], qptr[i + 1]):
+                    buf[qind[p]] = 0.0
+            return out
+
+        _RERANK = rerank
+    return _RERANK
+
+
+def _exact_rerank(ref, query, cand, k):
+    """Keep the ``k`` candidates of each query row nearest in the full space."""
+    q = sp.csr_matrix(query, dtype=np.float64)
+    r = sp.csr_matrix(ref, dtype=np.float64)
+    nq = np.asarray(q.multiply(q).sum(axis=1)).ravel()
+    nr = np.asarray(r.multiply(r).sum(axis=1)).ravel()
+    d2 = _rerank_kernel()(q.indptr, q.indices, q.data, r.indptr, r.indices, r.data,
+                          np.ascontiguousarray(cand, dtype=np.int64), nq, nr, q.shape[1])
+    order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand, order, 1).astype(np.int64), np.sqrt(np.take_along_axis(d2, order, 1))
+
+
+def _approx_knn(ref, query, k, seed=0, n_jobs=1, epsilon=0.1, index=None, proj=None):
+    """Approximate kNN: NN-descent in a PCA projection, exact re-ranking of candidates.
+
+    For high-dimensional rows (more than :data:`PROJECT_ABOVE` features, e.g.
+    2,000 HVGs) NN-descent on the raw rows is slow (it is O(n_features) per
+    distance and sparse rows are worse). Instead ``ref`` and ``query`` are
+    projected on :data:`N_COMPONENTS` principal axes, pynndescent returns
+    ``CANDIDATES_PER_K × k`` candidates per query there, and those are
+    re-ranked by their exact Euclidean distance in the full space, so the
+    returned distances are exact and only the candidate list is approximate.
+    ``index``/``proj`` let :func:`find_mutual_nn` reuse one projection and one
+    index per batch for both directions.
+    """
+    n_ref = ref.shape[0]
+    if ref.shape[1] <= PROJECT_ABOVE and proj is None:
+        index = _nndescent_index(_dense32(ref), seed, n_jobs) if index is None else index
+        idx, dist = index.query(_dense32(query), k=k, epsilon=epsilon)
+        return idx.astype(np.int64), dist.astype(np.float64)
+    if proj is None:
+        proj = _project([ref, query], N_COMPONENTS, seed)
+    pref, pquery = proj
+    index = _nndescent_index(pref, seed, n_jobs) if index is None else index
+    n_cand = int(min(n_ref, max(k, round(CANDIDATES_PER_K * k))))
+    cand, _ = index.query(pquery, k=n_cand, epsilon=epsilon)
+    return _exact_rerank(ref, query, cand, k)
+
+
+def _dense32(x):
+    return x.toarray().astype(np.float32) if sp.issparse(x) else np.ascontiguousarray(x, dtype=np.float32)
+
+
+def find_mutual_nn(data1, data2, k1: int = 20, k2: int | None = None, backend: str = "exact",
+                   seed: int = 0, n_jobs: int = 1, epsilon: float = 0.1):
+    """Mutual nearest-neighbour pairs between two batches.
+
+    Parameters
+    ----------
+    data1 : array or CSR matrix, shape (n1, n_features)
+    data2 : array or CSR matrix, shape (n2, n_features)
+    k1 : int
+        Neighbours of each batch-2 cell searched in batch 1.
+    k2 : int, optional
+        Neighbours of each batch-1 cell searched in batch 2 (default ``k1``).
+    backend, seed, n_jobs, epsilon
+        As :func:`knn_query`.
+
+    Returns
+    -------
+    first, second : ndarray of int64, shape (n_pairs,)
+        Row indices into ``data1`` and ``data2`` of each pair, sorted by
+        ``first`` then ``second``. A cell may appear in several pairs.
+
+    Raises
+    ------
+    ValueError
+        If a batch has fewer cells than the number of neighbours requested.
+    """
+    k2 = k1 if k2 is None else k2
+    if data1.shape[0] < k1 or data2.shape[0] < k2:
+        raise ValueError(
+            f"a batch has fewer cells than k (batch sizes {data1.shape[0]} and {data2.shape[0]}, "
+            f"k = {k1}/{k2}); lower k or drop the small batch")
+    _check_backend(backend)
+    if backend == "exact":
+        idx12, _ = knn_query(data2, data1, k2, backend=backend, n_jobs=n_jobs)
+        idx21, _ = knn_query(data1, data2, k1, backend=backend, n_jobs=n_jobs)
+    else:
+        # One projection of both batches and one index per batch serve both directions.
+        proj = _project([data1, data2], N_COMPONENTS, seed) \
+            if data1.shape[1] > PROJECT_ABOVE else [_dense32(data1), _dense32(data2)]
+        idx1 = _nndescent_index(proj[0], seed, n_jobs)
+        idx2 = _nndescent_index(proj[1], seed, n_jobs)
+        hi = data1.shape[1] > PROJECT_ABOVE
+        idx12, _ = _approx_knn(data2, data1, k2, seed, n_jobs, epsilon, index=idx2,
+                               proj=(proj[1], proj[0]) if hi else None)
+        idx21, _ = _approx_knn(data1, data2, k1, seed, n_jobs, epsilon, index=idx1,
+                               proj=(proj[0], proj[1]) if hi else None)
+    n1, n2 = data1.shape[0], data2.shape[0]
+    # Encode each directed edge as one integer and intersect the two edge sets.
+    e12 = np.repeat(np.arange(n1, dtype=np.int64), k2) * n2 + idx12.ravel()
+    e21 = idx21.ravel() * n2 + np.repeat(np.arange(n2, dtype=np.int64), k1)
+    common = np.intersect1d(e12, e21)
+    return common // n2, common % n2
+
+
+def pair_recall(pairs, reference_pairs) -> float:
+    """Fraction of ``reference_pairs`` (e.g. exact MNN pairs) also present in ``pairs``.
+
+    Both arguments are ``(first, second)`` index arrays as returned by
+    :func:`find_mutual_nn`. Returns 1.0 when the reference is empty.
+    """
+    f, s = (np.asarray(a, dtype=np.int64) for a in pairs)
+    rf, rs = (np.asarray(a, dtype=np.int64) for a in reference_pairs)
+    if rf.size == 0:
+        return 1.0
+    m = int(max(s.max(initial=0), rs.max(initial=0))) + 1
+    return float(np.isin(rf * m + rs, f * m + s).mean())

@@ -1,0 +1,364 @@
+"""Tests of scnotes.mnn: brute-force references, known shifts, invariances, bad input."""
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import scnotes.mnn as mnn
+
+
+# ---------------------------------------------------------------- references
+def ref_correction_vectors(data1, data2, mnn1, mnn2, s2):
+    """NumPy transcription of the brute-force REF in batchelor's test
+    "Batch vectors are correctly calculated" (full distance matrix, per-pair
+    kernel divided by pair count × MNN density, rows normalised)."""
+    d2 = ((data2[:, None, :] - data2[None, :, :]) ** 2).sum(-1)
+    w = np.exp(-d2 / s2)
+    umnn = np.unique(mnn2)
+    dens = w[:, umnn].sum(axis=1)                       # per cell of data2
+    npair = np.bincount(mnn2, minlength=data2.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kernel = (w / (npair * dens)[:, None]).T[:, mnn2]  # (n2, n_pairs)
+    kernel = kernel / kernel.sum(axis=1, keepdims=True)
+    vect = data1[mnn1] - data2[mnn2]
+    return kernel @ vect
+
+
+def ref_shift_variance(data1, data2, cell_vect, sigma):
+    """Loop transcription of batchelor's REF for "Variance shift adjustment"."""
+    scaling = np.zeros(data2.shape[0])
+    for cell in range(data2.shape[0]):
+        v = cell_vect[cell]
+        l2 = np.sqrt((v ** 2).sum())
+        u = v / l2
+        coords2 = data2 @ u
+        coords1 = data1 @ u
+        dd2 = data2[cell] - data2
+        dd2 = dd2 - np.outer(dd2 @ u, u)
+        w2 = np.exp(-(dd2 ** 2).sum(1) / sigma)
+        dd1 = data2[cell] - data1
+        dd1 = dd1 - np.outer(dd1 @ u, u)
+        w1 = np.exp(-(dd1 ** 2).sum(1) / sigma)
+        rank2 = np.empty(len(coords2), int)
+        rank2[np.argsort(coords2, kind="stable")] = np.arange(len(coords2))
+        prob2 = w2[rank2 <= rank2[cell]].sum() / w2.sum()
+        ord1 = np.argsort(coords1, kind="stable")
+        ecdf1 = np.cumsum(w1[ord1]) / w1.sum()
+        quan1 = coords1[ord1[np.min(np.flatnonzero(ecdf1 >= prob2))]]
+        scaling[cell] = (quan1 - coords2[cell]) / l2
+    return scaling
+
+
+def clusters(n, d=30, n_clusters=4, shift=None, seed=0, noise=0.3, centers_seed=42):
+    c = np.random.default_rng(centers_seed).normal(size=(n_clusters, d)) * 2.0
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, n_clusters, n)
+    x = c[lab] + rng.normal(size=(n, d)) * noise
+    if shift is not None:
+        x = x + shift
+    return x, lab
+
+
+# ---------------------------------------------------------------- smoothing
+@pytest.mark.parametrize("case", ["vanilla", "multi", "many", "sigma"])
+def test_correction_vectors_match_batchelor_reference(case):
+    rng = np.random.default_rng(10003)
+    data1 = rng.normal(scale=0.1, size=(400, 25))
+    data2 = rng.normal(scale=0.1, size=(1000, 25))
+    mnn1, mnn2, s2 = np.arange(10), np.arange(29, 19, -1), 0.1
+    if case == "multi":
+        mnn1 = np.r_[10, 11, 12, mnn1]
+        mnn2 = np.r_[29, 29, 29, mnn2]
+    elif case == "many":
+        mnn1, mnn2 = np.arange(200), np.arange(499, 299, -1)
+    elif case == "sigma":
+        s2 = 0.5
+    ref = ref_correction_vectors(data1, data2, mnn1, mnn2, s2)
+    got = mnn.compute_correction_vectors(data1, data2, mnn1, mnn2, sigma=s2, chunk_size=128)
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+    # Sparse input gives the same numbers.
+    got_sp = mnn.compute_correction_vectors(sp.csr_matrix(data1), sp.csr_matrix(data2), mnn1, mnn2,
+                                            sigma=s2)
+    np.testing.assert_allclose(got_sp, ref, atol=1e-6, rtol=0)
+
+
+def test_truncated_kernel_is_close_to_full_kernel():
+    x1, _ = clusters(600, seed=1)
+    x2, _ = clusters(600, seed=2, shift=0.5)
+    x1n, _ = mnn.cosine_normalize(x1)
+    x2n, _ = mnn.cosine_normalize(x2)
+    f, s = mnn.find_mutual_nn(x1n, x2n, 20)
+    full = mnn.compute_correction_vectors(x1n, x2n, f, s, sigma=0.1)
+    trunc = mnn.compute_correction_vectors(x1n, x2n, f, s, sigma=0.1, n_neighbors=100)
+    assert np.abs(full - trunc).max() < 1e-3 * np.abs(full).max() + 1e-6
+
+
+def test_shift_variance_matches_batchelor_reference():
+    rng = np.random.default_rng(100032)
+    data1 = rng.normal(scale=0.1, size=(400, 25))
+    data2 = rng.normal(scale=0.1, size=(300, 25))
+    corvect = rng.uniform(size=(300, 25))
+    for sigma in (1.0, 0.1):
+        ref = ref_shift_variance(data1, data2, corvect, sigma)
+        got = mnn.shift_variance_scaling(data1, data2, corvect, sigma=sigma, chunk_size=64)
+        np.testing.assert_allclose(got, ref, atol=1e-8)
+
+
+def test_cosine_normalize_sparse_and_dense_agree():
+    x = sp.random(50, 20, density=0.3, random_state=0, format="csr")
+    xs, l2s = mnn.cosine_normalize(x)
+    xd, l2d = mnn.cosine_normalize(x.toarray())
+    assert sp.issparse(xs)
+    np.testing.assert_allclose(xs.toarray(), xd)
+    nz = l2d > 1e-8
+    np.testing.assert_allclose(np.linalg.norm(xd[nz], axis=1), 1.0)
+
+
+# ---------------------------------------------------------------- pairs
+def test_mutual_pairs_are_mutual_and_complete():
+    x1, _ = clusters(200, seed=1)
+    x2, _ = clusters(250, seed=2)
+    k = 10
+    f, s = mnn.find_mutual_nn(x1, x2, k)
+    d = ((x1[:, None] - x2[None]) ** 2).sum(-1)
+    nn12 = np.argsort(d, axis=1)[:, :k]
+    nn21 = np.argsort(d, axis=0)[:k].T
+    brute = {(i, j) for i in range(200) for j in nn12[i] if i in nn21[j]}
+    assert set(zip(f.tolist(), s.tolist())) == brute
+    assert mnn.pair_recall((f, s), (f, s)) == 1.0
+
+
+@pytest.mark.slow  # pynndescent's numba compilation takes ~50 s in a fresh process
+def test_pynndescent_recall_of_exact_pairs():
+    # A few thousand cells, 50 dims, 12 populations, a batch shift.
+    x1, _ = clusters(1500, d=50, n_clusters=12, seed=1, noise=0.6)
+    x2, _ = clusters(1500, d=50, n_clusters=12, seed=2, noise=0.6, shift=0.3)
+    exact = mnn.find_mutual_nn(x1, x2, 20, backend="exact")
+    approx = mnn.find_mutual_nn(x1, x2, 20, backend="pynndescent", seed=0)
+    assert len(exact[0]) > 1000
+    assert mnn.pair_recall(approx, exact) >= 0.95
+
+
+def test_float32_full_kernel_matches_batchelor_reference():
+    # The approximate path's single-precision kernel is the same formula as the reference.
+    rng = np.random.default_rng(7)
+    data1 = rng.normal(scale=0.1, size=(400, 25))
+    data2 = rng.normal(scale=0.1, size=(1000, 25))
+    mnn1, mnn2 = np.arange(200), np.arange(499, 299, -1)
+    ref = ref_correction_vectors(data1, data2, mnn1, mnn2, 0.1)
+    for d1, d2 in ((data1, data2), (sp.csr_matrix(data1), sp.csr_matrix(data2))):
+        got = mnn.compute_correction_vectors(d1, d2, mnn1, mnn2, sigma=0.1, dtype=np.float32)
+        np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+
+
+@pytest.mark.slow  # numba compilation of pynndescent and of the re-ranking kernel
+def test_projected_pynndescent_reranks_exactly_and_recalls_exact_pairs():
+    # > 200 sparse features: search in a PCA projection, exact re-ranking in full space.
+    rng = np.random.default_rng(3)
+    centers = rng.gamma(0.3, 1.0, size=(6, 400)) * (rng.random((6, 400)) < 0.3)
+    lab1, lab2 = rng.integers(0, 6, 1500), rng.integers(0, 6, 1200)
+    x1 = np.log1p(rng.poisson(centers[lab1] * 3))
+    x2 = np.log1p(rng.poisson(centers[lab2] * 3 + 0.05))
+    x1, x2 = (mnn.cosine_normalize(sp.csr_matrix(x))[0] for x in (x1, x2))
+    idx, dist = mnn.knn_query(x2, x1, 20, backend="pynndescent")
+    # Returned distances are the exact full-space distances of the returned cells, sorted.
+    full = np.sqrt(np.maximum(((x1.toarray()[:, None, :] - x2.toarray()[idx]) ** 2).sum(-1), 0))
+    np.testing.assert_allclose(dist, full, atol=1e-9)
+    assert np.all(np.diff(dist, axis=1) >= -1e-12)
+    exact = mnn.find_mutual_nn(x1, x2, 20, backend="exact")
+    approx = mnn.find_mutual_nn(x1, x2, 20, backend="pynndescent")
+    assert len(exact[0]) > 1000
+    assert mnn.pair_recall(approx, exact) >= 0.95
+    res = mnn.mnn_correct(sp.vstack([x1, x2]), np.r_[np.zeros(1500), np.ones(1200)],
+                          backend="pynndescent", var_adj=False)
+    assert np.isfinite(res.corrected).all()
+
+
+# ---------------------------------------------------------------- correction
+def test_known_shift_is_removed_in_expression_space():
+    shift = np.zeros(30)
+    shift[:3] = 1.5
+    x1, l1 = clusters(300, seed=1)
+    x2, l2 = clusters(400, seed=2, shift=shift)
+    x = np.vstack([x1, x2])
+    b = np.r_[["a"] * 300, ["b"] * 400]
+    gaps = {}
+    for var_adj in (False, True):
+        res = mnn.mnn_correct(x, b, cos_norm_in=False, cos_norm_out=False, sigma=10.0, var_adj=var_adj)
+        c = res.corrected
+        np.testing.assert_array_equal(c[:300], x1)  # the reference batch is untouched
+        # Per population, the gap between batch means shrinks from |shift| to a fraction of it.
+        gaps[var_adj] = np.array([np.linalg.norm(c[:300][l1 == k].mean(0) - c[300:][l2 == k].mean(0))
+                                  for k in range(4)]) / np.linalg.norm(shift)
+    assert gaps[False].max() < 0.25
+    # MNN pairs sit on the facing surfaces of the two clouds ("kissing"), so the
+    # raw vectors undershoot; the variance adjustment closes most of the rest.
+    assert gaps[True].max() < 0.12 and gaps[True].mean() < gaps[False].mean()
+
+
+def test_known_shift_is_removed_in_embedding_space():
+    shift = np.zeros(10)
+    shift[0] = 3.0
+    x1, l1 = clusters(300, d=10, seed=1)
+    x2, l2 = clusters(400, d=10, seed=2, shift=shift)
+    res = mnn.fastmnn_correct(np.vstack([x1, x2]), np.r_[np.zeros(300), np.ones(400)])
+    cor = res.corrected
+    # fastMNN centres the reference too, so compare cluster means across batches.
+    for c in range(4):
+        m1 = cor[:300][l1 == c].mean(0)
+        m2 = cor[300:][l2 == c].mean(0)
+        assert np.linalg.norm(m1 - m2) < 0.1 * np.linalg.norm(shift)
+    unc = np.linalg.norm(x1[l1 == 0].mean(0) - x2[l2 == 0].mean(0))
+    assert unc > 2.5
+
+
+def _mean_nn_distance(x):
+    from sklearn.neighbors import NearestNeighbors
+
+    d, _ = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+    return d[:, 1].mean()
+
+
+def test_identical_batches_give_near_zero_correction():
+    x1, _ = clusters(300, seed=3)
+    x = np.vstack([x1, x1])
+    b = np.r_[np.zeros(300), np.ones(300)]
+    xn, _ = mnn.cosine_normalize(x1)
+    scale = _mean_nn_distance(xn)
+    # Each cell pairs with itself *and* its neighbours, so the averaged pair
+    # vectors are small local mean-shift vectors, not exactly zero; after
+    # smoothing they must be tiny next to the nearest-neighbour spacing.
+    for var_adj in (False, True):
+        res = mnn.mnn_correct(x, b, var_adj=var_adj)
+        shift = np.linalg.norm(res.corrected[300:] - xn, axis=1)
+        assert shift.mean() < 0.05 * scale
+    np.testing.assert_allclose(res.corrected[:300], xn)
+    emb = mnn.fastmnn_correct(x, b)
+    d = np.linalg.norm(emb.corrected[300:] - emb.corrected[:300], axis=1)
+    assert d.mean() < 0.2 * _mean_nn_distance(x1)
+    # (Centring along the batch vector moves both copies alike, even when that
+    # vector is tiny: it flattens one direction, as fastMNN does; so only the
+    # difference between the two copies is compared.)
+
+
+def test_sparse_input_matches_dense_and_is_not_densified(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = sp.random(400, 60, density=0.3, random_state=1, format="csr")
+    x.data = np.log1p(rng.poisson(5, size=x.data.size).astype(float) + 1)
+    b = np.r_[np.zeros(200), np.ones(200)]
+    dense = mnn.mnn_correct(x.toarray(), b)
+    calls = []
+    orig = sp.csr_matrix.toarray
+
+    def spy(self, *a, **kw):
+        calls.append(self.shape)
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", spy)
+    sparse = mnn.mnn_correct(x, b)
+    np.testing.assert_allclose(sparse.corrected, dense.corrected, atol=1e-10)
+    # Only per-batch output blocks or kernel chunks are made dense, never all cells × genes.
+    assert all(s[0] < 400 for s in calls)
+
+
+def test_three_batches_merge_order_and_pairs():
+    x1, _ = clusters(200, seed=1)
+    x2, _ = clusters(250, seed=2, shift=0.4)
+    x3, _ = clusters(150, seed=3, shift=-0.4)
+    x = np.vstack([x1, x2, x3])
+    b = pd.Categorical(np.r_[["A"] * 200, ["B"] * 250, ["C"] * 150])
+    res = mnn.mnn_correct(x, b, merge_order=["C", "A", "B"])
+    assert res.merge_order == ["C", "A", "B"]
+    assert res.steps[0].left == ["C"] and res.steps[0].right == ["A"]
+    assert res.steps[1].left == ["C", "A"] and res.steps[1].right == ["B"]
+    bv = np.asarray(b)
+    st = res.steps[1]
+    assert set(bv[st.left_cells]) <= {"A", "C"} and set(bv[st.right_cells]) == {"B"}
+    # Reference batch unchanged (up to cosine normalisation).
+    xn, _ = mnn.cosine_normalize(x3)
+    np.testing.assert_allclose(res.corrected[450:], xn)
+    with pytest.raises(ValueError, match="merge_order"):
+        mnn.mnn_correct(x, b, merge_order=["A", "B"])
+
+
+def test_auto_merge_joins_best_connected_batches_first():
+    # B and C share all four populations; A holds only one of them.
+    xa, la = clusters(300, seed=1)
+    xa = xa[la == 0]
+    xb, _ = clusters(300, seed=2)
+    xc, _ = clusters(300, seed=3)
+    x = np.vstack([xa, xb, xc])
+    b = np.r_[["A"] * len(xa), ["B"] * 300, ["C"] * 300]
+    res = mnn.fastmnn_correct(x, b, auto_merge=True)
+    assert sorted(res.steps[0].left + res.steps[0].right) == ["B", "C"]
+    assert res.steps[1].right == ["A"]
+
+
+def test_tricube_and_centring_closed_forms():
+    d = np.array([[0.0, 1.0, 2.0, 10.0]])
+    w = mnn.tricube_weights(d, ndist=3.0)  # h = 3 × d[:, 1] = 3
+    raw = np.array([1.0, (1 - (1 / 3) ** 3) ** 3, (1 - (2 / 3) ** 3) ** 3, 0.0])
+    np.testing.assert_allclose(w[0], raw / raw.sum())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 5))
+    v = rng.normal(size=5)
+    c = mnn.center_along_batch_vector(x, v)
+    u = v / np.linalg.norm(v)
+    np.testing.assert_allclose(c @ u, np.full(50, (x @ u).mean()))
+    # Orthogonal part untouched.
+    np.testing.assert_allclose(c - np.outer(c @ u, u), x - np.outer(x @ u, u), atol=1e-12)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_raises_clear_errors():
+    x1, _ = clusters(100, seed=1)
+    x = np.vstack([x1, x1 + 0.1])
+    b = np.r_[np.zeros(100), np.ones(100)]
+    with pytest.raises(ValueError, match="at least two batches"):
+        mnn.mnn_correct(x, np.zeros(200))
+    with pytest.raises(ValueError, match="fewer cells than k"):
+        mnn.mnn_correct(x, np.r_[np.zeros(190), np.ones(10)])
+    with pytest.raises(ValueError, match="fewer cells than k"):
+        mnn.fastmnn_correct(x, np.r_[np.zeros(190), np.ones(10)])
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        mnn.mnn_correct(bad, b)
+    with pytest.raises(ValueError, match="NaN"):
+        mnn.fastmnn_correct(bad, b)
+    with pytest.raises(ValueError, match="labels"):
+        mnn.mnn_correct(x, b[:50])
+    with pytest.raises(ValueError, match="missing"):
+        mnn.mnn_correct(x, np.r_[[None] * 5, b[5:]])
+    with pytest.raises(ValueError, match="backend"):
+        mnn.mnn_correct(x, b, backend="faiss")
+
+
+# ---------------------------------------------------------------- AnnData front
+def test_tl_mnn_front():
+    import anndata as ad
+
+    import scnotes.tl as tl
+
+    x1, _ = clusters(150, seed=1)
+    x2, _ = clusters(150, seed=2, shift=0.3)
+    a = ad.AnnData(X=np.vstack([x1, x2]).astype(np.float32))
+    a.obs_names = [f"c{i}" for i in range(300)]
+    a.obs["batch"] = pd.Categorical(np.r_[["p"] * 150, ["q"] * 150])
+    a.obsm["X_pca"] = a.X[:, :10].copy()
+    pairs = tl.mnn(a, batch_key="batch")
+    assert a.layers["mnn"].shape == a.shape
+    assert set(pairs.columns) >= {"step", "left", "right", "left_batch", "right_batch"}
+    assert pairs["left"].str.startswith("c").all() and (pairs["left_batch"] == "p").all()
+    assert a.uns["mnn"]["n_pairs"][0] == len(pairs)
+    pairs2 = tl.mnn(a, batch_key="batch", use_rep="X_pca", k=15)
+    assert a.obsm["X_pca_mnn"].shape == (300, 10) and len(pairs2) > 0
+    with pytest.raises(KeyError, match="nope"):
+        tl.mnn(a, batch_key="nope")
+    with pytest.raises(KeyError, match="X_umap"):
+        tl.mnn(a, batch_key="batch", use_rep="X_umap")
+    a.obs["one"] = "x"
+    with pytest.raises(ValueError, match="at least two batches"):
+        tl.mnn(a, batch_key="one")
+    from scnotes.tl import _mnn
+    assert _mnn.__all__ == ["mnn"]
