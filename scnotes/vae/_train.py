@@ -37,13 +37,14 @@ def train(module, data, *, lr: float, n_samples: int, max_epochs: int, batch_siz
     RuntimeError
         If the loss becomes NaN or infinite (the epoch is named).
     """
-    from tqdm.auto import tqdm
-
+    if progress:
+        # Imported only when asked for: tqdm.auto warns in notebooks without ipywidgets.
+        from tqdm.auto import tqdm
     opt = make_optimizer(optimizer, module.parameters(), lr)
     module.train()
     history = [] if trace else None
     n = data.n
-    bar = tqdm(range(max_epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(max_epochs), desc=desc, leave=False) if progress else range(max_epochs)
     for epoch in bar:
         total = None
         for idx, (x, w, s, c) in data.batches(batch_size, rng):
@@ -62,5 +63,6 @@ def train(module, data, *, lr: float, n_samples: int, max_epochs: int, batch_siz
             history.append(value)
         if progress and epoch % 10 == 0:
             bar.set_postfix(loss=f"{value:.4g}")
-    bar.close()
+    if progress:
+        bar.close()
     return history
