@@ -6,8 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.scnotes-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# Plotting and BLAS threads: deterministic, and polite on 2-core machines.
-export MPLBACKEND := Agg
+
 # glibc returns large freed blocks to the OS and faults them in again on the next
 # minibatch; raising the thresholds keeps them, ~2.5x faster VAE training on CPU.
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
