@@ -41,7 +41,7 @@ from scipy.special import gammaln, polygamma, psi
 
 from .._checks import check_counts, check_mask
 from . import _kernels
-from ._poisson import _FactorResults, _Problem, _check_factors, _random_init
+from ._poisson import _FactorResults, _Problem, _check_factors, _initial_factors
 
 __all__ = ["NBMF", "nbmf", "nb_loglik"]
 
@@ -171,16 +171,7 @@ class NBMF(_FactorResults):
             theta = np.full(p, theta[0])
         elif not self.inv_disp_by_gene and theta.size > 1:
             raise ValueError("inv_disp has one value per gene but inv_disp_by_gene=False")
-        if isinstance(self.init, str):
-            if self.init != "random":
-                raise ValueError(f"init must be 'random' or a tuple (L0, F0), got {self.init!r}")
-            L, F = _random_init(prob, k, np.random.default_rng(self.seed))
-        else:
-            try:
-                L0, F0 = self.init
-            except (TypeError, ValueError):
-                raise ValueError("init must be 'random' or a tuple (L0, F0)") from None
-            L, F = _check_factors(L0, F0, (n, p), k)
+        L, F = _initial_factors(self.init, prob, k, self.seed, (n, p))
 
         nb = _NBTerms(X, W, by_gene=theta.size > 1)
         WX = X if W is None else W * X

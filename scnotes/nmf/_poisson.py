@@ -129,6 +129,19 @@ def poisson_loglik(x, L, F, w=None) -> float:
         return prob.loglik(L, F)
 
 
+def _initial_factors(init, prob, k, seed, shape):
+    """Starting (L, F): random (seeded) for ``init="random"``, else the given pair, checked."""
+    if isinstance(init, str):
+        if init != "random":
+            raise ValueError(f"init must be 'random' or a tuple (L0, F0), got {init!r}")
+        return _random_init(prob, k, np.random.default_rng(seed))
+    try:
+        L0, F0 = init
+    except (TypeError, ValueError):
+        raise ValueError("init must be 'random' or a tuple (L0, F0)") from None
+    return _check_factors(L0, F0, shape, k)
+
+
 def _check_factors(L, F, shape, k):
     L = np.array(L, dtype=np.float64, order="C")
     F = np.array(F, dtype=np.float64, order="C")
@@ -276,16 +289,7 @@ class PoissonNMF(_FactorResults):
         self._validate_params()
         prob = _Problem(x, w)
         k = int(self.n_components)
-        if isinstance(self.init, str):
-            if self.init != "random":
-                raise ValueError(f"init must be 'random' or a tuple (L0, F0), got {self.init!r}")
-            L, F = _random_init(prob, k, np.random.default_rng(self.seed))
-        else:
-            try:
-                L0, F0 = self.init
-            except (TypeError, ValueError):
-                raise ValueError("init must be 'random' or a tuple (L0, F0)") from None
-            L, F = _check_factors(L0, F0, prob.shape, k)
+        L, F = _initial_factors(self.init, prob, k, self.seed, prob.shape)
         with np.errstate(divide="ignore", invalid="ignore"), _kernels.threads_for(prob.d.nnz):
             if self.method == "mu":
                 L, F, rows, conv = self._fit_mu(prob, L, F, t0)
