@@ -339,23 +339,11 @@ class PoissonGLMMVEB:
                         est = (N / len(idx)) * ll - self._kl()
                     else:
                         obj = est = (N / len(idx)) * ll - self._kl()
-                    loss = -obj.sum() / N
-                    opt.zero_grad()
-                    loss.backward()
-                    if not torch.isfinite(loss):
-                        raise RuntimeError("NaN/inf loss in VEB; lower lr")
-                    opt.step()
-                    sched.step()
+                    _descend(-obj.sum() / N, opt, sched)
                     acc = acc + est.detach() / steps_per_epoch
             else:
                 est = self._loglik_full(full, gen, self.n_samples, self.expectation) - self._kl()
-                loss = -est.sum() / N
-                opt.zero_grad()
-                loss.backward()
-                if not torch.isfinite(loss):
-                    raise RuntimeError("NaN/inf loss in VEB; lower lr")
-                opt.step()
-                sched.step()
+                _descend(-est.sum() / N, opt, sched)
                 acc = est.detach()
             hist.append(acc.cpu().numpy())
         self.elbo_history_ = np.array(hist)
@@ -391,3 +379,13 @@ class PoissonGLMMVEB:
 def fit_veb(data: GLMMData, **kwargs) -> PoissonGLMMVEB:
     """``PoissonGLMMVEB(**kwargs).fit(data)`` (see :class:`PoissonGLMMVEB`)."""
     return PoissonGLMMVEB(**kwargs).fit(data)
+
+
+def _descend(loss, opt, sched):
+    """One optimiser step on ``loss``; a NaN/inf loss stops the fit instead of corrupting it."""
+    opt.zero_grad()
+    loss.backward()
+    if not torch.isfinite(loss):
+        raise RuntimeError("NaN/inf loss in VEB; lower lr")
+    opt.step()
+    sched.step()

@@ -312,22 +312,12 @@ class PoissonNMF(_FactorResults):
         if self.verbose:
             print(f"iter {it:5d}  loglik {ll:.6f}")
 
-    def _fit_mu(self, prob, L, F, t0):
+    def _mu_sweep(self, prob, L, F):
+        """One EM / multiplicative update of L then F in place; return ℓ at the result."""
         d, dt = prob.d, prob.dt
-        ll = prob.loglik(L, F)
-        rows = [(0, ll, time.perf_counter() - t0, 0.0)]
-        conv = False
-        for it in range(1, int(self.max_iter) + 1):
-            _kernels.mu_rows(d.indptr, d.indices, d.data, L, F, prob.lin_rows(F))
-            _kernels.mu_rows(dt.indptr, dt.indices, dt.data, F, L, prob.lin_cols(L))
-            new = prob.loglik(L, F)
-            rows.append((it, new, time.perf_counter() - t0, 0.0))
-            self._log(it, new)
-            if self._done(ll, new):
-                conv = True
-                break
-            ll = new
-        return L, F, rows, conv
+        _kernels.mu_rows(d.indptr, d.indices, d.data, L, F, prob.lin_rows(F))
+        _kernels.mu_rows(dt.indptr, dt.indices, dt.data, F, L, prob.lin_cols(L))
+        return prob.loglik(L, F)
 
     def _scd_sweep(self, prob, L, F):
         """Update L then F in place; return ℓ at the result."""
@@ -340,12 +330,13 @@ class PoissonNMF(_FactorResults):
                           int(self.n_inner), True, outF)
         return float(outF.sum()) + prob.const
 
-    def _fit_scd(self, prob, L, F, t0):
+    def _fit_sweeps(self, prob, L, F, t0, sweep):
+        """Repeat ``sweep`` until the relative change of ℓ falls below tol (no extrapolation)."""
         ll = prob.loglik(L, F)
         rows = [(0, ll, time.perf_counter() - t0, 0.0)]
         conv = False
         for it in range(1, int(self.max_iter) + 1):
-            new = self._scd_sweep(prob, L, F)
+            new = sweep(prob, L, F)
             rows.append((it, new, time.perf_counter() - t0, 0.0))
             self._log(it, new)
             if self._done(ll, new):
@@ -353,6 +344,12 @@ class PoissonNMF(_FactorResults):
                 break
             ll = new
         return L, F, rows, conv
+
+    def _fit_mu(self, prob, L, F, t0):
+        return self._fit_sweeps(prob, L, F, t0, self._mu_sweep)
+
+    def _fit_scd(self, prob, L, F, t0):
+        return self._fit_sweeps(prob, L, F, t0, self._scd_sweep)
 
     def _fit_scd_extrapolated(self, prob, L, F, t0):
         """SCD with the adaptive extrapolation of Ang & Gillis (2019, Neural Comput. 31:417).
