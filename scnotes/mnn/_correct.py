@@ -35,9 +35,10 @@ batchelor kernel computed in float32 (about 1e-7 from float64). Truncating
 the kernel to each cell's nearest MNN cells (``smooth_neighbors``) is
 available but is not a negligible approximation with batchelor's
 ``sigma = 0.1`` on cosine-normalised HVG data: on the joined PBMC set
-replicated to 20k cells the correction vectors moved by a median 76 % (30
-nearest MNN cells) and 26 % (200) of their norm, because the kernel
-(together with the 1/density weights) spreads over hundreds of MNN cells.
+(5k-100k cells, ``benchmarks/bench_mnn.py``) keeping the 30 nearest MNN
+cells moved the correction vectors by a median 48-62 % of their norm,
+because the kernel (together with the 1/density weights) spreads over
+hundreds of MNN cells.
 """
 from __future__ import annotations
 
@@ -80,14 +81,6 @@ def _cross(a, b):
     if sp.issparse(b):
         return np.asarray(b @ np.asarray(a).T).T
     return a @ b.T
-
-
-def _sqdist(a, b, na=None, nb=None):
-    """Squared Euclidean distances between rows of ``a`` and ``b``, shape (len(a), len(b))."""
-    na = _sq_norms(a) if na is None else na
-    nb = _sq_norms(b) if nb is None else nb
-    d = na[:, None] + nb[None, :] - 2.0 * _cross(a, b)
-    return np.maximum(d, 0.0)
 
 
 def cosine_normalize(x, floor: float = 1e-8):
@@ -176,11 +169,11 @@ def smooth_gaussian_kernel(averaged, mnn_cells, data, sigma: float = 0.1, chunk_
     backend, seed
         Neighbour search for the truncated kernel.
     dtype : {numpy.float64, numpy.float32}
-        Precision of the full-kernel computation. ``float32`` (used by
-        :func:`mnn_correct` with the approximate backend) densifies only the
-        MNN cells' rows (n_mnn × n_dims) and runs the kernel and the weighted
-        average as single-precision BLAS products, about 2× faster; the
-        result differs from float64 by ~1e-7 (relative to the largest entry).
+        Precision of the full-kernel computation (blocks of
+        ``max(chunk_size, 2048)`` rows). ``float32`` (used by
+        :func:`mnn_correct` with the approximate backend) is about 2× faster;
+        the result differs from float64 by ~1e-7 (relative to the largest
+        entry).
 
     Returns
     -------
@@ -196,18 +189,8 @@ def smooth_gaussian_kernel(averaged, mnn_cells, data, sigma: float = 0.1, chunk_
     nd = _sq_norms(data)
     n = data.shape[0]
     out = np.empty((n, averaged.shape[1]), dtype=np.float64)
-    if (n_neighbors is None or n_neighbors >= len(mnn_cells)) and np.dtype(dtype) == np.float32:
-        return _smooth_full32(averaged, m, nm, data, nd, sigma, max(chunk_size, 2048))
     if n_neighbors is None or n_neighbors >= len(mnn_cells):
-        log_dens = np.empty(len(mnn_cells))
-        for s in range(0, len(mnn_cells), chunk_size):
-            d = _sqdist(m[s:s + chunk_size], m, nm[s:s + chunk_size], nm)
-            log_dens[s:s + chunk_size] = logsumexp(-d / sigma, axis=1)
-        for s in range(0, n, chunk_size):
-            logw = -_sqdist(data[s:s + chunk_size], m, nd[s:s + chunk_size], nm) / sigma - log_dens
-            logw -= logsumexp(logw, axis=1, keepdims=True)
-            out[s:s + chunk_size] = np.exp(logw) @ averaged
-        return out
+        return _smooth_full(averaged, m, nm, data, nd, sigma, max(chunk_size, 2048), dtype)
     kk = int(n_neighbors)
     # One search (one index build) answers both the MNN-cell densities and the cell weights.
     idx, dist = knn_query(m, data, kk, backend=backend, seed=seed)
@@ -221,39 +204,52 @@ def smooth_gaussian_kernel(averaged, mnn_cells, data, sigma: float = 0.1, chunk_
     return out
 
 
-def _smooth_full32(averaged, m, nm, data, nd, sigma, chunk_size):
-    """Full kernel of :func:`smooth_gaussian_kernel` in single precision (same formula)."""
-    m = np.ascontiguousarray(_dense(m), dtype=np.float32)
+def _smooth_full(averaged, m, nm, data, nd, sigma, chunk_size, dtype):
+    """Full kernel of :func:`smooth_gaussian_kernel` (same formula), ``chunk_size`` rows at a time.
+
+    The MNN cells' rows (n_mnn × n_dims) are made dense once. A block of
+    sparse cells stays sparse: on cosine-normalised HVG rows (~10 % non-zero)
+    the sparse × dense product is about 4× faster than a dense BLAS product,
+    and no dense copy of ``data`` is made. The weighted average is a dense
+    product (chunk × n_mnn) @ (n_mnn × n_features), the bulk of the cost.
+    """
+    dtype = np.dtype(dtype)
+    m = np.ascontiguousarray(_dense(m), dtype=dtype)
     mt = np.ascontiguousarray(m.T)
-    nm = nm.astype(np.float32)
-    nd = nd.astype(np.float32)
-    neg = np.float32(-1.0 / sigma)
-    av = averaged.astype(np.float32)
-    n_mnn = m.shape[0]
-    log_dens = np.empty(n_mnn, dtype=np.float32)
-    for s in range(0, n_mnn, chunk_size):
-        d = nm[s:s + chunk_size, None] + nm[None, :] - 2.0 * (m[s:s + chunk_size] @ mt)
+    nm = nm.astype(dtype)
+    nd = nd.astype(dtype)
+    neg = dtype.type(-1.0 / sigma)
+    av = np.ascontiguousarray(averaged, dtype=dtype)
+
+    def log_kernel(rows, norms):
+        # -‖x − m_j‖² / sigma for a dense block of rows; the log of the kernel.
+        d = norms[:, None] + nm[None, :] - 2.0 * np.asarray(rows @ mt)
         np.maximum(d, 0.0, out=d)
         d *= neg
+        return d
+
+    n_mnn = m.shape[0]
+    log_dens = np.empty(n_mnn, dtype=dtype)
+    for s in range(0, n_mnn, chunk_size):
+        d = log_kernel(m[s:s + chunk_size], nm[s:s + chunk_size])
         top = d.max(axis=1, keepdims=True)
         d -= top
         np.exp(d, out=d)
         log_dens[s:s + chunk_size] = np.log(d.sum(axis=1)) + top[:, 0]
     n = data.shape[0]
-    out = np.empty((n, av.shape[1]), dtype=np.float32)
+    out = np.empty((n, av.shape[1]), dtype=np.float64)
     for s in range(0, n, chunk_size):
-        q = data[s:s + chunk_size]
-        # Sparse rows times the dense MNN rows: no dense copy of the chunk.
-        cross = np.asarray(q @ mt) if sp.issparse(q) else np.asarray(q, dtype=np.float32) @ mt
-        d = (nd[s:s + chunk_size, None] + nm[None, :] - 2.0 * cross).astype(np.float32, copy=False)
-        np.maximum(d, 0.0, out=d)
-        d *= neg
+        rows = data[s:s + chunk_size]
+        rows = rows.astype(dtype) if sp.issparse(rows) else np.asarray(rows, dtype=dtype)
+        d = log_kernel(rows, nd[s:s + chunk_size])
         d -= log_dens
+        # Normalise in log space (subtract the row maximum) so that a cell far
+        # from every MNN cell still gets a proper weighted average.
         d -= d.max(axis=1, keepdims=True)
         np.exp(d, out=d)
         d /= d.sum(axis=1, keepdims=True)
         out[s:s + chunk_size] = d @ av
-    return out.astype(np.float64)
+    return out
 
 
 def compute_correction_vectors(data1, data2, first, second, kernel_data=None, sigma: float = 0.1,
