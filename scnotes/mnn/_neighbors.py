@@ -9,7 +9,7 @@ Two backends give the same interface:
   ANN-Benchmarks). :func:`pair_recall` measures how many exact pairs it finds.
   On high-dimensional rows (more than 200 features, e.g. 2,000 HVGs) the
   search runs in a 200-component PCA projection shared by both batches (one
-  truncated SVD, one NN-descent index per batch) and returns ``8 k``
+  truncated SVD, one NN-descent index per batch) and returns ``12 k``
   candidates per cell, which are re-ranked by their exact distance in the
   full space (a numba kernel on the sparse rows). On the joined PBMC HVGs
   this finds ≥ 0.95 of the exact MNN pairs; without the projection,
@@ -72,7 +72,7 @@ def _check_backend(backend):
 
 
 def knn_query(ref, query, k: int, backend: str = "exact", seed: int = 0,
-              n_jobs: int = 1, epsilon: float = 0.1):
+              n_jobs: int = 1, epsilon: float | None = None):
     """The ``k`` nearest rows of ``ref`` for each row of ``query`` (Euclidean).
 
     Parameters
@@ -86,8 +86,11 @@ def knn_query(ref, query, k: int, backend: str = "exact", seed: int = 0,
         Random state of pynndescent's graph construction.
     n_jobs : int
         Threads for the search.
-    epsilon : float
+    epsilon : float, optional
         pynndescent's search breadth (larger = more accurate, slower).
+        Default: 0.1 (pynndescent's) when NN-descent runs on the rows
+        themselves; :data:`PROJECTED_EPSILON` in the projected search, which
+        asks for many candidates and searches each list more narrowly.
 
     Returns
     -------
@@ -124,7 +127,12 @@ def knn_query(ref, query, k: int, backend: str = "exact", seed: int = 0,
 PROJECT_ABOVE = 200
 #: Dimensions of that projection and candidates per query (× k) re-ranked exactly.
 N_COMPONENTS = 200
-CANDIDATES_PER_K = 8
+CANDIDATES_PER_K = 12
+#: pynndescent's search breadth for those candidates. A long candidate list
+#: searched narrowly reaches a given recall sooner than a short list searched
+#: widely: on the PBMC HVGs at 50k cells, 12 k candidates at epsilon 0.02 found
+#: 97.4 % of the exact pairs in the time 8 k at epsilon 0.1 found 96.3 %.
+PROJECTED_EPSILON = 0.02
 #: Power iterations of the randomized SVD behind the projection (it only has to
 #: rank candidates; the returned distances are exact).
 N_POWER_ITER = 4
@@ -211,7 +219,7 @@ def _exact_rerank(ref, query, cand, k):
     return np.take_along_axis(cand, order, 1).astype(np.int64), np.sqrt(np.take_along_axis(d2, order, 1))
 
 
-def _reranked_search(ref, rows, ref_proj, rows_proj, k, seed=0, n_jobs=1, epsilon=0.1):
+def _reranked_search(ref, rows, ref_proj, rows_proj, k, seed=0, n_jobs=1, epsilon=None):
     """NN-descent candidates in a projection, re-ranked by exact distance in the full space.
 
     ``ref_proj``/``rows_proj`` are ``ref``/``rows`` in a shared projection
@@ -219,11 +227,12 @@ def _reranked_search(ref, rows, ref_proj, rows_proj, k, seed=0, n_jobs=1, epsilo
     """
     index = _nndescent_index(ref_proj, seed, n_jobs)
     n_cand = int(min(ref.shape[0], max(k, round(CANDIDATES_PER_K * k))))
-    cand, _ = index.query(rows_proj, k=n_cand, epsilon=epsilon)
+    eps = PROJECTED_EPSILON if epsilon is None else epsilon
+    cand, _ = index.query(rows_proj, k=n_cand, epsilon=eps)
     return _exact_rerank(ref, rows, cand, k)
 
 
-def _approx_knn(ref, query, k, seed=0, n_jobs=1, epsilon=0.1):
+def _approx_knn(ref, query, k, seed=0, n_jobs=1, epsilon=None):
     """Approximate kNN: NN-descent, in a PCA projection with exact re-ranking for wide rows.
 
     For high-dimensional rows (more than :data:`PROJECT_ABOVE` features, e.g.
@@ -236,7 +245,7 @@ def _approx_knn(ref, query, k, seed=0, n_jobs=1, epsilon=0.1):
     """
     if ref.shape[1] <= PROJECT_ABOVE:
         index = _nndescent_index(_dense32(ref), seed, n_jobs)
-        idx, dist = index.query(_dense32(query), k=k, epsilon=epsilon)
+        idx, dist = index.query(_dense32(query), k=k, epsilon=0.1 if epsilon is None else epsilon)
         return idx.astype(np.int64), dist.astype(np.float64)
     pref, pquery = _project([ref, query], N_COMPONENTS, seed)
     return _reranked_search(ref, query, pref, pquery, k, seed, n_jobs, epsilon)
@@ -247,7 +256,7 @@ def _dense32(x):
 
 
 def find_mutual_nn(data1, data2, k1: int = 20, k2: int | None = None, backend: str = "exact",
-                   seed: int = 0, n_jobs: int = 1, epsilon: float = 0.1):
+                   seed: int = 0, n_jobs: int = 1, epsilon: float | None = None):
     """Mutual nearest-neighbour pairs between two batches.
 
     The search runs in two passes with the same result as searching both
