@@ -184,27 +184,21 @@ def smooth_gaussian_kernel(averaged, mnn_cells, data, sigma: float = 0.1, chunk_
         raise ValueError(f"sigma must be positive, got {sigma}")
     averaged = np.asarray(averaged, dtype=np.float64)
     mnn_cells = np.asarray(mnn_cells, dtype=np.int64)
-    m = data[mnn_cells]
-    nm = _sq_norms(m)
-    nd = _sq_norms(data)
-    n = data.shape[0]
-    out = np.empty((n, averaged.shape[1]), dtype=np.float64)
     if n_neighbors is None or n_neighbors >= len(mnn_cells):
-        return _smooth_full(averaged, m, nm, data, nd, sigma, max(chunk_size, 2048), dtype)
-    kk = int(n_neighbors)
+        return _smooth_full(averaged, data[mnn_cells], data, sigma, max(chunk_size, 2048), dtype)
+    n, kk = data.shape[0], int(n_neighbors)
     # One search (one index build) answers both the MNN-cell densities and the cell weights.
-    idx, dist = knn_query(m, data, kk, backend=backend, seed=seed)
+    idx, dist = knn_query(data[mnn_cells], data, kk, backend=backend, seed=seed)
     log_dens = logsumexp(-dist[mnn_cells] ** 2 / sigma, axis=1)
     logw = -dist ** 2 / sigma - log_dens[idx]
     logw -= logsumexp(logw, axis=1, keepdims=True)
     # Sparse (n_cells × n_mnn) weights: memory O(n_cells × n_neighbors).
     w = sp.csr_matrix((np.exp(logw).ravel(), idx.ravel(), np.arange(0, n * kk + 1, kk)),
                       shape=(n, len(mnn_cells)))
-    out[:] = w @ averaged
-    return out
+    return np.asarray(w @ averaged)
 
 
-def _smooth_full(averaged, m, nm, data, nd, sigma, chunk_size, dtype):
+def _smooth_full(averaged, m, data, sigma, chunk_size, dtype):
     """Full kernel of :func:`smooth_gaussian_kernel` (same formula), ``chunk_size`` rows at a time.
 
     The MNN cells' rows (n_mnn × n_dims) are made dense once. A block of
@@ -214,10 +208,10 @@ def _smooth_full(averaged, m, nm, data, nd, sigma, chunk_size, dtype):
     product (chunk × n_mnn) @ (n_mnn × n_features), the bulk of the cost.
     """
     dtype = np.dtype(dtype)
+    nm = _sq_norms(m).astype(dtype)
+    nd = _sq_norms(data).astype(dtype)
     m = np.ascontiguousarray(_dense(m), dtype=dtype)
     mt = np.ascontiguousarray(m.T)
-    nm = nm.astype(dtype)
-    nd = nd.astype(dtype)
     neg = dtype.type(-1.0 / sigma)
     av = np.ascontiguousarray(averaged, dtype=dtype)
 
