@@ -11,9 +11,15 @@
   Methods 16:43): the fraction of neighbourhoods whose batch composition a
   chi-square test does not reject against the global composition.
 - :func:`silhouette_label` — silhouette width by label, rescaled to [0, 1].
-- :func:`leiden_ari` — adjusted Rand index between Leiden clusters of the
-  kNN graph and the labels, best over a small resolution grid (as scIB
-  optimises the clustering resolution).
+- :func:`leiden_clustering` — scIB's protocol (Luecken et al. 2022): Leiden
+  clusters of the kNN graph over a resolution grid, the resolution chosen by
+  NMI with the labels, and the ARI and NMI of that one clustering. Both are
+  optimistic (the labels choose the resolution); :func:`cluster_scores` scores
+  a clustering fixed in advance (e.g. a model's own clusters).
+  :func:`leiden_ari` is the older best-ARI-over-resolutions score.
+- :func:`kmeans_ari` — ARI/NMI of k-means with k = number of labels.
+- :func:`poisson_loglik`, :func:`nb_loglik` — held-out count log-likelihoods
+  of predicted means (per entry, per cell or in total, with a mask).
 
 Every function accepts either an embedding ``x`` (cells × d, Euclidean) or a
 precomputed graph (a sparse cells × cells distance matrix, e.g. BBKNN's
@@ -26,7 +32,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 __all__ = ["knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
-           "silhouette_label", "leiden_ari", "score_integration"]
+           "silhouette_label", "silhouette_batch", "leiden_ari", "leiden_clustering", "cluster_scores",
+           "kmeans_ari", "score_integration", "poisson_loglik", "nb_loglik", "occupancy"]
 
 
 def _codes(labels, n):
@@ -188,6 +195,165 @@ def silhouette_label(x, labels) -> float:
     if n_l < 2:
         return float("nan")
     return float((silhouette_score(np.asarray(x), codes) + 1) / 2)
+
+
+def _leiden_graph(x, graph, n_neighbors, seed):
+    import anndata as ad
+    import scanpy as sc
+
+    n = (x if x is not None else graph).shape[0]
+    a = ad.AnnData(X=np.zeros((n, 1), dtype=np.float32))
+    if graph is not None:
+        a.obsp["connectivities"] = sp.csr_matrix(graph)
+        a.obsp["distances"] = sp.csr_matrix(graph)
+        a.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
+                              "params": {"method": "umap", "n_neighbors": n_neighbors}}
+    else:
+        a.obsm["X_rep"] = np.asarray(x, dtype=np.float32)
+        sc.pp.neighbors(a, use_rep="X_rep", n_neighbors=n_neighbors, random_state=seed,
+                        transformer="sklearn")  # exact; avoids pynndescent compile time
+    return a
+
+
+def cluster_scores(labels, clusters) -> dict:
+    """``{"ari": …, "nmi": …}`` of a clustering against labels (scikit-learn; NMI
+    with arithmetic normalisation, as scIB). Raises ValueError on missing labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    codes, _ = _codes(labels, len(clusters))
+    cl, _ = _codes(clusters, len(clusters))
+    return {"ari": float(adjusted_rand_score(codes, cl)),
+            "nmi": float(normalized_mutual_info_score(codes, cl))}
+
+
+def leiden_clustering(labels, x=None, graph=None, n_neighbors: int = 15,
+                      resolutions=tuple(np.round(np.arange(0.1, 2.01, 0.1), 2)), seed: int = 0) -> dict:
+    """scIB's clustering score: Leiden over ``resolutions``, choose the one with the
+    highest NMI against ``labels``, report its ARI and NMI.
+
+    Returns ``{"ari", "nmi", "resolution", "n_clusters", "clusters"}`` (clusters:
+    int codes, shape n_cells). Optimistic by construction: the labels pick the
+    resolution. The graph is scanpy's kNN graph of ``x`` (exact search) or the
+    connectivities ``graph``.
+    """
+    import scanpy as sc
+
+    n = (x if x is not None else graph).shape[0]
+    _codes(labels, n)
+    a = _leiden_graph(x, graph, n_neighbors, seed)
+    best = None
+    for r in resolutions:
+        sc.tl.leiden(a, resolution=float(r), random_state=seed, flavor="igraph", n_iterations=2,
+                     directed=False, key_added="_leiden")
+        cl = a.obs["_leiden"].cat.codes.to_numpy()
+        sc_ = cluster_scores(labels, cl)
+        if best is None or sc_["nmi"] > best["nmi"]:
+            best = dict(sc_, resolution=float(r), n_clusters=int(cl.max() + 1), clusters=cl)
+    return best
+
+
+def kmeans_ari(labels, x, seed: int = 0) -> dict:
+    """ARI and NMI of k-means (k = number of distinct labels, 10 restarts) on ``x``,
+    the seed GMVAE page's clustering score."""
+    from sklearn.cluster import KMeans
+
+    codes, k = _codes(labels, np.asarray(x).shape[0])
+    cl = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(x, dtype=np.float64))
+    return cluster_scores(codes, cl)
+
+
+def occupancy(clusters, n_clusters: int | None = None) -> dict:
+    """Cluster occupancy: ``n_used`` (clusters with ≥ 1 cell), ``n_small`` (fewer
+    than 1 % of cells) and ``max_fraction`` (share of the largest cluster)."""
+    cl = np.asarray(clusters)
+    counts = np.bincount(cl, minlength=n_clusters or 0)
+    frac = counts / cl.size
+    return {"n_used": int((counts > 0).sum()), "n_small": int(((counts > 0) & (frac < 0.01)).sum()),
+            "max_fraction": float(frac.max())}
+
+
+def silhouette_batch(x, batch, labels) -> float:
+    """scIB's batch ASW: per label, 1 − |silhouette of batch| averaged over cells,
+    then over labels; 1 = batches perfectly mixed within every label. Labels
+    with one batch or a single cell are skipped."""
+    from sklearn.metrics import silhouette_samples
+
+    x = np.asarray(x)
+    b, _ = _codes(batch, x.shape[0])
+    lab, n_l = _codes(labels, x.shape[0])
+    scores = []
+    for k in range(n_l):
+        sel = lab == k
+        if sel.sum() < 3 or len(np.unique(b[sel])) < 2:
+            continue
+        scores.append(np.mean(1 - np.abs(silhouette_samples(x[sel], b[sel]))))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _masked_sum(ll, mask, per):
+    if mask is not None:
+        m = np.asarray(mask.toarray() if sp.issparse(mask) else mask, dtype=bool)
+        if m.shape != ll.shape:
+            raise ValueError(f"mask has shape {m.shape} but the counts have shape {ll.shape}")
+        ll = np.where(m, ll, 0.0)
+        n = m.sum(axis=1) if per == "cell" else m.sum()
+    else:
+        n = ll.shape[1] if per == "cell" else ll.size
+    if per == "entry":
+        return float(ll.sum() / n)
+    if per == "cell":
+        return ll.sum(axis=1)
+    if per == "total":
+        return float(ll.sum())
+    raise ValueError(f"per must be 'entry', 'cell' or 'total', got {per!r}")
+
+
+def _dense_counts(x):
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def poisson_loglik(x, mean, mask=None, per: str = "entry", floor: float = 0.0):
+    """Poisson log-likelihood of counts ``x`` under predicted means ``mean``
+    (both n_cells × n_genes), in nats.
+
+    ``mask`` (boolean, same shape) selects the entries scored (e.g. the held-out
+    ones). ``per``: "entry" (mean over scored entries), "cell" (sum over each
+    cell's scored genes, shape n_cells) or "total". ``floor`` > 0 replaces means
+    below it by it: a mean of exactly 0 gives −inf at any positive count, which
+    is the model's honest score unless a floor is stated.
+
+    Raises ValueError on shape mismatch or negative means.
+    """
+    from scipy.special import gammaln, xlogy
+
+    x = _dense_counts(x)
+    mu = np.asarray(mean, dtype=np.float64)
+    if mu.shape != x.shape:
+        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
+    if np.any(mu < 0) or not np.all(np.isfinite(mu)):
+        raise ValueError("predicted means must be finite and non-negative")
+    if floor > 0:
+        mu = np.maximum(mu, floor)
+    ll = xlogy(x, mu) - mu - gammaln(x + 1)
+    return _masked_sum(ll, mask, per)
+
+
+def nb_loglik(x, mean, theta, mask=None, per: str = "entry"):
+    """Negative binomial log-likelihood (mean μ, inverse dispersion θ, variance
+    μ + μ²/θ) of counts ``x``, in nats; ``theta`` broadcasts against the genes.
+    Evaluated by :func:`scnotes.likelihoods.nb_log_pmf` in float64. ``mask`` and
+    ``per`` as :func:`poisson_loglik`."""
+    import torch
+
+    from .likelihoods import nb_log_pmf
+
+    x = _dense_counts(x)
+    mu = np.asarray(mean, dtype=np.float64)
+    if mu.shape != x.shape:
+        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
+    th = torch.as_tensor(np.broadcast_to(np.asarray(theta, dtype=np.float64), (x.shape[1],)).copy())
+    ll = nb_log_pmf(torch.as_tensor(x), torch.as_tensor(mu), th).numpy()
+    return _masked_sum(ll, mask, per)
 
 
 def leiden_ari(labels, x=None, graph=None, n_neighbors: int = 15,

@@ -105,7 +105,9 @@ def test_denoise_formulas(sim):
     p = small().fit(x, max_epochs=5, **FAST)
     np.testing.assert_allclose(p.denoise(x), p.predict(x))
     z = small(ZINBVAE).fit(x, max_epochs=5, **FAST)
-    d, mu, th, pi = z.denoise(x), z.predict(x), z.theta_, z.pi_
+    d, mu, th, pi = z.denoise(x), z.nb_mean(x), z.theta_, z.pi_
+    # predict is the model's expected count, (1 − π) s μ, not the NB mean.
+    np.testing.assert_allclose(z.predict(x), (1 - pi) * mu, rtol=1e-10)
     nb = (x + th) / (th / mu + 1)
     pos = x > 0
     np.testing.assert_allclose(d[pos], nb[pos], rtol=1e-4)

@@ -1,1 +1,171 @@
-__all__ = []
+"""The figures the chapters draw more than once. Each takes what a model or a
+``tl`` call stored (an ``obsm`` embedding, a training record, a table) and only
+draws it; each returns the matplotlib Axes it drew on."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["embedding", "training_curves", "heatmap", "metric_bars", "volcano", "category_colors"]
+
+
+def _ax(ax, figsize=(4.5, 4)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def category_colors(n: int):
+    """``n`` distinct colours: scanpy's default palettes (20, 28, then 102 colours)."""
+    from scanpy.plotting import palettes
+
+    for pal in (palettes.default_20, palettes.default_28, palettes.default_102):
+        if n <= len(pal):
+            return list(pal[:n])
+    # Beyond 102 categories colours must repeat; cycle the largest palette.
+    return [palettes.default_102[i % 102] for i in range(n)]
+
+
+def embedding(adata, basis: str, color: str, ax=None, title: str | None = None,
+              legend_max: int = 30, size: float | None = None, components=(0, 1)):
+    """Scatter of ``adata.obsm[basis]`` (two ``components``) coloured by ``adata.obs[color]``.
+
+    Categorical columns get scanpy's palettes and a legend outside the axes (none
+    above ``legend_max`` categories, where a legend would not be readable);
+    numeric columns a colour bar.
+
+    Raises
+    ------
+    KeyError : ``basis`` not in ``obsm`` or ``color`` not in ``obs`` (message lists the keys).
+    """
+    if basis not in adata.obsm:
+        raise KeyError(f"obsm key {basis!r} not found; available: {list(adata.obsm.keys())}")
+    if color not in adata.obs.columns:
+        raise KeyError(f"obs key {color!r} not found; available: {list(adata.obs.columns)}")
+    ax = _ax(ax)
+    xy = np.asarray(adata.obsm[basis])[:, list(components)]
+    size = size if size is not None else max(0.5, min(8.0, 12000 / max(len(xy), 1)))
+    col = adata.obs[color]
+    order = np.random.default_rng(0).permutation(len(xy))  # no category drawn on top of all others
+    if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:
+        cat = pd.Categorical(col.astype(str) if col.dtype != object else col)
+        colors = np.asarray(category_colors(len(cat.categories)), dtype=object)
+        codes = cat.codes
+        ax.scatter(xy[order, 0], xy[order, 1], s=size, c=list(colors[codes[order]]), linewidths=0,
+                   rasterized=True)
+        if len(cat.categories) <= legend_max:
+            for k, name in enumerate(cat.categories):
+                ax.scatter([], [], s=20, color=colors[k], label=str(name))
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=7,
+                      markerscale=1.0, ncol=1 if len(cat.categories) <= 15 else 2)
+    else:
+        sc_ = ax.scatter(xy[order, 0], xy[order, 1], s=size, c=np.asarray(col, dtype=float)[order],
+                         linewidths=0, cmap="viridis", rasterized=True)
+        ax.figure.colorbar(sc_, ax=ax, shrink=0.7, label=color)
+    name = basis[2:] if basis.startswith("X_") else basis
+    ax.set_xlabel(f"{name.upper()} {components[0] + 1}")
+    ax.set_ylabel(f"{name.upper()} {components[1] + 1}")
+    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title(title if title is not None else color)
+    return ax
+
+
+def training_curves(history: pd.DataFrame, columns=None, ax=None, title: str | None = None,
+                    ylabel: str = "nats per cell", logy: bool = False, skip: int = 0, label_prefix: str = ""):
+    """Lines of a training record (one row per epoch, e.g. a model's ``history_``).
+
+    ``columns`` default: ``loss`` and, if present, ``validation_loss``. ``skip``
+    drops the first epochs (whose loss dwarfs the rest).
+    """
+    ax = _ax(ax, (5, 3.5))
+    if columns is None:
+        columns = [c for c in ("loss", "validation_loss") if c in history.columns]
+    missing = [c for c in columns if c not in history.columns]
+    if missing:
+        raise KeyError(f"columns {missing} not in the training record; available: {list(history.columns)}")
+    h = history.iloc[skip:]
+    epoch = h["epoch"] if "epoch" in h.columns else np.arange(len(h))
+    for c in columns:
+        ax.plot(epoch, h[c], lw=1.2, label=f"{label_prefix}{c}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def heatmap(table: pd.DataFrame, ax=None, title: str | None = None, cmap: str = "RdBu_r",
+            center: float | None = 0.0, colorbar_label: str = "", annotate: bool = False, fmt: str = ".2f"):
+    """A DataFrame as a heatmap, rows and columns labelled (loadings, mean latent per
+    label, a metric table). ``center`` makes the colour scale symmetric about it."""
+    ax = _ax(ax, (0.45 * table.shape[1] + 2.5, 0.3 * table.shape[0] + 1.5))
+    v = table.to_numpy(dtype=float)
+    kw = {}
+    if center is not None:
+        m = np.nanmax(np.abs(v - center)) or 1.0
+        kw = dict(vmin=center - m, vmax=center + m)
+    im = ax.imshow(v, aspect="auto", cmap=cmap, interpolation="nearest", **kw)
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=90, fontsize=8)
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index], fontsize=8)
+    if annotate:
+        for i in range(v.shape[0]):
+            for j in range(v.shape[1]):
+                ax.text(j, i, format(v[i, j], fmt), ha="center", va="center", fontsize=6)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8, label=colorbar_label)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def metric_bars(table: pd.DataFrame, metrics=None, sd: pd.DataFrame | None = None, ax=None,
+                title: str | None = None, ylim=(0, 1)):
+    """Grouped bars: one group per metric (columns), one bar per method (rows),
+    with ``sd`` (same shape) as error bars. Same y range for every metric."""
+    metrics = list(metrics or table.columns)
+    ax = _ax(ax, (1.1 * len(metrics) + 2.5, 3.5))
+    n = len(table.index)
+    width = 0.8 / max(n, 1)
+    colors = category_colors(n)
+    for i, method in enumerate(table.index):
+        pos = np.arange(len(metrics)) + (i - (n - 1) / 2) * width
+        err = None if sd is None else sd.loc[method, metrics].to_numpy(dtype=float)
+        ax.bar(pos, table.loc[method, metrics].to_numpy(dtype=float), width, yerr=err,
+               color=colors[i], label=str(method), capsize=2)
+    ax.set_xticks(range(len(metrics)), metrics)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel("score")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def volcano(table: pd.DataFrame, x: str = "estimate", p: str = "p_value", label: str | None = None,
+            ax=None, alpha: float = 0.05, title: str | None = None, floor: float = 1e-300):
+    """Effect against −log10 p for a tidy result table; p-values below ``floor``
+    (e.g. printed as 0) are drawn at the floor and marked with triangles."""
+    ax = _ax(ax, (4.5, 4))
+    pv = table[p].to_numpy(dtype=float)
+    sat = pv < floor
+    y = -np.log10(np.maximum(pv, floor))
+    sig = pv < alpha
+    ax.scatter(table[x][~sig], y[~sig], s=6, color="0.6", label=f"p ≥ {alpha}")
+    ax.scatter(table[x][sig & ~sat], y[sig & ~sat], s=6, color="C3", label=f"p < {alpha}")
+    if sat.any():
+        ax.scatter(table[x][sat], y[sat], s=14, marker="^", color="C3", label=f"p < {floor:g} (floor)")
+    if label is not None:
+        top = np.argsort(pv)[:8]
+        for i in top:
+            ax.annotate(str(table[label].iloc[i]), (table[x].iloc[i], y[i]), fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"−log10 {p}")
+    ax.legend(frameon=False, fontsize=7)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -1,12 +1,14 @@
 """Count VAEs for scRNA-seq: :class:`PVAE`, :class:`NBVAE`, :class:`ZINBVAE`.
 
 x_ij ~ Poisson(s_i μ(z_i, c_i)_j u_ij) with u a point mass (PVAE), Gamma(θ, θ)
-(NBVAE) or Gamma with extra mass at zero (ZINBVAE); z_i ~ N(0, I). Seed page:
+(NBVAE) or Gamma with extra mass at zero (ZINBVAE); z_i ~ N(0, I). LDVAE is
+the same model with a linear decoder (``_ldvae``). Seed page:
 "Variational autoencoders for scRNA-seq data". Layout: ``_module`` (the
 ``nn.Module``: encoder, decoder, ELBO/IWAE), ``_train`` (loop), ``_data``
 (minibatches from dense or sparse counts), ``_model`` (estimators).
 """
+from ._ldvae import LDVAE
 from ._model import NBVAE, PVAE, ZINBVAE
-from ._module import CountVAEModule
+from ._module import CountVAEModule, LinearDecoder, MLPDecoder
 
-__all__ = ["PVAE", "NBVAE", "ZINBVAE", "CountVAEModule"]
+__all__ = ["PVAE", "NBVAE", "ZINBVAE", "LDVAE", "CountVAEModule", "LinearDecoder", "MLPDecoder"]

@@ -75,11 +75,15 @@ class CountData:
         self._c = (None if covariates is None
                    else torch.as_tensor(np.asarray(covariates, dtype=np.float32), device=self.device))
         self._cache = None
+        self._subset_cache = {}  # full batches of the training / validation subsets
 
     def get(self, idx: np.ndarray):
         full = len(idx) == self.n and np.array_equal(idx, np.arange(self.n))
         if full and self._cache is not None:
             return self._cache
+        hit = self._subset_cache.get(id(idx))
+        if hit is not None and hit[0] is idx:
+            return hit[1]
         x = self._x(idx)
         w = None if self._w is None else self._w(idx)
         if w is not None:
@@ -100,3 +104,22 @@ class CountData:
         """Yield ``(idx, (x, w, s, c))`` for one pass over the data."""
         for idx in batch_indices(self.n, batch_size, rng):
             yield idx, self.get(idx)
+
+    def index_batches(self, subset: np.ndarray, batch_size: int | None,
+                      rng: np.random.Generator | None = None):
+        """Minibatch index arrays over the rows ``subset`` (see :func:`batch_indices`).
+
+        A full batch of a proper subset (``batch_size=None``) is the same array
+        object every epoch and its tensors are kept, like the full data's.
+        """
+        if len(subset) == self.n and np.array_equal(subset, np.arange(self.n)):
+            return batch_indices(self.n, batch_size, rng)
+        pieces = batch_indices(len(subset), batch_size, rng)
+        if len(pieces) == 1:
+            for key, _ in self._subset_cache.values():
+                if np.array_equal(key, subset):
+                    return [key]
+            key = np.array(subset)
+            self._subset_cache[id(key)] = (key, self.get(key))
+            return [key]
+        return [subset[p] for p in pieces]

@@ -29,6 +29,7 @@ at fit time, but then later calls need ``s`` too: prefer ``s=1``.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -50,34 +51,66 @@ class _CountVAE:
 
     _likelihood = "poisson"
 
-    def __init__(self, input_dim: int, latent_dim: int = 10, hidden_dim: int = 128,
+    def __init__(self, input_dim: int, n_latent: int = 10, hidden_dim: int = 128,
                  n_covariates: int = 0, seed: int = 0, device="cpu", encoder_input: str = "raw",
-                 **lik_kwargs):
-        for name, v in (("input_dim", input_dim), ("latent_dim", latent_dim),
+                 n_batches: int = 0, latent_dim: int | None = None, **lik_kwargs):
+        if latent_dim is not None:  # the older name of n_latent
+            n_latent = latent_dim
+        for name, v in (("input_dim", input_dim), ("n_latent", n_latent),
                         ("hidden_dim", hidden_dim)):
             if int(v) != v or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if int(n_covariates) != n_covariates or n_covariates < 0:
             raise ValueError(f"n_covariates must be a non-negative integer, got {n_covariates!r}")
-        self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
+        if int(n_batches) != n_batches or not 0 <= n_batches <= n_covariates:
+            raise ValueError(f"n_batches must be an integer in [0, n_covariates={n_covariates}], "
+                             f"got {n_batches!r}")
+        self.input_dim, self.n_latent = int(input_dim), int(n_latent)
         self.hidden_dim, self.n_covariates = int(hidden_dim), int(n_covariates)
+        self.n_batches = int(n_batches)
         self.seed = int(seed)
         self.device = torch.device(device)
         self.encoder_input = encoder_input
         self._lik_kwargs = lik_kwargs
         self._s_mode, self._s_value = None, None
-        self.trace_ = None
+        self.history_ = None
+        self.var_names_ = None
+        self.covariate_registry_ = None
         self._build()
+
+    @property
+    def latent_dim(self):
+        """The older name of ``n_latent``."""
+        return self.n_latent
+
+    def _init_kwargs(self):
+        """Constructor arguments that rebuild this model (used by :meth:`save`)."""
+        return dict(input_dim=self.input_dim, n_latent=self.n_latent, hidden_dim=self.hidden_dim,
+                    n_covariates=self.n_covariates, seed=self.seed, encoder_input=self.encoder_input,
+                    n_batches=self.n_batches, **self._lik_kwargs)
+
+    def _make_module(self):
+        """The ``nn.Module``; subclasses swap parts here (LDVAE: the decoder)."""
+        return CountVAEModule(self.input_dim, self.n_latent, self.hidden_dim,
+                              self.n_covariates, self._likelihood,
+                              encoder_input=self.encoder_input, n_batches=self.n_batches,
+                              **self._lik_kwargs)
 
     def _build(self):
         # Parameter initialisation draws from torch's global RNG: seed it in a
         # forked state so the caller's RNG is untouched, then move to device.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            module = CountVAEModule(self.input_dim, self.latent_dim, self.hidden_dim,
-                                    self.n_covariates, self._likelihood,
-                                    encoder_input=self.encoder_input, **self._lik_kwargs)
+            module = self._make_module()
         self.module = module.to(self.device)
+
+    @property
+    def trace_(self):
+        """Per-epoch training loss summed over the training cells (nats), ndarray, or
+        None before fitting: ``history_["loss"]`` at full-data scale (the older record)."""
+        if self.history_ is None:
+            return None
+        return self.history_["loss"].to_numpy() * self._n_train
 
     # Seed-style access, e.g. ``m.encoder.mean.out_features`` is the latent dimension.
     @property
@@ -89,11 +122,8 @@ class _CountVAE:
         return self.module.decoder
 
     def __repr__(self):
-        extra = "".join(f", {k}={v!r}" for k, v in self._lik_kwargs.items())
-        return (f"{type(self).__name__}(input_dim={self.input_dim}, latent_dim={self.latent_dim}, "
-                f"hidden_dim={self.hidden_dim}, n_covariates={self.n_covariates}{extra}, "
-                f"encoder_input={self.encoder_input!r}, "
-                f"seed={self.seed}, device={str(self.device)!r})")
+        args = ", ".join(f"{k}={v!r}" for k, v in self._init_kwargs().items())
+        return f"{type(self).__name__}({args}, device={str(self.device)!r})"
 
     # --- input handling -------------------------------------------------------
     def _size_factors(self, x, w, s, fitting: bool):
@@ -163,7 +193,7 @@ class _CountVAE:
         c = self._covariates(covariates, x.shape[0])
         return CountData(x, s, w, c, self.device), mode
 
-    def _evaluate(self, data, fn, seed=None):
+    def _evaluate(self, data, fn, seed=None, batch_size=_EVAL_BATCH):
         """Run ``fn(x, w, s, c, generator)`` over eval batches in eval mode, concatenate as numpy."""
         if self._s_mode is None:
             raise RuntimeError("the model is not fitted yet; call fit first")
@@ -173,7 +203,7 @@ class _CountVAE:
         self.module.eval()
         try:
             with torch.no_grad():
-                out = [fn(*data.get(idx), gen) for idx in batch_indices(data.n, _EVAL_BATCH, None)]
+                out = [fn(*data.get(idx), gen) for idx in batch_indices(data.n, batch_size, None)]
         finally:
             self.module.train(was_training)
         return torch.cat(out).cpu().numpy().astype(np.float64)
@@ -181,7 +211,9 @@ class _CountVAE:
     # --- fitting --------------------------------------------------------------
     def fit(self, x, w=None, s=None, covariates=None, lr: float = 1e-2, n_samples: int = 10,
             max_epochs: int = 100, batch_size: int | None = None, objective: str = "elbo",
-            optimizer: str = "rmsprop", trace: bool = True, progress: bool = True):
+            optimizer: str = "rmsprop", trace: bool = True, progress: bool = True,
+            train_size: float = 1.0, early_stopping: bool = False, patience: int = 45,
+            min_delta: float = 0.0, kl_warmup_epochs: int = 0, weight_decay: float = 0.0):
         """Fit by stochastic gradient on the ELBO (or IWAE bound); returns ``self``.
 
         Parameters
@@ -195,23 +227,39 @@ class _CountVAE:
             concatenated to z as decoder input.
         lr : learning rate. RMSprop with lr 1e-2 (the seed's setting) is the default.
         n_samples : Monte Carlo draws of z per cell and step.
-        max_epochs : passes over the data (all of them are run).
+        max_epochs : passes over the training cells (fewer with early stopping).
         batch_size : None = full batch, one step per epoch (the seed); else cells
             per minibatch, reshuffled every epoch with the model's seed.
         objective : "elbo" or "iwae" (importance-weighted bound with ``n_samples``).
         optimizer : "rmsprop" (default) or "adam".
-        trace : record ``trace_``, the per-epoch negative bound summed over cells.
+        trace : kept for older callers; the training record ``history_`` is always kept.
         progress : show a tqdm progress bar.
+        train_size : fraction of cells used for training (1.0: all, the seed); the
+            rest, a random subset drawn with the model's seed (``validation_indices_``),
+            is scored every epoch into ``history_["validation_…"]``.
+        early_stopping : stop when the validation loss has not improved by
+            ``min_delta`` nats per cell for ``patience`` epochs and restore the best
+            epoch's weights (``best_epoch_``); needs ``train_size`` < 1.
+        kl_warmup_epochs : KL weight rising linearly to 1 over this many epochs
+            (0: none, the seed; scvi-tools uses 400). ELBO objective only.
+        weight_decay : L2 penalty of the optimiser (scvi-tools: 1e-6 with Adam).
 
-        Each step minimises −(N/B) Σ_{i∈batch} bound_i (unbiased for the full-data
-        negative bound). Refitting restarts from the seeded initialisation, so the
-        same seed and data give identical ``trace_`` and ``latent``.
+        Each step minimises −(N/B) Σ_{i∈batch} bound_i (an estimate of the full-data
+        negative bound, unbiased up to the BatchNorm batch dependence). Refitting
+        restarts from the seeded initialisation, so the same seed and data give an
+        identical ``history_`` and ``latent``.
+
+        Fitted attributes: ``history_`` (DataFrame, one row per epoch, nats per cell:
+        ``loss``, ``elbo``, ``reconstruction``, ``kl_z``, … and ``validation_…``),
+        ``best_epoch_``, ``n_epochs_`` (epochs run), ``fit_time_`` (s),
+        ``train_indices_``, ``validation_indices_``.
 
         Raises
         ------
         ValueError : invalid counts (negative, non-integer, NaN), wrong mask or
             covariate shape, a cell with zero total counts when ``s=None``,
-            bad ``objective``/``batch_size``/``n_samples``.
+            bad ``objective``/``batch_size``/``n_samples``/``train_size``, early
+            stopping without a validation set.
         RuntimeError : if the loss becomes NaN.
         """
         if objective not in ("elbo", "iwae"):
@@ -224,39 +272,64 @@ class _CountVAE:
             raise ValueError(f"batch_size must be None or an integer ≥ 2, got {batch_size!r}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        if not 0 < train_size <= 1:
+            raise ValueError(f"train_size must lie in (0, 1], got {train_size!r}")
+        if kl_warmup_epochs and objective != "elbo":
+            raise ValueError("kl_warmup_epochs applies to the ELBO objective only")
         data, mode = self._data(x, w, s, covariates, fitting=True)
-        if data.n < 2:
-            raise ValueError("need at least 2 cells (BatchNorm)")
+        rng = np.random.default_rng(self.seed)
+        train_idx, val_idx = _split(data.n, train_size, rng)
+        if len(train_idx) < 2:
+            raise ValueError("need at least 2 training cells (BatchNorm)")
+        if early_stopping and len(val_idx) == 0:
+            raise ValueError("early_stopping needs a validation set: pass train_size < 1")
         self._build()
+        self._before_training(data, train_idx)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
         t0 = time.perf_counter()
-        self.trace_ = train(self.module, data, lr=lr, n_samples=int(n_samples),
-                            max_epochs=int(max_epochs), batch_size=batch_size,
-                            objective=objective, optimizer=optimizer, generator=gen, rng=rng,
-                            trace=trace, progress=progress, desc=type(self).__name__)
+        self.history_, self.best_epoch_ = train(
+            self.module, data, lr=lr, n_samples=int(n_samples), max_epochs=int(max_epochs),
+            batch_size=batch_size, objective=objective, optimizer=optimizer, generator=gen, rng=rng,
+            progress=progress, desc=type(self).__name__, train_idx=train_idx,
+            validation_idx=val_idx if len(val_idx) else None, early_stopping=early_stopping,
+            patience=int(patience), min_delta=float(min_delta),
+            kl_warmup_epochs=int(kl_warmup_epochs), weight_decay=float(weight_decay))
         self.fit_time_ = time.perf_counter() - t0
+        self.n_epochs_ = len(self.history_)
+        self._n_train = len(train_idx)
+        self.train_indices_, self.validation_indices_ = train_idx, val_idx
         self._s_mode = mode
-        if self.trace_ is not None:
-            self.trace_ = np.asarray(self.trace_)
         return self
+
+    def _before_training(self, data, train_idx):
+        """Set data-dependent module state before training (the library prior)."""
+        m = self.module
+        if getattr(m, "library", "observed") != "latent":
+            return
+        _, _, s, c = data.get(np.asarray(train_idx))
+        log_s = torch.log(s).double().cpu().numpy()
+        if self.n_batches:
+            codes = c[:, :self.n_batches].argmax(1).cpu().numpy()
+            groups = [log_s[codes == b] for b in range(self.n_batches)]
+        else:
+            groups = [log_s]
+        # An empty batch keeps the overall prior (it only matters if such cells come later).
+        mean = [g.mean() if len(g) else log_s.mean() for g in groups]
+        var = [g.var() if len(g) > 1 else log_s.var() for g in groups]
+        m.set_library_prior(np.asarray(mean), np.maximum(np.asarray(var), 1e-4))
 
     # --- outputs --------------------------------------------------------------
     def latent(self, x, s=None, covariates=None, w=None):
-        """E_q[z_i], ndarray n_cells × latent_dim (``s`` and ``covariates`` are not
-        used by the encoder; accepted for a uniform call shape)."""
+        """E_q[z_i], ndarray n_cells × n_latent (softmax of the mean for the
+        logistic-normal latent). ``s`` and ``covariates`` are not used by the
+        encoder; accepted for a uniform call shape."""
         data, _ = self._data(x, w, s, covariates, need_s=False)
-        return self._evaluate(data, lambda x, w, s, c, g: self.module.encode(x)[0])
+        m = self.module
+        return self._evaluate(data, lambda x, w, s, c, g: m.transform_latent(m.encode(x)[0]))
 
-    def predict(self, x, w=None, s=None, covariates=None, n_samples: int | None = None):
-        """Expected counts s_i μ(z_i, c_i)_j, ndarray n_cells × n_genes.
-
-        ``n_samples=None``: plug-in μ(E_q[z]). Otherwise the Monte Carlo average
-        of μ(z) over ``n_samples`` draws z ~ q(z | x) (seeded with the model's seed).
-        For ZINBVAE this is the NB mean, not multiplied by (1 − π).
-        """
-        data, _ = self._data(x, w, s, covariates)
+    def _rates(self, data, n_samples):
+        """s_i μ(z_i, c_i)_j in float64 (plug-in or averaged over draws of q)."""
         m = self.module
 
         def fn(x, w, s, c, g):
@@ -269,6 +342,75 @@ class _CountVAE:
                 mu = torch.exp(m.decode(m.sample(mean, scale, int(n_samples), g), c).double()).mean(0)
             return s.double()[:, None] * mu
         return self._evaluate(data, fn)
+
+    def predict(self, x, w=None, s=None, covariates=None, n_samples: int | None = None):
+        """The model's expected count E[x_ij | z_i, c_i], ndarray n_cells × n_genes.
+
+        s_i μ(z_i, c_i)_j for Poisson and NB; (1 − π_j) s_i μ_ij for ZINB (the
+        zero-inflation is part of the model's mean). ``n_samples=None``: plug-in
+        at z = E_q[z]; otherwise the average over ``n_samples`` draws z ~ q(z | x)
+        (seeded with the model's seed). :meth:`nb_mean` gives s μ alone.
+        """
+        rate = self.nb_mean(x, w, s, covariates, n_samples)
+        if self.module.likelihood == "zinb":
+            rate = rate * (1 / (1 + np.exp(self.logodds_)))
+        return rate
+
+    def nb_mean(self, x, w=None, s=None, covariates=None, n_samples: int | None = None):
+        """s_i μ(z_i, c_i)_j, the Poisson rate / NB mean before any zero-inflation,
+        ndarray n_cells × n_genes (equals :meth:`predict` except for ZINB)."""
+        data, _ = self._data(x, w, s, covariates)
+        return self._rates(data, n_samples)
+
+    def normalized_expression(self, x, covariates=None, batch=None, library_size=None,
+                              n_samples: int = 25, w=None):
+        """Posterior mean of the expression profile ρ_i = μ_i / Σ_j μ_ij, ndarray
+        n_cells × n_genes, rows summing to one (or to ``library_size``).
+
+        Averaged over ``n_samples`` draws z ~ q(z | x) (seeded). ``batch`` sets
+        the batch covariate of every cell to one batch (scvi-tools'
+        ``transform_batch``: expression with the batch effect removed): a category
+        name of the model's ``batch_key`` (fitted through ``scnotes.tl``) or the
+        index of a column of the batch one-hot block (the first ``n_batches``
+        covariate columns). For LDVAE ρ is the decoder's softmax itself.
+
+        Raises
+        ------
+        ValueError : ``batch`` given but the model has no batch covariate, or an
+            unknown batch name / index.
+        """
+        n = x.shape[0]
+        if batch is not None:
+            col = self._batch_column(batch)
+            covariates = self._covariates(covariates, n).copy()
+            covariates[:, :self.n_batches] = 0.0
+            covariates[:, col] = 1.0
+        data, _ = self._data(x, w, None, covariates, need_s=False)
+        m = self.module
+
+        def fn(x, w, s, c, g):
+            mean, scale = m.encode(x)
+            log_mu = m.decode(m.sample(mean, scale, int(n_samples), g), c).double()
+            return torch.softmax(log_mu, dim=-1).mean(0)
+        rho = self._evaluate(data, fn)
+        return rho if library_size is None else rho * float(library_size)
+
+    def _batch_column(self, batch):
+        if self.n_batches == 0:
+            raise ValueError("batch given but the model has no batch covariate "
+                             "(fit it with batch_key=... through scnotes.tl, or n_batches > 0)")
+        if isinstance(batch, (int, np.integer)):
+            if not 0 <= batch < self.n_batches:
+                raise ValueError(f"batch index {batch} out of range [0, {self.n_batches})")
+            return int(batch)
+        reg = self.covariate_registry_ or []
+        if not reg:
+            raise ValueError("a batch name needs the category registry of a model fitted through "
+                             "scnotes.tl; pass the batch's column index instead")
+        key, cats = reg[0]
+        if str(batch) not in [str(c) for c in cats]:
+            raise ValueError(f"unknown {key} {batch!r}; the model knows {list(cats)}")
+        return [str(c) for c in cats].index(str(batch))
 
     def denoise(self, x, w=None, s=None, covariates=None):
         """Posterior mean E[λ_ij | x_ij, z_i = E_q[z_i]], ndarray n_cells × n_genes.
@@ -298,12 +440,110 @@ class _CountVAE:
         return self._evaluate(data, lambda x, w, s, c, g: self.module.elbo(
             x, w, s, c, int(n_samples), g, analytic_kl=analytic_kl), seed)
 
+    def reconstruction_error(self, x, w=None, s=None, covariates=None, n_samples: int = 1,
+                             seed: int | None = None):
+        """Per-cell −E_q[Σ_j log p(x_ij | z_i)] (nats), ndarray (n_cells,), eval mode."""
+        data, _ = self._data(x, w, s, covariates)
+        return -self._evaluate(data, lambda x, w, s, c, g: self.module.loss_terms(
+            x, w, s, c, int(n_samples), g)["reconstruction"], seed)
+
     def iwae(self, x, w=None, s=None, covariates=None, n_samples: int = 100,
              seed: int | None = None):
         """Per-cell IWAE bound with ``n_samples`` importance samples, ndarray (n_cells,)."""
         data, _ = self._data(x, w, s, covariates)
         return self._evaluate(data, lambda x, w, s, c, g: self.module.iwae(
             x, w, s, c, int(n_samples), g), seed)
+
+    def marginal_ll(self, x, w=None, s=None, covariates=None, n_samples: int = 1000,
+                    chunk: int = 100, seed: int | None = None):
+        """Importance-sampled log p(x_i) per cell (nats), ndarray (n_cells,).
+
+        log (1/S) Σ_s p(x_i, z⁽ˢ⁾)/q(z⁽ˢ⁾ | x_i) with S = ``n_samples`` draws from
+        the encoder (the IWAE bound, Burda et al. 2016; scvi-tools'
+        ``get_marginal_ll``), drawn in chunks of ``chunk`` so memory stays at
+        chunk × cells × genes. A lower bound on log p(x_i) in expectation that
+        rises to it as S grows. With an observed library it is log p(x | s), as
+        scvi-tools computes with ``use_observed_lib_size``.
+        """
+        data, _ = self._data(x, w, s, covariates)
+        m = self.module
+        n_samples = int(n_samples)
+
+        def fn(x, w, s, c, g):
+            parts, left = [], n_samples
+            while left > 0:
+                k = min(chunk, left)
+                parts.append(m.iwae_log_weights(x, w, s, c, k, g).double())
+                left -= k
+            return torch.logsumexp(torch.cat(parts), dim=0) - math.log(n_samples)
+        return self._evaluate(data, fn, seed, batch_size=max(16, 2048 // max(1, chunk // 10)))
+
+    # --- persistence ----------------------------------------------------------
+    def save(self, path):
+        """Write the model to ``path`` (a new file; torch format): constructor
+        arguments, weights, fitted state, training record, the genes it was
+        fitted on (``var_names_``) and its covariate category registry."""
+        state = dict(cls=type(self).__name__, init=self._init_kwargs(),
+                     module=self.module.state_dict(),
+                     fitted=dict(s_mode=self._s_mode, s_value=self._s_value,
+                                 n_train=getattr(self, "_n_train", None),
+                                 var_names=None if self.var_names_ is None else list(self.var_names_),
+                                 registry=self.covariate_registry_,
+                                 history=None if self.history_ is None else self.history_.to_dict("list"),
+                                 extra=self._extra_state()))
+        torch.save(state, path)
+
+    def _extra_state(self):
+        return {}
+
+    def _load_extra(self, extra):
+        pass
+
+    @classmethod
+    def load(cls, path, device="cpu"):
+        """Read a model written by :meth:`save`; returns a fitted model on ``device``.
+
+        Raises
+        ------
+        TypeError : the file holds another model class.
+        """
+        import pandas as pd
+
+        state = torch.load(path, map_location=torch.device(device), weights_only=False)
+        name = state["cls"]
+        target = _registry().get(name)
+        if target is None or not issubclass(target, cls):
+            raise TypeError(f"{path} holds a {name}, not a {cls.__name__}")
+        model = target(**state["init"], device=device)
+        model.module.load_state_dict(state["module"])
+        f = state["fitted"]
+        model._s_mode, model._s_value, model._n_train = f["s_mode"], f["s_value"], f["n_train"]
+        model.var_names_ = None if f["var_names"] is None else np.asarray(f["var_names"], dtype=object)
+        model.covariate_registry_ = f["registry"]
+        model.history_ = None if f["history"] is None else pd.DataFrame(f["history"])
+        model._load_extra(f.get("extra", {}))
+        return model
+
+
+def _registry():
+    """Estimator classes by name, for :meth:`_CountVAE.load`."""
+    out, todo = {}, [_CountVAE]
+    while todo:
+        c = todo.pop()
+        out[c.__name__] = c
+        todo += c.__subclasses__()
+    return out
+
+
+def _split(n: int, train_size: float, rng: np.random.Generator):
+    """Random train / validation split of range(n), as scvi-tools: ⌈train_size · n⌉
+    training cells. ``train_size=1`` draws nothing (so fits without validation
+    shuffle exactly as before)."""
+    if train_size >= 1:
+        return np.arange(n), np.arange(0)
+    n_train = int(math.ceil(train_size * n))
+    perm = rng.permutation(n)
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
 class PVAE(_CountVAE):
@@ -312,14 +552,17 @@ class PVAE(_CountVAE):
     Parameters
     ----------
     input_dim : int, number of genes
-    latent_dim : int, dimension K of z (default 10)
+    n_latent : int, dimension K of z (default 10; ``latent_dim`` is accepted as its older name)
     hidden_dim : int, width of the two hidden layers of encoder and decoder (128)
     n_covariates : int, columns of ``covariates`` fed to the decoder (0)
     seed : int, seeds initialisation, z draws and minibatch shuffling
     device : torch device ("cpu", "cuda", ...); every tensor lives there
     encoder_input : "raw" (default, as the seed) or "log1p": what the encoder sees
+    n_batches : int, the first ``n_batches`` covariate columns are a batch one-hot
+        (set by ``scnotes.tl``; used by ``normalized_expression(batch=...)``)
 
-    Fitted attributes: ``trace_`` (per-epoch negative bound), ``fit_time_`` (s).
+    Fitted attributes: ``history_`` (training record, see :meth:`fit`), ``trace_``
+    (its loss summed over cells, the older record), ``fit_time_`` (s).
     Source: seed page "Variational autoencoders for scRNA-seq data";
     Kingma & Welling 2014; Burda et al. 2016 (IWAE); Mattei & Frellsen 2018 (masks).
     """
@@ -336,8 +579,8 @@ class NBVAE(_CountVAE):
 
     _likelihood = "nb"
 
-    def __init__(self, input_dim: int, latent_dim: int = 10, disp_by_gene: bool = True, **kwargs):
-        super().__init__(input_dim, latent_dim, disp_by_gene=bool(disp_by_gene), **kwargs)
+    def __init__(self, input_dim: int, n_latent: int = 10, disp_by_gene: bool = True, **kwargs):
+        super().__init__(input_dim, n_latent, disp_by_gene=bool(disp_by_gene), **kwargs)
 
     @property
     def theta_(self):
@@ -354,9 +597,9 @@ class ZINBVAE(NBVAE):
 
     _likelihood = "zinb"
 
-    def __init__(self, input_dim: int, latent_dim: int = 10, disp_by_gene: bool = True,
+    def __init__(self, input_dim: int, n_latent: int = 10, disp_by_gene: bool = True,
                  logodds_by_gene: bool = True, **kwargs):
-        _CountVAE.__init__(self, input_dim, latent_dim, disp_by_gene=bool(disp_by_gene),
+        _CountVAE.__init__(self, input_dim, n_latent, disp_by_gene=bool(disp_by_gene),
                            logodds_by_gene=bool(logodds_by_gene), **kwargs)
 
     @property

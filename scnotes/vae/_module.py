@@ -32,18 +32,28 @@ import torch.nn.functional as F
 
 from ..likelihoods import nb_log_pmf, normal_kl, poisson_log_pmf, zinb_log_pmf, zinb_nonzero_posterior
 
-__all__ = ["CountVAEModule", "LIKELIHOODS"]
+__all__ = ["CountVAEModule", "MLPDecoder", "LinearDecoder", "LIKELIHOODS"]
 
 LIKELIHOODS = ("poisson", "nb", "zinb")
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _mlp(input_dim: int, hidden_dim: int) -> nn.Sequential:
-    """Two hidden layers, Linear → BatchNorm → ReLU (the seed's architecture)."""
-    return nn.Sequential(
-        nn.Linear(input_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-    )
+def _mlp(input_dim: int, hidden_dim: int, n_layers: int = 2, dropout: float = 0.0,
+         bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> nn.Sequential:
+    """``n_layers`` hidden layers, Linear → BatchNorm → ReLU (→ Dropout if ``dropout`` > 0).
+
+    Two layers without dropout is the seed's architecture; one layer with
+    dropout 0.1, BatchNorm eps 1e-3 and momentum 0.01 is scvi-tools' default
+    encoder (used by :class:`~scnotes.vae.LDVAE`).
+    """
+    layers, d = [], input_dim
+    for _ in range(n_layers):
+        layers += [nn.Linear(d, hidden_dim), nn.BatchNorm1d(hidden_dim, eps=bn_eps, momentum=bn_momentum),
+                   nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = hidden_dim
+    return nn.Sequential(*layers)
 
 
 ENCODER_INPUTS = ("raw", "log1p")
@@ -64,12 +74,12 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, input_dim: int, latent_dim: int, hidden_dim: int, scale_floor: float = 1e-4,
-                 encoder_input: str = "raw"):
+                 encoder_input: str = "raw", **mlp_kwargs):
         super().__init__()
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}")
         self.encoder_input = encoder_input
-        self.net = _mlp(input_dim, hidden_dim)
+        self.net = _mlp(input_dim, hidden_dim, **mlp_kwargs)
         self.mean = nn.Linear(hidden_dim, latent_dim)
         self.scale = nn.Linear(hidden_dim, latent_dim)
         self.scale_floor = scale_floor
@@ -79,7 +89,7 @@ class Encoder(nn.Module):
         return self.mean(h), F.softplus(self.scale(h)) + self.scale_floor
 
 
-class Decoder(nn.Module):
+class MLPDecoder(nn.Module):
     """[z, c] (… × (K + C)) → log μ (… × p), μ = softplus(·) the expected count per
     unit size factor.
 
@@ -101,6 +111,45 @@ class Decoder(nn.Module):
         return log_mu.reshape(*lead, -1)
 
 
+Decoder = MLPDecoder  # the seed's decoder, under its older name
+
+
+class LinearDecoder(nn.Module):
+    """[z, c] (… × (K + C)) → log ρ (… × p), ρ = softmax_genes(a) an expression profile.
+
+    ``batch_norm=True`` (scvi-tools' LDVAE decoder): a = BatchNorm(W [z, c]), no bias;
+    ``batch_norm=False`` (plain): a = W [z, c] + b. The covariates c (batch one-hot)
+    enter linearly, so their columns of W are per-batch gene offsets. Source:
+    Svensson et al. 2020, Bioinformatics 36:3418 (eq. 2).
+    """
+
+    def __init__(self, latent_dim: int, n_covariates: int, output_dim: int, batch_norm: bool = True):
+        super().__init__()
+        self.latent_dim, self.n_covariates = latent_dim, n_covariates
+        self.linear = nn.Linear(latent_dim + n_covariates, output_dim, bias=not batch_norm)
+        # eps and momentum as scvi-tools, so folded loadings are comparable.
+        self.bn = nn.BatchNorm1d(output_dim, eps=1e-3, momentum=0.01) if batch_norm else None
+
+    def forward(self, zc):
+        lead = zc.shape[:-1]
+        a = self.linear(zc.reshape(-1, zc.shape[-1]))
+        if self.bn is not None:
+            a = self.bn(a)
+        return torch.log_softmax(a, dim=-1).reshape(*lead, -1)
+
+    def loadings(self):
+        """Effective weights of z, p × K: W with the BatchNorm scale γ / √(running_var + ε)
+        folded in (in eval mode a = diag(γ/σ) W [z, c] + const), covariate columns dropped."""
+        w = self.linear.weight
+        if self.bn is not None:
+            w = (self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps))[:, None] * w
+        return w[:, :self.latent_dim]
+
+
+LATENT_DISTRIBUTIONS = ("normal", "ln")
+LIBRARY = ("observed", "latent")
+
+
 class CountVAEModule(nn.Module):
     """Encoder, decoder and the parameters of p(u) for one of ``LIKELIHOODS``.
 
@@ -108,13 +157,25 @@ class CountVAEModule(nn.Module):
     ----------
     input_dim : int, number of genes p
     latent_dim : int, K
-    hidden_dim : int, width of both hidden layers of each MLP
+    hidden_dim : int, width of the hidden layers of each MLP
     n_covariates : int, C, columns of the covariate matrix fed to the decoder
     likelihood : "poisson", "nb" or "zinb"
     disp_by_gene : bool, one θ per gene (else one shared θ); NB/ZINB only
     logodds_by_gene : bool, one dropout log-odds per gene (else shared); ZINB only
     scale_floor : float, lower bound of the encoder's standard deviations
     encoder_input : "raw" (default, the seed) or "log1p", what the encoder sees
+    n_layers, dropout : hidden layers of the encoder (2, 0.0: the seed's)
+    decoder : None (the seed's MLP decoder) or an ``nn.Module`` mapping [z, c]
+        (… × (K + C)) to log μ (… × p); the hook that makes LDVAE a VAE with
+        another decoder (:class:`LinearDecoder`).
+    latent_distribution : "normal" (z fed to the decoder) or "ln" (logistic
+        normal: softmax(z) fed to the decoder; the KL stays on the Gaussian z).
+    library : "observed" (s_i given: total counts by default) or "latent"
+        (log s_i ~ N(m_b, v_b) per batch b, with q(log s_i | x_i) Gaussian from
+        its own one-layer encoder, as scvi-tools; m_b, v_b are the mean and
+        variance of the log total counts of batch b, set with :meth:`set_library_prior`).
+    n_batches : int, the first ``n_batches`` covariate columns are the batch one-hot
+        (used only by ``library="latent"``).
 
     Tensor shapes below: B cells, S Monte Carlo samples, p genes.
     ``x``: B × p, ``w``: B × p or None (all observed), ``s``: B, ``c``: B × C or None.
@@ -123,20 +184,39 @@ class CountVAEModule(nn.Module):
     def __init__(self, input_dim: int, latent_dim: int, hidden_dim: int = 128,
                  n_covariates: int = 0, likelihood: str = "poisson",
                  disp_by_gene: bool = True, logodds_by_gene: bool = True,
-                 scale_floor: float = 1e-4, encoder_input: str = "raw"):
+                 scale_floor: float = 1e-4, encoder_input: str = "raw",
+                 n_layers: int = 2, dropout: float = 0.0, decoder: nn.Module | None = None,
+                 latent_distribution: str = "normal", library: str = "observed", n_batches: int = 0):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if latent_distribution not in LATENT_DISTRIBUTIONS:
+            raise ValueError(f"latent_distribution must be one of {LATENT_DISTRIBUTIONS}, "
+                             f"got {latent_distribution!r}")
+        if library not in LIBRARY:
+            raise ValueError(f"library must be one of {LIBRARY}, got {library!r}")
+        if not 0 <= n_batches <= n_covariates:
+            raise ValueError(f"n_batches must lie in [0, n_covariates={n_covariates}], got {n_batches}")
         self.likelihood = likelihood
         self.input_dim, self.latent_dim, self.n_covariates = input_dim, latent_dim, n_covariates
-        self.encoder = Encoder(input_dim, latent_dim, hidden_dim, scale_floor, encoder_input)
-        self.decoder = Decoder(latent_dim + n_covariates, input_dim, hidden_dim)
+        self.latent_distribution, self.library, self.n_batches = latent_distribution, library, n_batches
+        bn = dict(bn_eps=1e-3, bn_momentum=0.01) if dropout > 0 else {}
+        self.encoder = Encoder(input_dim, latent_dim, hidden_dim, scale_floor, encoder_input,
+                               n_layers=n_layers, dropout=dropout, **bn)
+        self.decoder = (MLPDecoder(latent_dim + n_covariates, input_dim, hidden_dim)
+                        if decoder is None else decoder)
         if likelihood in ("nb", "zinb"):
             # log θ = 0: θ = 1 at the start, a moderately overdispersed NB.
             self.log_inv_disp = nn.Parameter(torch.zeros(input_dim if disp_by_gene else 1))
         if likelihood == "zinb":
             # Start at π ≈ 0.12 rather than 0.5, so the NB part is not starved early on.
             self.logodds = nn.Parameter(torch.full((input_dim if logodds_by_gene else 1,), -2.0))
+        if library == "latent":
+            self.library_encoder = Encoder(input_dim, 1, hidden_dim, scale_floor, "log1p",
+                                           n_layers=1, dropout=dropout, **bn)
+            nb_ = max(n_batches, 1)
+            self.register_buffer("library_log_mean", torch.zeros(nb_))
+            self.register_buffer("library_log_var", torch.ones(nb_))
 
     # --- pieces -------------------------------------------------------------
     @property
@@ -147,8 +227,13 @@ class CountVAEModule(nn.Module):
         """q(z | x): (mean, scale), each B × K."""
         return self.encoder(x)
 
+    def transform_latent(self, z):
+        """What the decoder sees: z, or softmax(z) for the logistic-normal latent."""
+        return torch.softmax(z, dim=-1) if self.latent_distribution == "ln" else z
+
     def decode(self, z, c=None):
         """log μ(z, c): z is (S ×) B × K, c is B × C; returns (S ×) B × p."""
+        z = self.transform_latent(z)
         if self.n_covariates:
             c = c.expand(*z.shape[:-1], c.shape[-1])
             z = torch.cat([z, c], dim=-1)
@@ -161,6 +246,18 @@ class CountVAEModule(nn.Module):
                           device=mean.device, dtype=mean.dtype)
         return mean + scale * eps
 
+    def set_library_prior(self, log_mean, log_var):
+        """Per-batch prior of log s (``library="latent"``): arrays of length max(n_batches, 1)."""
+        self.library_log_mean.copy_(torch.as_tensor(log_mean, dtype=torch.float32))
+        self.library_log_var.copy_(torch.as_tensor(log_var, dtype=torch.float32))
+
+    def _library_prior(self, c, b):
+        """Prior mean and sd of log s per cell, each shape B."""
+        if self.n_batches:
+            onehot = c[:, :self.n_batches]
+            return onehot @ self.library_log_mean, torch.sqrt(onehot @ self.library_log_var)
+        return (self.library_log_mean.expand(b), torch.sqrt(self.library_log_var).expand(b))
+
     def log_lik_entries(self, x, log_rate):
         """log p(x_ij | rate_ij = s_i μ_ij) for every entry, from log rate (broadcast shape)."""
         rate = torch.exp(log_rate)
@@ -170,14 +267,41 @@ class CountVAEModule(nn.Module):
             return nb_log_pmf(x, rate, self.inv_disp, log_rate)
         return zinb_log_pmf(x, rate, self.inv_disp, self.logodds, log_rate)
 
-    def log_lik(self, x, w, s, log_mu):
-        """Σ_j w_ij log p(x_ij | z), shape S × B (masked entries contribute 0)."""
-        ll = self.log_lik_entries(x, torch.log(s)[:, None] + log_mu)
+    def log_lik(self, x, w, s, log_mu, log_s=None):
+        """Σ_j w_ij log p(x_ij | z), shape S × B (masked entries contribute 0).
+
+        ``log_s`` (S × B, sampled library) replaces log ``s`` when given."""
+        log_s = torch.log(s)[:, None] if log_s is None else log_s[..., None]
+        ll = self.log_lik_entries(x, log_s + log_mu)
         if w is not None:
             ll = torch.where(w > 0, w * ll, torch.zeros_like(ll))
         return ll.sum(-1)
 
     # --- bounds -------------------------------------------------------------
+    def _draws(self, x, c, n_samples, generator):
+        """Posterior draws and their log q − log p pieces for z (and log s)."""
+        mean, scale = self.encode(x)
+        z = self.sample(mean, scale, n_samples, generator)
+        out = dict(z=z, mean=mean, scale=scale, log_s=None)
+        if self.library == "latent":
+            lm, ls = self.library_encoder(x)
+            out.update(l_mean=lm[:, 0], l_scale=ls[:, 0])
+            out["log_s"] = self.sample(lm[:, 0], ls[:, 0], n_samples, generator)
+            out["l_prior"] = self._library_prior(c, x.shape[0])
+        return out
+
+    def loss_terms(self, x, w, s, c=None, n_samples: int = 1, generator=None):
+        """Per-cell ELBO pieces (each shape B, nats): ``reconstruction`` =
+        E_q[Σ_j w_ij log p(x_ij | z)], ``kl_z`` = KL(q(z|x) ‖ N(0, I)) and, for
+        ``library="latent"``, ``kl_library``; ELBO = reconstruction − Σ kl."""
+        d = self._draws(x, c, n_samples, generator)
+        terms = dict(reconstruction=self.log_lik(x, w, s, self.decode(d["z"], c), d["log_s"]).mean(0),
+                     kl_z=normal_kl(d["mean"], d["scale"]).sum(-1))
+        if self.library == "latent":
+            pm, ps = d["l_prior"]
+            terms["kl_library"] = _gauss_kl(d["l_mean"], d["l_scale"], pm, ps)
+        return terms
+
     def elbo(self, x, w, s, c=None, n_samples: int = 1, generator=None, analytic_kl: bool = True):
         """Per-cell ELBO, shape B (Monte Carlo over ``n_samples`` draws of z).
 
@@ -185,21 +309,44 @@ class CountVAEModule(nn.Module):
         estimate log q(z) − log p(z) on the same draws (higher variance, but
         then the one-sample ELBO equals the one-sample IWAE draw by draw).
         """
-        mean, scale = self.encode(x)
-        z = self.sample(mean, scale, n_samples, generator)
-        ll = self.log_lik(x, w, s, self.decode(z, c)).mean(0)
         if analytic_kl:
-            kl = normal_kl(mean, scale).sum(-1)
-        else:
-            kl = (self._log_q(z, mean, scale) - self._log_prior(z)).mean(0)
-        return ll - kl
+            t = self.loss_terms(x, w, s, c, n_samples, generator)
+            return t["reconstruction"] - sum(v for k, v in t.items() if k.startswith("kl"))
+        return self.iwae_log_weights(x, w, s, c, n_samples, generator).mean(0)
+
+    def iwae_log_weights(self, x, w, s, c=None, n_samples: int = 10, generator=None):
+        """log p(x, z⁽ˢ⁾) − log q(z⁽ˢ⁾ | x) for ``n_samples`` draws, shape S × B
+        (with ``library="latent"`` the draws are of (z, log s) jointly)."""
+        d = self._draws(x, c, n_samples, generator)
+        z = d["z"]
+        log_w = (self.log_lik(x, w, s, self.decode(z, c), d["log_s"])
+                 + self._log_prior(z) - self._log_q(z, d["mean"], d["scale"]))
+        if self.library == "latent":
+            pm, ps = d["l_prior"]
+            ls = d["log_s"]
+            log_w = log_w + _log_normal(ls, pm, ps) - _log_normal(ls, d["l_mean"], d["l_scale"])
+        return log_w
 
     def iwae(self, x, w, s, c=None, n_samples: int = 10, generator=None):
         """Per-cell importance-weighted bound with ``n_samples`` draws, shape B."""
-        mean, scale = self.encode(x)
-        z = self.sample(mean, scale, n_samples, generator)
-        log_w = self.log_lik(x, w, s, self.decode(z, c)) + self._log_prior(z) - self._log_q(z, mean, scale)
+        log_w = self.iwae_log_weights(x, w, s, c, n_samples, generator)
         return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
+
+    def training_terms(self, x, w, s, c, n_samples, generator, objective="elbo", kl_weight=1.0):
+        """What the training loop optimises and logs, each a per-cell tensor (B).
+
+        ``objective`` is maximised; ``elbo`` is the bound at KL weight 1 (logged);
+        every other entry is logged as a named loss term. ``kl_weight`` < 1 is a
+        KL warm-up (Bowman et al. 2016; scvi-tools' default), ELBO objective only.
+        """
+        if objective == "iwae":
+            b = self.iwae(x, w, s, c, n_samples, generator)
+            return dict(objective=b, iwae=b)
+        t = self.loss_terms(x, w, s, c, n_samples, generator)
+        kl = sum(v for k, v in t.items() if k.startswith("kl"))
+        t["elbo"] = t["reconstruction"] - kl
+        t["objective"] = t["elbo"] if kl_weight == 1 else t["reconstruction"] - kl_weight * kl
+        return t
 
     def objective(self, x, w, s, c, n_samples, generator, kind="elbo"):
         if kind == "elbo":
@@ -237,3 +384,13 @@ class CountVAEModule(nn.Module):
         if w is not None:
             post = torch.where(w > 0, post, prior)
         return post
+
+
+def _log_normal(v, mean, sd):
+    e = (v - mean) / sd
+    return -0.5 * (e * e + _LOG_2PI) - torch.log(sd)
+
+
+def _gauss_kl(m1, s1, m2, s2):
+    """KL(N(m1, s1²) ‖ N(m2, s2²)) elementwise."""
+    return torch.log(s2 / s1) + (s1 * s1 + (m1 - m2) ** 2) / (2 * s2 * s2) - 0.5
