@@ -122,3 +122,24 @@ def test_normal_kl_matches_torch():
                                             torch.distributions.Normal(torch.zeros_like(m), torch.ones_like(s)))
     np.testing.assert_allclose(normal_kl(m, s).numpy(), ref.numpy(), rtol=1e-12, atol=1e-14)
     assert normal_kl(t(0.0), t(1.0)).item() == 0.0
+
+
+@pytest.mark.parametrize("theta", [3e3, 2e4, 1e5])
+@pytest.mark.parametrize("x", [5.0, 20.0, 100.0])
+def test_nb_dispersion_gradient_in_float32_matches_mpmath(theta, x):
+    # Near-Poisson genes: the float32 gradient in log θ must still carry the signal.
+    import mpmath
+
+    mpmath.mp.dps = 50
+    mu = 1.1 * x
+
+    def logpmf(lt):
+        th = mpmath.exp(lt)
+        return (mpmath.loggamma(x + th) - mpmath.loggamma(th) - mpmath.loggamma(x + 1)
+                + th * mpmath.log(th / (th + mu)) + x * mpmath.log(mu / (th + mu)))
+    ref = float(mpmath.diff(logpmf, mpmath.log(theta)))
+    lt = torch.tensor(np.log(theta), dtype=torch.float32, requires_grad=True)
+    v = nb_log_pmf(torch.tensor(x), torch.tensor(mu), torch.exp(lt))
+    v.backward()
+    assert v.dtype == torch.float32
+    assert abs(lt.grad.item() - ref) < 1e-3 * abs(ref) + 1e-9, (lt.grad.item(), ref)

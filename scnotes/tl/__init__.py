@@ -1,4 +1,5 @@
-"""AnnData fronts in scanpy's style: take ``adata``, write to standard slots, return what is new."""
+"""AnnData fronts in scanpy style: take ``adata``, write to standard slots, return the fitted model."""
 from ._vae import *  # noqa: F401,F403
+from ._gmvae import *  # noqa: F401,F403
 from ._nmf import *  # noqa: F401,F403
 from ._mnn import *  # noqa: F401,F403

@@ -288,19 +288,26 @@ class _CountVAE:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed)
         t0 = time.perf_counter()
-        self.history_, self.best_epoch_ = train(
-            self.module, data, lr=lr, n_samples=int(n_samples), max_epochs=int(max_epochs),
-            batch_size=batch_size, objective=objective, optimizer=optimizer, generator=gen, rng=rng,
-            progress=progress, desc=type(self).__name__, train_idx=train_idx,
-            validation_idx=val_idx if len(val_idx) else None, early_stopping=early_stopping,
-            patience=int(patience), min_delta=float(min_delta),
-            kl_warmup_epochs=int(kl_warmup_epochs), weight_decay=float(weight_decay))
+        # Dropout draws from torch's global RNG: seed it inside a fork so runs are
+        # reproducible and the caller's global state is left as it was.
+        with torch.random.fork_rng(devices=_fork_devices(self.device)):
+            torch.manual_seed(self.seed)
+            self.history_, self.best_epoch_ = self._train(data, train_idx, val_idx, gen, rng, dict(
+                lr=lr, n_samples=int(n_samples), max_epochs=int(max_epochs), batch_size=batch_size,
+                objective=objective, optimizer=optimizer, progress=progress,
+                early_stopping=early_stopping, patience=int(patience), min_delta=float(min_delta),
+                kl_warmup_epochs=int(kl_warmup_epochs), weight_decay=float(weight_decay)))
         self.fit_time_ = time.perf_counter() - t0
         self.n_epochs_ = len(self.history_)
         self._n_train = len(train_idx)
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
         self._s_mode = mode
         return self
+
+    def _train(self, data, train_idx, val_idx, gen, rng, kw):
+        """Run the shared loop (one place, so the training engine can be swapped)."""
+        return train(self.module, data, generator=gen, rng=rng, desc=type(self).__name__,
+                     train_idx=train_idx, validation_idx=val_idx if len(val_idx) else None, **kw)
 
     def _before_training(self, data, train_idx):
         """Set data-dependent module state before training (the library prior)."""
@@ -533,6 +540,11 @@ def _registry():
         out[c.__name__] = c
         todo += c.__subclasses__()
     return out
+
+
+def _fork_devices(device):
+    """Devices whose RNG :func:`torch.random.fork_rng` must save for ``device``."""
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def _split(n: int, train_size: float, rng: np.random.Generator):

@@ -1,0 +1,2 @@
+"""AnnData front for the Gaussian-mixture VAE (being written)."""
+__all__ = []
