@@ -178,9 +178,9 @@ def zinbvae(adata, latent_dim: int = 10, layer=None, batch_key=None, covariate_k
 
 
 pvae.__doc__ = _DOC.format(name="PVAE", key="X_pvae", extra="")
-nbvae.__doc__ = _DOC.format(name="NBVAE", key="X_nbvae", extra=", ``disp_by_gene``")
+nbvae.__doc__ = _DOC.format(name="NBVAE", key="X_nbvae", extra=", ``theta_by_gene``")
 zinbvae.__doc__ = _DOC.format(name="ZINBVAE", key="X_zinbvae",
-                              extra=", ``disp_by_gene``, ``logodds_by_gene``")
+                              extra=", ``theta_by_gene``, ``logodds_by_gene``")
 
 
 def ldvae(adata, n_latent: int = 10, layer="counts", batch_key=None, covariate_keys=None,

@@ -12,3 +12,4 @@ from ._model import NBVAE, PVAE, ZINBVAE
 from ._module import CountVAEModule, LinearDecoder, MLPDecoder
 
 __all__ = ["PVAE", "NBVAE", "ZINBVAE", "LDVAE", "CountVAEModule", "LinearDecoder", "MLPDecoder"]
+from ._gmvae import GMVAE; __all__.append("GMVAE")  # noqa: E402,E702 (Gaussian-mixture VAE)

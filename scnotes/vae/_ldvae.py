@@ -47,7 +47,7 @@ class LDVAE(_CountVAE):
     n_covariates, n_batches : covariate columns fed to the decoder (batch one-hot
         first, ``n_batches`` columns); they enter linearly (per-batch gene offsets)
     encoder_input : "log1p" (default, scvi-tools) or "raw"
-    disp_by_gene, logodds_by_gene : per-gene θ / dropout log-odds (NB / ZINB)
+    theta_by_gene, logodds_by_gene : per-gene θ / dropout log-odds (NB / ZINB)
     seed, device : as the other VAEs
 
     Fitted attributes as :class:`~scnotes.vae.PVAE`; ``theta_`` for NB/ZINB.
@@ -60,6 +60,8 @@ class LDVAE(_CountVAE):
                  decoder_batch_norm: bool = True, latent_distribution: str = "normal",
                  library: str = "observed", n_covariates: int = 0, n_batches: int = 0,
                  encoder_input: str = "log1p", seed: int = 0, device="cpu", **lik_kwargs):
+        if "disp_by_gene" in lik_kwargs:  # the older name
+            lik_kwargs["theta_by_gene"] = lik_kwargs.pop("disp_by_gene")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if latent_distribution not in LATENT_DISTRIBUTIONS:

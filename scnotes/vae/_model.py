@@ -585,14 +585,18 @@ class PVAE(_CountVAE):
 class NBVAE(_CountVAE):
     """Negative binomial VAE: x_ij ~ Poisson(s_i μ_ij u_ij), u_ij ~ Gamma(θ_j, θ_j).
 
-    ``disp_by_gene=True``: one inverse dispersion θ_j per gene, else one shared θ.
+    ``theta_by_gene=True``: one inverse dispersion θ_j per gene, else one shared θ
+    (``disp_by_gene`` is accepted as its older name).
     Other parameters as :class:`PVAE`. ``theta_``: fitted θ as ndarray (p,) or (1,).
     """
 
     _likelihood = "nb"
 
-    def __init__(self, input_dim: int, n_latent: int = 10, disp_by_gene: bool = True, **kwargs):
-        super().__init__(input_dim, n_latent, disp_by_gene=bool(disp_by_gene), **kwargs)
+    def __init__(self, input_dim: int, n_latent: int = 10, theta_by_gene: bool = True,
+                 disp_by_gene: bool | None = None, **kwargs):
+        if disp_by_gene is not None:
+            theta_by_gene = disp_by_gene
+        super().__init__(input_dim, n_latent, theta_by_gene=bool(theta_by_gene), **kwargs)
 
     @property
     def theta_(self):
@@ -609,9 +613,11 @@ class ZINBVAE(NBVAE):
 
     _likelihood = "zinb"
 
-    def __init__(self, input_dim: int, n_latent: int = 10, disp_by_gene: bool = True,
-                 logodds_by_gene: bool = True, **kwargs):
-        _CountVAE.__init__(self, input_dim, n_latent, disp_by_gene=bool(disp_by_gene),
+    def __init__(self, input_dim: int, n_latent: int = 10, theta_by_gene: bool = True,
+                 logodds_by_gene: bool = True, disp_by_gene: bool | None = None, **kwargs):
+        if disp_by_gene is not None:
+            theta_by_gene = disp_by_gene
+        _CountVAE.__init__(self, input_dim, n_latent, theta_by_gene=bool(theta_by_gene),
                            logodds_by_gene=bool(logodds_by_gene), **kwargs)
 
     @property

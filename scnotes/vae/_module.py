@@ -160,7 +160,7 @@ class CountVAEModule(nn.Module):
     hidden_dim : int, width of the hidden layers of each MLP
     n_covariates : int, C, columns of the covariate matrix fed to the decoder
     likelihood : "poisson", "nb" or "zinb"
-    disp_by_gene : bool, one θ per gene (else one shared θ); NB/ZINB only
+    theta_by_gene : bool, one θ per gene (else one shared θ); NB/ZINB only
     logodds_by_gene : bool, one dropout log-odds per gene (else shared); ZINB only
     scale_floor : float, lower bound of the encoder's standard deviations
     encoder_input : "raw" (default, the seed) or "log1p", what the encoder sees
@@ -183,7 +183,7 @@ class CountVAEModule(nn.Module):
 
     def __init__(self, input_dim: int, latent_dim: int, hidden_dim: int = 128,
                  n_covariates: int = 0, likelihood: str = "poisson",
-                 disp_by_gene: bool = True, logodds_by_gene: bool = True,
+                 theta_by_gene: bool = True, logodds_by_gene: bool = True,
                  scale_floor: float = 1e-4, encoder_input: str = "raw",
                  n_layers: int = 2, dropout: float = 0.0, decoder: nn.Module | None = None,
                  latent_distribution: str = "normal", library: str = "observed", n_batches: int = 0):
@@ -207,7 +207,7 @@ class CountVAEModule(nn.Module):
                         if decoder is None else decoder)
         if likelihood in ("nb", "zinb"):
             # log θ = 0: θ = 1 at the start, a moderately overdispersed NB.
-            self.log_inv_disp = nn.Parameter(torch.zeros(input_dim if disp_by_gene else 1))
+            self.log_inv_disp = nn.Parameter(torch.zeros(input_dim if theta_by_gene else 1))
         if likelihood == "zinb":
             # Start at π ≈ 0.12 rather than 0.5, so the NB part is not starved early on.
             self.logodds = nn.Parameter(torch.full((input_dim if logodds_by_gene else 1,), -2.0))
