@@ -3,3 +3,4 @@ from ._vae import *  # noqa: F401,F403
 from ._gmvae import *  # noqa: F401,F403
 from ._nmf import *  # noqa: F401,F403
 from ._mnn import *  # noqa: F401,F403
+from ._glmm import *  # noqa: F401,F403

@@ -8,8 +8,8 @@ the same model with a linear decoder (``_ldvae``). Seed page:
 (minibatches from dense or sparse counts), ``_model`` (estimators).
 """
 from ._ldvae import LDVAE
-from ._model import NBVAE, PVAE, ZINBVAE
+from ._model import NBVAE, PVAE, ZINBVAE, epochs_for
 from ._module import CountVAEModule, LinearDecoder, MLPDecoder
 
-__all__ = ["PVAE", "NBVAE", "ZINBVAE", "LDVAE", "CountVAEModule", "LinearDecoder", "MLPDecoder"]
+__all__ = ["epochs_for", "PVAE", "NBVAE", "ZINBVAE", "LDVAE", "CountVAEModule", "LinearDecoder", "MLPDecoder"]
 from ._gmvae import GMVAE; __all__.append("GMVAE")  # noqa: E402,E702 (Gaussian-mixture VAE)

@@ -227,7 +227,8 @@ class _CountVAE:
             concatenated to z as decoder input.
         lr : learning rate. RMSprop with lr 1e-2 (the seed's setting) is the default.
         n_samples : Monte Carlo draws of z per cell and step.
-        max_epochs : passes over the training cells (fewer with early stopping).
+        max_epochs : passes over the training cells (fewer with early stopping), or
+            "auto": :func:`epochs_for` the number of training cells and ``batch_size``.
         batch_size : None = full batch, one step per epoch (the seed); else cells
             per minibatch, reshuffled every epoch with the model's seed.
         objective : "elbo" or "iwae" (importance-weighted bound with ``n_samples``).
@@ -266,6 +267,11 @@ class _CountVAE:
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if isinstance(max_epochs, str):
+            if max_epochs != "auto":
+                raise ValueError(f"max_epochs must be an integer or 'auto', got {max_epochs!r}")
+            n_fit = x.shape[0] if train_size >= 1 else int(math.ceil(train_size * x.shape[0]))
+            max_epochs = epochs_for(n_fit, batch_size)
         if int(max_epochs) != max_epochs or max_epochs < 0:
             raise ValueError(f"max_epochs must be a non-negative integer, got {max_epochs!r}")
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 2):
@@ -540,6 +546,18 @@ def _registry():
         out[c.__name__] = c
         todo += c.__subclasses__()
     return out
+
+
+def epochs_for(n_cells: int, batch_size: int | None, min_steps: int = 2000, cap: int = 400) -> int:
+    """Training length that adapts to the data size.
+
+    scvi-tools' heuristic, min(round(20,000 / n_cells · 400), 400) epochs (so
+    large data get fewer passes), raised so that training takes at least
+    ``min_steps`` optimiser steps (a 600-cell file at batch 128 has 5 steps per
+    epoch: a fixed epoch count tuned on 60,000 cells would leave it untrained).
+    """
+    steps = 1 if batch_size is None else max(1, math.ceil(n_cells / batch_size))
+    return int(max(min(round(20000 / max(n_cells, 1) * cap), cap), math.ceil(min_steps / steps)))
 
 
 def _fork_devices(device):

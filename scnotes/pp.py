@@ -1,0 +1,221 @@
+"""Preparing a reader's AnnData for a chapter: validate, clean, subset, in one call.
+
+:func:`prepare` is the first data cell of every chapter. It checks everything a
+chapter needs (counts in the named layer, the ``obs`` keys, enough levels) and
+stops with *one* message naming every problem and the parameter that fixes it,
+so a rerun on a foreign ``.h5ad`` fails early and clearly or not at all.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = ["prepare", "title_for", "configure_threads", "looks_like_read_counts", "PrepareError"]
+
+
+class PrepareError(ValueError):
+    """Raised by :func:`prepare`; the message lists every problem found."""
+
+
+def title_for(dataset, title: str | None = None) -> str:
+    """A short name for titles and tables: ``title`` if given, else the registered
+    name, else the file's stem (never a full path)."""
+    if title:
+        return str(title)
+    return Path(str(dataset)).stem if str(dataset).endswith(".h5ad") else str(dataset)
+
+
+def configure_threads(default: int | None = None) -> int:
+    """Set torch's intra-op threads from ``OMP_NUM_THREADS`` (else ``default``, else
+    the number of CPUs) and return it; never hard-codes a count."""
+    import torch
+
+    env = os.environ.get("OMP_NUM_THREADS")
+    n = int(env) if env and env.isdigit() and int(env) > 0 else (default or os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def looks_like_read_counts(x, min_ones: float = 0.2) -> tuple[bool, float]:
+    """(flag, statistic): the share of non-zero entries equal to 1.
+
+    UMI counts are dominated by ones (measured on the shared 10x and CEL-seq2
+    sets: 0.38–0.62 of non-zero entries); read counts from plate protocols
+    rarely are. Below ``min_ones`` the counts probably are reads, which the
+    count models here (built for UMIs) misfit.
+    """
+    v = x.data if sp.issparse(x) else np.asarray(x)[np.asarray(x) != 0]
+    if v.size == 0:
+        return False, float("nan")
+    frac = float(np.mean(v == 1))
+    return frac < min_ones, frac
+
+
+def _counts_problem(x, where: str) -> str | None:
+    v = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    if v.size and not np.issubdtype(v.dtype, np.number):
+        return f"{where} is not numeric"
+    if v.size == 0:
+        return f"{where} is empty"
+    if not np.all(np.isfinite(v)):
+        return f"{where} has NaN or infinite values"
+    if np.any(v < 0):
+        return f"{where} has negative values (are these log-normalised data, not counts?)"
+    if np.any(v != np.round(v)):
+        return f"{where} has non-integer values (raw counts are needed: pass layer=<name of the counts layer>)"
+    return None
+
+
+def prepare(adata, *, layer: str | None = None, keys=(), optional_keys=(), min_levels=None,
+            drop_unlabelled: bool = True, max_cells: int | None = None, n_top_genes: int | None = None,
+            genes=None, seed: int = 0, verbose: bool = True):
+    """Validate and prepare ``adata`` for a chapter; returns a new AnnData (the input
+    is never modified or written).
+
+    Parameters
+    ----------
+    adata : AnnData, n_cells × n_genes, raw counts in ``X`` or ``layers[layer]``
+    layer : str or None, where the counts are (parameter ``layer``)
+    keys : dict or sequence, ``obs`` columns the chapter needs: a dict maps each
+        column to the chapter parameter that names it (for the error message)
+    optional_keys : same, for keys given as None-able parameters (skipped when None)
+    min_levels : dict column → minimum number of distinct values
+    drop_unlabelled : drop cells with a missing value in any key (the count is
+        printed); False: such cells are an error
+    max_cells : keep a random subset of this many cells (seeded)
+    n_top_genes : keep this many seurat_v3 highly variable genes, computed on counts
+    genes : list of gene names (``var_names``) to keep instead, in that order
+    seed : random seed of the subsample
+
+    Returns
+    -------
+    AnnData with counts (float32 CSR) in ``X`` and ``layers["counts"]``, keys as
+    categorical ``obs`` columns, ``obs["total_counts"]`` (from the file's totals
+    column if present, else computed from *all* genes of the file before any gene
+    subsetting: the library-size offset of the count models) and
+    ``uns["prepare"]`` recording what was done.
+
+    Raises
+    ------
+    PrepareError (a ValueError) listing every problem: missing layer, counts that
+    are not raw counts, missing ``obs`` keys (with the columns available),
+    too few levels, missing labels with ``drop_unlabelled=False``, unknown genes.
+    """
+    import anndata as ad
+
+    def as_map(k):
+        if k is None:
+            return {}
+        if isinstance(k, dict):
+            return {c: p for c, p in k.items() if c is not None}
+        return {c: None for c in k if c is not None}
+
+    need, opt = as_map(keys), as_map(optional_keys)
+    allk = {**need, **opt}
+    problems = []
+    if layer is not None and layer not in adata.layers:
+        problems.append(f"layer {layer!r} not found (parameter `layer`); layers: "
+                        f"{list(adata.layers.keys()) or 'none'} — use layer=None for X")
+        x = None
+    else:
+        x = adata.X if layer is None else adata.layers[layer]
+        if x is None:
+            problems.append("adata.X is empty (parameter `layer`: name the counts layer)")
+        else:
+            p = _counts_problem(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+            if p:
+                problems.append(p)
+    for col, param in allk.items():
+        if col not in adata.obs.columns:
+            hint = f" (parameter `{param}`)" if param else ""
+            problems.append(f"obs column {col!r} not found{hint}; obs columns: {list(adata.obs.columns)}")
+    if genes is not None:
+        missing = [g for g in genes if g not in adata.var_names]
+        if missing:
+            problems.append(f"{len(missing)} gene(s) of parameter `genes` not in var_names, e.g. {missing[:5]}")
+    present = [c for c in allk if c in adata.obs.columns]
+    miss = (adata.obs[present].isna().any(axis=1).to_numpy() if present
+            else np.zeros(adata.n_obs, dtype=bool))
+    if miss.any() and not drop_unlabelled:
+        problems.append(f"{int(miss.sum())} cell(s) have missing values in {present} "
+                        "(parameter `drop_unlabelled=True` drops them)")
+    if problems:
+        raise PrepareError("cannot run on this AnnData:\n  - " + "\n  - ".join(problems))
+
+    obs = adata.obs.copy()
+    counts = sp.csr_matrix(x, dtype=np.float32)
+    record = {"layer": layer, "n_cells_in": int(adata.n_obs), "n_genes_in": int(adata.n_vars)}
+    if "total_counts" in obs.columns and np.all(np.isfinite(obs["total_counts"].to_numpy(dtype=float))):
+        record["totals"] = "obs['total_counts'] of the file"
+    else:
+        obs["total_counts"] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        record["totals"] = f"computed from the counts of all {adata.n_vars} genes in the file"
+    keep = ~miss
+    if miss.any():
+        record["dropped_unlabelled"] = int(miss.sum())
+        if verbose:
+            print(f"prepare: dropped {int(miss.sum())} cell(s) with missing values in {present}")
+    idx = np.flatnonzero(keep)
+    if max_cells is not None and len(idx) > max_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_cells), replace=False))
+        record["subsampled_to"] = int(max_cells)
+    out = ad.AnnData(X=counts[idx], obs=obs.iloc[idx].copy(), var=adata.var.copy())
+    for col in present:
+        out.obs[col] = pd.Categorical(out.obs[col].astype(str))
+    for col, n_min in (min_levels or {}).items():
+        if col in out.obs.columns and out.obs[col].nunique() < n_min:
+            param = allk.get(col)
+            raise PrepareError(f"cannot run on this AnnData:\n  - obs column {col!r}"
+                               f"{f' (parameter `{param}`)' if param else ''} has "
+                               f"{out.obs[col].nunique()} level(s) after cleaning; at least {n_min} needed")
+    # Cells and genes without counts carry no information and break size factors.
+    cell_tot = np.asarray(out.X.sum(axis=1)).ravel()
+    if np.any(cell_tot == 0):
+        record["dropped_empty_cells"] = int((cell_tot == 0).sum())
+        out = out[cell_tot > 0].copy()
+    if genes is not None:
+        out = out[:, list(genes)].copy()
+    gene_tot = np.asarray(out.X.sum(axis=0)).ravel()
+    if np.any(gene_tot == 0):
+        record["dropped_empty_genes"] = int((gene_tot == 0).sum())
+        out = out[:, gene_tot > 0].copy()
+    if n_top_genes is not None and genes is None and n_top_genes < out.n_vars:
+        import scanpy as sc
+
+        # seurat_v3's loess fit can be singular on small or very sparse data
+        # (scanpy's own advice is a wider span); widen it until the fit works.
+        for span in (0.3, 0.5, 1.0):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sc.pp.highly_variable_genes(out, n_top_genes=int(n_top_genes), flavor="seurat_v3",
+                                                span=span)
+                break
+            except ValueError:
+                if span == 1.0:
+                    raise
+        record["hvg_span"] = span
+        out = out[:, out.var["highly_variable"].to_numpy()].copy()
+        record["n_top_genes"] = int(n_top_genes)
+        # HVG selection can leave cells with no counts in the kept genes.
+        cell_tot = np.asarray(out.X.sum(axis=1)).ravel()
+        if np.any(cell_tot == 0):
+            record["dropped_empty_cells_after_hvg"] = int((cell_tot == 0).sum())
+            out = out[cell_tot > 0].copy()
+    out.layers["counts"] = out.X.copy()
+    reads, frac = looks_like_read_counts(out.X)
+    record["fraction_of_ones"] = frac
+    if reads:
+        warnings.warn(f"only {frac:.2f} of the non-zero counts are 1 (UMI data: typically 0.3–0.6); "
+                      "these look like read counts, and the count models here assume UMIs", UserWarning,
+                      stacklevel=2)
+    record.update(n_cells=int(out.n_obs), n_genes=int(out.n_vars))
+    out.uns["prepare"] = record
+    if verbose:
+        print(f"prepare: {out.n_obs} cells × {out.n_vars} genes; totals {record['totals']}")
+    return out

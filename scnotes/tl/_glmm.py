@@ -1,0 +1,2 @@
+"""AnnData front for the GLMM (being written)."""
+__all__ = []
