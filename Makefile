@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 4294967296
 
-.PHONY: setup book test test-all bench clean
+.PHONY: setup book check-book test test-all bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml constraints.txt
 book: setup
 	$(BIN)/jupyter-book build -W -n --keep-going .
 	@test -f _build/html/index.html && echo "book: _build/html/index.html"
+
+# Open every built page in headless Chromium (Debian's chromium + chromium-driver):
+# console errors, images, unrendered maths, broken links, stderr noise; screenshots
+# in _build/check/. Run after `make book`.
+check-book: setup
+	command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	$(BIN)/python scripts/check_book.py _build/html
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests
