@@ -39,7 +39,7 @@ import torch
 from .._checks import check_counts, check_mask
 from ._data import CountData, batch_indices
 from ._module import CountVAEModule
-from ._train import train
+from ._lightning import fit_lightning
 
 __all__ = ["PVAE", "NBVAE", "ZINBVAE"]
 
@@ -213,7 +213,8 @@ class _CountVAE:
             max_epochs: int = 100, batch_size: int | None = None, objective: str = "elbo",
             optimizer: str = "rmsprop", trace: bool = True, progress: bool = True,
             train_size: float = 1.0, early_stopping: bool = False, patience: int = 45,
-            min_delta: float = 0.0, kl_warmup_epochs: int = 0, weight_decay: float = 0.0):
+            min_delta: float = 0.0, kl_warmup_epochs: int = 0, weight_decay: float = 0.0,
+            accelerator: str | None = None, devices=None, strategy=None):
         """Fit by stochastic gradient on the ELBO (or IWAE bound); returns ``self``.
 
         Parameters
@@ -244,6 +245,10 @@ class _CountVAE:
         kl_warmup_epochs : KL weight rising linearly to 1 over this many epochs
             (0: none, the seed; scvi-tools uses 400). ELBO objective only.
         weight_decay : L2 penalty of the optimiser (scvi-tools: 1e-6 with Adam).
+        accelerator, devices, strategy : passed to the Lightning ``Trainer`` that
+            trains the model (default: the model's device, one process). E.g.
+            ``strategy="ddp", devices=2`` trains data-parallel in two processes
+            (effective batch size = ``batch_size`` × processes).
 
         Each step minimises −(N/B) Σ_{i∈batch} bound_i (an estimate of the full-data
         negative bound, unbiased up to the BatchNorm batch dependence). Refitting
@@ -302,7 +307,8 @@ class _CountVAE:
                 lr=lr, n_samples=int(n_samples), max_epochs=int(max_epochs), batch_size=batch_size,
                 objective=objective, optimizer=optimizer, progress=progress,
                 early_stopping=early_stopping, patience=int(patience), min_delta=float(min_delta),
-                kl_warmup_epochs=int(kl_warmup_epochs), weight_decay=float(weight_decay)))
+                kl_warmup_epochs=int(kl_warmup_epochs), weight_decay=float(weight_decay),
+                accelerator=accelerator, devices=devices, strategy=strategy))
         self.fit_time_ = time.perf_counter() - t0
         self.n_epochs_ = len(self.history_)
         self._n_train = len(train_idx)
@@ -311,9 +317,9 @@ class _CountVAE:
         return self
 
     def _train(self, data, train_idx, val_idx, gen, rng, kw):
-        """Run the shared loop (one place, so the training engine can be swapped)."""
-        return train(self.module, data, generator=gen, rng=rng, desc=type(self).__name__,
-                     train_idx=train_idx, validation_idx=val_idx if len(val_idx) else None, **kw)
+        """Train through the one engine, PyTorch Lightning (:mod:`scnotes.vae._lightning`)."""
+        return fit_lightning(self.module, data, generator=gen, rng=rng, desc=type(self).__name__,
+                             train_idx=train_idx, validation_idx=val_idx if len(val_idx) else None, **kw)
 
     def _before_training(self, data, train_idx):
         """Set data-dependent module state before training (the library prior)."""
