@@ -12,6 +12,8 @@ import scipy.sparse as sp
 
 __all__ = [
     "check_counts",
+    "is_backed",
+    "row_sums",
     "check_mask",
     "check_obs_key",
     "counts_from_adata",
@@ -22,6 +24,80 @@ __all__ = [
 def _values(x):
     """The stored values of a dense or sparse matrix, without densifying."""
     return x.data if sp.issparse(x) else np.asarray(x)
+
+
+def is_backed(x) -> bool:
+    """True for a matrix that lives on disk: the ``X`` of an AnnData opened with
+    ``backed="r"`` (an anndata CSR/CSC dataset) or an h5py dataset."""
+    try:
+        from anndata.abc import CSCDataset, CSRDataset
+    except ImportError:  # older anndata
+        CSRDataset = CSCDataset = ()
+    import h5py
+
+    return isinstance(x, (CSRDataset, CSCDataset, h5py.Dataset))
+
+
+_CHUNK = 20000
+
+
+def _check_backed(x, name, allow_empty_cells, allow_empty_genes):
+    """Validate a backed matrix chunk by chunk (never loads it whole); returns it."""
+    fmt = getattr(x, "format", None)
+    if fmt != "csr":
+        kind = "CSC" if fmt == "csc" else "dense"
+        raise ValueError(
+            f"{name} is a backed {kind} matrix; training reads rows, so it must be CSR on disk "
+            "(rewrite it: adata = anndata.read_h5ad(path); adata.X = scipy.sparse.csr_matrix(adata.X); "
+            "adata.write_h5ad(new_path))")
+    n, p = x.shape
+    if n == 0 or p == 0:
+        raise ValueError(f"{name} is empty (shape {(n, p)})")
+    cell_empty, gene_tot = 0, np.zeros(p)
+    for start in range(0, n, _CHUNK):
+        part = x[start:min(n, start + _CHUNK)]
+        v = part.data
+        where = f"{name} (rows {start}–{start + part.shape[0] - 1})"
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{where} contains NaN or infinite values; counts must be finite")
+        if np.any(v < 0):
+            raise ValueError(f"{where} contains negative values; expected raw UMI counts")
+        if np.any(v != np.round(v)):
+            raise ValueError(f"{where} contains non-integer values; expected raw UMI counts "
+                             "(pass the raw counts layer, not normalised or log data)")
+        cell_empty += int(np.sum(np.asarray(part.sum(axis=1)).ravel() == 0))
+        gene_tot += np.asarray(part.sum(axis=0)).ravel()
+    if cell_empty and not allow_empty_cells:
+        raise ValueError(f"{name} has {cell_empty} all-zero cells (rows); remove them first")
+    if np.any(gene_tot == 0) and not allow_empty_genes:
+        raise ValueError(f"{name} has {int(np.sum(gene_tot == 0))} all-zero genes (columns); "
+                         "remove them first")
+    return x
+
+
+def row_sums(x, mask=None) -> np.ndarray:
+    """Σ_j x_ij (over entries with mask > 0 if a mask is given), shape (n_cells,);
+    dense, sparse or backed (read in chunks)."""
+    if is_backed(x):
+        n = x.shape[0]
+        out = np.empty(n)
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            part = x[start:stop]
+            if mask is not None:
+                m = mask[start:stop]
+                part = part.multiply(m > 0) if sp.issparse(part) else part * (np.asarray(m) > 0)
+            out[start:stop] = np.asarray(part.sum(axis=1)).ravel()
+        return out
+    if mask is None:
+        return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    if sp.issparse(mask):
+        tot = (mask > 0).astype(np.float64).multiply(x)
+    elif sp.issparse(x):
+        tot = x.multiply(np.asarray(mask) > 0)
+    else:
+        tot = x * (np.asarray(mask) > 0)
+    return np.asarray(tot.sum(axis=1), dtype=np.float64).ravel()
 
 
 def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
@@ -41,7 +117,9 @@ def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
     Returns
     -------
     numpy.ndarray (float64) or scipy.sparse.csr_matrix (float64)
-        The same counts; sparse input stays sparse (never densified).
+        The same counts; sparse input stays sparse (never densified). A backed
+        matrix (``anndata.read_h5ad(path, backed="r").X``) is checked in chunks
+        of rows and returned as it is, still on disk.
 
     Raises
     ------
@@ -49,8 +127,11 @@ def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
         If ``x`` is not two-dimensional numeric data.
     ValueError
         If ``x`` has NaN/inf, negative or non-integer values, or all-zero
-        cells/genes (unless allowed), or is empty.
+        cells/genes (unless allowed), or is empty; or is a backed matrix that
+        is not CSR.
     """
+    if is_backed(x):
+        return _check_backed(x, name, allow_empty_cells, allow_empty_genes)
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     if sp.issparse(x):

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._checks import check_counts, check_mask
+from .._checks import check_counts, check_mask, row_sums
 from ._data import CountData, batch_indices
 from ._module import CountVAEModule
 from ._lightning import fit_lightning
@@ -654,14 +654,5 @@ class ZINBVAE(NBVAE):
 
 
 def _observed_totals(x, w):
-    """Σ_j x_ij over observed entries (w_ij > 0), shape (n,); dense or sparse."""
-    if w is None:
-        return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-    if sp.issparse(w):
-        obs = (w > 0).astype(np.float64)
-        tot = obs.multiply(x)
-    elif sp.issparse(x):
-        tot = x.multiply(np.asarray(w) > 0)
-    else:
-        tot = x * (np.asarray(w) > 0)
-    return np.asarray(tot.sum(axis=1), dtype=np.float64).ravel()
+    """Σ_j x_ij over observed entries (w_ij > 0), shape (n,); dense, sparse or backed."""
+    return row_sums(x, w)
