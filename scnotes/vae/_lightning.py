@@ -117,6 +117,15 @@ def _plan_class():
             self.kl_warmup_epochs, self.generator, self.val_seed = kl_warmup_epochs, generator, val_seed
             self.rows, self._sums, self._val, self._n_seen = [], {}, {}, 0
 
+        def on_fit_start(self):
+            # One stream of Monte Carlo draws per rank, on the rank's own device
+            # (the estimator's generator lives on the model's device, rank 0's).
+            rank, world = _world()
+            if world > 1 or self.generator.device != self.device:
+                seed = self.generator.initial_seed() + rank
+                self.generator = torch.Generator(device=self.device)
+                self.generator.manual_seed(seed)
+
         def kl_weight(self):
             e = self.current_epoch
             return min(1.0, (e + 1) / self.kl_warmup_epochs) if self.kl_warmup_epochs else 1.0

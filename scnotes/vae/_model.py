@@ -214,7 +214,7 @@ class _CountVAE:
             optimizer: str = "rmsprop", trace: bool = True, progress: bool = True,
             train_size: float = 1.0, early_stopping: bool = False, patience: int = 45,
             min_delta: float = 0.0, kl_warmup_epochs: int = 0, weight_decay: float = 0.0,
-            accelerator: str | None = None, devices=None, strategy=None):
+            accelerator: str | None = None, devices=None, strategy=None, trainer_kwargs=None):
         """Fit by stochastic gradient on the ELBO (or IWAE bound); returns ``self``.
 
         Parameters
@@ -249,6 +249,8 @@ class _CountVAE:
             trains the model (default: the model's device, one process). E.g.
             ``strategy="ddp", devices=2`` trains data-parallel in two processes
             (effective batch size = ``batch_size`` × processes).
+        trainer_kwargs : dict, further ``lightning.pytorch.Trainer`` arguments
+            (e.g. ``num_nodes`` for several machines).
 
         Each step minimises −(N/B) Σ_{i∈batch} bound_i (an estimate of the full-data
         negative bound, unbiased up to the BatchNorm batch dependence). Refitting
@@ -308,7 +310,8 @@ class _CountVAE:
                 objective=objective, optimizer=optimizer, progress=progress,
                 early_stopping=early_stopping, patience=int(patience), min_delta=float(min_delta),
                 kl_warmup_epochs=int(kl_warmup_epochs), weight_decay=float(weight_decay),
-                accelerator=accelerator, devices=devices, strategy=strategy))
+                accelerator=accelerator, devices=devices, strategy=strategy,
+                **(trainer_kwargs or {})))
         self.fit_time_ = time.perf_counter() - t0
         self.n_epochs_ = len(self.history_)
         self._n_train = len(train_idx)

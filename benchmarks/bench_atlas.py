@@ -1,0 +1,135 @@
+"""Atlas scale: one PVAE epoch from memory and from a backed .h5ad, 10^5–10^6 cells.
+
+For each size a simulated sparse count matrix (low-rank Gamma-Poisson, depth
+and sparsity like 10x data: about 90 % zeros, 2,000 genes) is written to
+``--out-dir`` (default a temporary directory, never the repository) in chunks
+of rows, so it is never dense and never whole in memory while written. Then,
+each in a fresh process so that peak memory is its own:
+
+* PVAE (latent 10, batch 128, one Monte Carlo sample) trains one epoch on the
+  matrix read into memory (CSR) and on the same file opened with
+  ``backed="r"`` (rows of each minibatch read from disk);
+* at the largest size, Poisson NMF (rank 10, 20 iterations) on the CSR matrix.
+
+Prints, per size and mode, seconds per epoch and peak RSS, next to the targets:
+backed peak RSS ≤ 2 GB at 1M cells and ≤ 1.2× its value at 100k; seconds per
+epoch linear in cells (1M ≤ 11 × 100k).
+
+    python benchmarks/bench_atlas.py [--sizes 100000 300000 1000000] [--genes 2000] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_h5ad(path: Path, n_cells: int, n_genes: int, seed: int = 0, chunk: int = 50000):
+    """Low-rank Gamma-Poisson counts, written in row chunks through anndata's
+    sparse-dataset append (never a dense block, never the whole matrix)."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    k = 5
+    factors = rng.gamma(0.3, 1.0, (k, n_genes))
+    factors /= factors.sum(1, keepdims=True)
+    first = True
+    with h5py.File(path, "w") as f:
+        for start in range(0, n_cells, chunk):
+            m = min(chunk, n_cells - start)
+            load = rng.dirichlet(np.full(k, 0.3), m)
+            depth = rng.lognormal(np.log(1500), 0.5, m)
+            mu = (load @ factors) * depth[:, None]
+            x = rng.poisson(mu * rng.gamma(2.0, 0.5, mu.shape)).astype(np.float32)
+            x[np.arange(m), rng.integers(0, n_genes, m)] += 1  # no empty cells
+            block = sp.csr_matrix(x)
+            del x, mu
+            if first:
+                ad.io.write_elem(f, "X", block)
+                first = False
+            else:
+                ad.io.sparse_dataset(f["X"]).append(block)
+        ad.io.write_elem(f, "obs", pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]))
+        ad.io.write_elem(f, "var", pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+        for key in ("obsm", "varm", "layers", "obsp", "varp", "uns"):
+            ad.io.write_elem(f, key, {})
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+
+
+def _child(mode: str, path: str, threads: int):
+    import anndata as ad
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    if mode == "nmf":
+        from scnotes.nmf import PoissonNMF
+
+        x = ad.read_h5ad(path).X
+        t1 = time.perf_counter()
+        PoissonNMF(n_components=10, max_iter=20, seed=0).fit(x)
+        per = (time.perf_counter() - t1) / 20
+    else:
+        from scnotes.vae import PVAE
+
+        a = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
+        x = a.X
+        m = PVAE(x.shape[1], n_latent=10, seed=0)
+        t1 = time.perf_counter()
+        m.fit(x, max_epochs=1, batch_size=128, n_samples=1, progress=False)
+        per = time.perf_counter() - t1
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(json.dumps({"seconds": per, "rss_gb": rss_gb, "total": time.perf_counter() - t0}))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100000, 300000, 1000000])
+    ap.add_argument("--genes", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        return _child(a.child[0], a.child[1], a.threads)
+    out = Path(a.out_dir or tempfile.mkdtemp(prefix="scnotes_atlas_"))
+    out.mkdir(parents=True, exist_ok=True)
+    res = {}
+    for n in a.sizes:
+        path = out / f"sim_{n}.h5ad"
+        if not path.exists():
+            t = time.perf_counter()
+            write_h5ad(path, n, a.genes)
+            print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s",
+                  flush=True)
+        modes = ["memory", "backed"] + (["nmf"] if n == max(a.sizes) else [])
+        for mode in modes:
+            r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads), "--child", mode,
+                                str(path)], capture_output=True, text=True, check=True)
+            res[(n, mode)] = json.loads(r.stdout.strip().splitlines()[-1])
+            u = "s/iteration" if mode == "nmf" else "s/epoch"
+            print(f"{n:>8} cells  {mode:>6}: {res[(n, mode)]['seconds']:8.1f} {u}, peak RSS "
+                  f"{res[(n, mode)]['rss_gb']:.2f} GB", flush=True)
+    lo, hi = min(a.sizes), max(a.sizes)
+    if (lo, "backed") in res and hi > lo:
+        b_lo, b_hi = res[(lo, "backed")], res[(hi, "backed")]
+        print(f"targets: backed peak RSS at {hi} cells {b_hi['rss_gb']:.2f} GB (target ≤ 2 GB at 1M), "
+              f"{b_hi['rss_gb'] / b_lo['rss_gb']:.2f}× its value at {lo} (target ≤ 1.2×); "
+              f"s/epoch {b_hi['seconds'] / b_lo['seconds']:.1f}× for {hi / lo:.0f}× the cells "
+              f"(target ≤ {1.1 * hi / lo:.0f}×)")
+
+
+if __name__ == "__main__":
+    main()
