@@ -37,6 +37,7 @@ except ImportError:  # the loop is gone
 
 def _with_engine(model, fn):
     def _t(self, data, tr, va, gen, rng, kw):
+        kw = {k: v for k, v in kw.items() if k not in ("accelerator", "devices", "strategy")}
         return fn(self.module, data, generator=gen, rng=rng, desc="bench", train_idx=tr,
                   validation_idx=va if len(va) else None, **kw)
     if fn is not fit_lightning:

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 __all__ = ["knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
            "silhouette_label", "silhouette_batch", "leiden_ari", "leiden_clustering", "cluster_scores",
-           "kmeans_ari", "score_integration", "poisson_loglik", "nb_loglik", "occupancy"]
+           "kmeans_ari", "score_integration", "poisson_loglik", "nb_loglik", "occupancy", "zinb_loglik"]
 
 
 def _codes(labels, n):
@@ -420,3 +420,27 @@ def score_integration(batch, labels=None, x=None, graph=None, connectivities=Non
     out["ari"] = leiden_ari(labels, x=x if graph is None else None,
                             graph=connectivities if graph is not None else None, seed=seed)
     return out
+
+
+def zinb_loglik(x, mean, theta, logodds, mask=None, per: str = "entry"):
+    """Zero-inflated NB log-likelihood of counts ``x``, in nats: with probability
+    π = sigmoid(``logodds``) a structural zero, else NB(mean μ, inverse dispersion θ).
+    ``mean`` is the NB mean μ (a ZINB model's ``nb_mean``, not its expected count
+    (1 − π) μ); ``theta`` and ``logodds`` broadcast against the genes. Evaluated by
+    :func:`scnotes.likelihoods.zinb_log_pmf` in float64; ``mask`` and ``per`` as
+    :func:`poisson_loglik`. Raises ValueError on shape mismatch or negative means."""
+    import torch
+
+    from .likelihoods import zinb_log_pmf
+
+    x = _dense_counts(x)
+    mu = np.asarray(mean, dtype=np.float64)
+    if mu.shape != x.shape:
+        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
+    if np.any(mu < 0) or not np.all(np.isfinite(mu)):
+        raise ValueError("predicted means must be finite and non-negative")
+    p = x.shape[1]
+    th = torch.as_tensor(np.broadcast_to(np.asarray(theta, dtype=np.float64), (p,)).copy())
+    eta = torch.as_tensor(np.broadcast_to(np.asarray(logodds, dtype=np.float64), (p,)).copy())
+    ll = zinb_log_pmf(torch.as_tensor(x), torch.as_tensor(mu), th, eta).numpy()
+    return _masked_sum(ll, mask, per)

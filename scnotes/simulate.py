@@ -7,7 +7,16 @@ The seed page ("Variational autoencoders for scRNA-seq data") simulates
     x_ij ~ Poisson(λ_ij),
 
 with a = 0.1 in the thinning example and a = 1/Var(μ) in the imputation
-example, and draws a second, independent x_val from the same λ.
+example, and draws a second, independent x_val from the same λ (thinning)
+or a mask of missing entries (imputation: ``np.random.uniform(size) < 0.9``
+marks the observed ones), continuing the same legacy random stream so that
+``seed=0`` reproduces the seed page draw for draw.
+
+Given μ, each count is marginally negative binomial with mean μ and inverse
+dispersion a (Var = μ + μ²/a): the best any model that does not know the
+entry's own u can do, which is the reachable oracle (``LowRankSim.mu`` with
+``gamma_shape``); the realised rate λ = μ u includes u and is not reachable
+for a held-out entry.
 """
 from __future__ import annotations
 
@@ -18,15 +27,17 @@ import scipy.sparse as sp
 
 from ._checks import check_counts
 
-__all__ = ["LowRankSim", "simulate_low_rank", "binomial_thin", "random_mask"]
+__all__ = ["LowRankSim", "simulate_low_rank", "binomial_thin", "random_mask", "split_entries"]
 
 
 @dataclass
 class LowRankSim:
     """A simulated data set: counts ``x`` and an independent replicate ``x_val``.
 
-    Shapes: ``x``, ``x_val``, ``mu``, ``lam``: n_cells × n_genes; ``l``: n × k; ``f``: p × k.
-    ``mu = l @ f.T`` is the low-rank mean, ``lam = mu * u`` the realised rate.
+    Shapes: ``x``, ``x_val``, ``mu``, ``lam``, ``w``: n_cells × n_genes; ``l``: n × k;
+    ``f``: p × k. ``mu = l @ f.T`` is the low-rank mean, ``lam = mu * u`` the
+    realised rate, ``gamma_shape`` the shape a of u (so x | μ ~ NB(μ, a)), ``w``
+    the seed's imputation mask (1 = observed, 0 = missing) or None.
     """
 
     x: np.ndarray
@@ -35,11 +46,14 @@ class LowRankSim:
     f: np.ndarray
     mu: np.ndarray
     lam: np.ndarray
+    gamma_shape: float = float("nan")
+    w: np.ndarray | None = None
 
 
 def simulate_low_rank(n_cells: int = 500, n_genes: int = 100, rank: int = 3,
                       gamma_shape: float | str = 0.1, sigma: float = 0.5,
-                      replicate: bool = True, seed: int = 0) -> LowRankSim:
+                      replicate: bool = True, frac_missing: float | None = None,
+                      seed: int = 0) -> LowRankSim:
     """Simulate the seed's rank-``rank`` Gamma-Poisson model (see module docstring).
 
     Parameters
@@ -50,16 +64,28 @@ def simulate_low_rank(n_cells: int = 500, n_genes: int = 100, rank: int = 3,
         imputation example's a = 1 / Var(μ).
     replicate : bool
         Draw the independent replicate ``x_val`` (else ``x_val`` is None).
+    frac_missing : float in [0, 1), optional
+        Also draw the seed's imputation mask ``w`` (entry missing when a uniform
+        draw is ≥ 1 − frac_missing; the seed used 0.1), after ``x`` (and
+        ``x_val``) from the same stream.
     seed : int
         With ``seed=0`` and the defaults this reproduces the seed's draws
-        exactly (same NumPy legacy RNG calls in the same order).
+        exactly (same NumPy legacy RNG calls in the same order). The stream is
+        a private ``numpy.random.RandomState(seed)``: the global NumPy state is
+        not touched.
 
     Returns
     -------
     LowRankSim
+
+    Raises
+    ------
+    ValueError : non-positive sizes or shape, ``frac_missing`` outside [0, 1).
     """
     if n_cells < 1 or n_genes < 1 or rank < 1:
         raise ValueError("n_cells, n_genes and rank must be positive")
+    if frac_missing is not None and not 0 <= frac_missing < 1:
+        raise ValueError(f"frac_missing must be in [0, 1), got {frac_missing}")
     rng = np.random.RandomState(seed)
     l = rng.lognormal(sigma=sigma, size=(n_cells, rank))
     f = rng.lognormal(sigma=sigma, size=(n_genes, rank))
@@ -74,7 +100,10 @@ def simulate_low_rank(n_cells: int = 500, n_genes: int = 100, rank: int = 3,
     lam = mu * u
     x = rng.poisson(lam=lam)
     x_val = rng.poisson(lam=lam) if replicate else None
-    return LowRankSim(x=x, x_val=x_val, l=l, f=f, mu=mu, lam=lam)
+    w = None
+    if frac_missing is not None:
+        w = (rng.uniform(size=x.shape) < 1 - frac_missing).astype(np.float64)
+    return LowRankSim(x=x, x_val=x_val, l=l, f=f, mu=mu, lam=lam, gamma_shape=float(a), w=w)
 
 
 def binomial_thin(x, p: float = 0.5, seed: int = 0):
@@ -120,3 +149,34 @@ def random_mask(shape, frac_missing: float = 0.1, seed: int = 0) -> np.ndarray:
         raise ValueError(f"frac_missing must be in [0, 1), got {frac_missing}")
     rng = np.random.default_rng(seed)
     return (rng.uniform(size=shape) >= frac_missing).astype(np.float64)
+
+
+def split_entries(w, frac: float = 0.1, seed: int = 0):
+    """Move a random share ``frac`` of the observed entries of mask ``w`` to a second mask.
+
+    For choosing a rank or a training length without touching the test entries:
+    ``w`` marks the entries a model may use (1) and the test entries (0); the
+    result ``(w_train, w_val)`` splits the former into training and validation
+    entries, each observed entry going to validation with probability ``frac``.
+
+    Parameters
+    ----------
+    w : array (n_cells, n_genes) of 0/1 (1 = observed)
+    frac : float in (0, 1)
+    seed : int, seeds a private ``numpy.random.default_rng``
+
+    Returns
+    -------
+    (w_train, w_val) : float arrays of 0/1 with w_train + w_val = w.
+
+    Raises
+    ------
+    ValueError : ``w`` not 0/1, or ``frac`` outside (0, 1).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if not np.all((w == 0) | (w == 1)):
+        raise ValueError("w must hold only 0 (missing) and 1 (observed)")
+    if not 0 < frac < 1:
+        raise ValueError(f"frac must be in (0, 1), got {frac}")
+    val = (np.random.default_rng(seed).uniform(size=w.shape) < frac) & (w == 1)
+    return np.where(val, 0.0, w), val.astype(np.float64)

@@ -284,3 +284,279 @@ def test_veb_agrees_with_lme4_on_simulated_data():
     tidy = ref.summary()
     assert list(tidy.columns) == glmm.TIDY_COLUMNS
     assert np.all(np.isfinite(ref.u_mode)) and np.all(ref.u_sd > 0)
+
+
+# ----------------------------------------------------------------- contract: names, RNG, record, save/load
+def _global_rng_snapshot():
+    import random
+    return torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _assert_rng_untouched(before):
+    import random
+    t, n, p = before
+    assert torch.equal(torch.get_rng_state(), t)
+    assert np.array_equal(np.random.get_state()[1], n)
+    assert random.getstate() == p
+
+
+@pytest.mark.parametrize("kw", [dict(guide="factorised", batch_size=64, max_epochs=2),
+                                dict(guide="lowrank", max_epochs=30),
+                                dict(guide="full", n_samples=2, max_epochs=30)])
+def test_veb_same_seed_same_numbers_and_global_rng_untouched(kw):
+    data, _, _ = simulate(n_cells=400, n_genes=2, seed=12)
+    torch.manual_seed(123)
+    np.random.seed(7)
+    before = _global_rng_snapshot()
+    a = glmm.PoissonGLMMVEB(seed=3, **kw).fit(data)
+    _assert_rng_untouched(before)
+    b = glmm.PoissonGLMMVEB(seed=3, **kw).fit(data)
+    c = glmm.PoissonGLMMVEB(seed=4, **kw).fit(data)
+    assert np.array_equal(a.b_mean_, b.b_mean_) and np.array_equal(a.cov_, b.cov_)
+    pd.testing.assert_frame_equal(a.history_, b.history_)
+    assert not np.array_equal(a.b_mean_, c.b_mean_)
+
+
+def test_veb_history_is_a_per_epoch_frame_with_named_terms():
+    data, _, _ = simulate(n_cells=300, n_genes=2, seed=13)
+    m = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=40).fit(data)
+    h = m.history_
+    assert list(h.columns) == ["epoch", "loss", "elbo", "reconstruction", "kl"]
+    assert len(h) == 40 and h["epoch"].tolist() == list(range(40))
+    assert np.allclose(h["loss"], -h["elbo"]) and np.allclose(h["elbo"], h["reconstruction"] - h["kl"])
+    assert (h["kl"] > 0).all()
+    # full batch + exact expectation: the record is the full-data ELBO at the iterate before each step
+    assert np.allclose(m.elbo_history_.sum(1), h["elbo"])
+    assert h["loss"].iloc[-1] < h["loss"].iloc[0]
+
+
+def test_max_epochs_auto_and_the_older_alias():
+    data, _, _ = simulate(n_cells=500, seed=14)
+    assert glmm.PoissonGLMMVEB(n_epochs=7).max_epochs == 7
+    assert glmm.PoissonGLMMVEB(max_epochs=7).n_epochs == 7
+    # auto: at least min_steps optimiser steps whatever the number of cells
+    m = glmm.PoissonGLMMVEB(batch_size=100, min_steps=30).fit(data)
+    assert m.n_epochs_ == 6 and len(m.history_) == 6
+    assert glmm.PoissonGLMMVEB()._epochs(500) == 1500
+    with pytest.raises(ValueError, match="max_epochs"):
+        glmm.PoissonGLMMVEB(max_epochs=0)
+
+
+def test_veb_loglik_is_the_library_poisson_log_pmf():
+    from scnotes.likelihoods import poisson_log_pmf
+
+    data, _, _ = simulate(n_cells=300, n_genes=2, seed=15)
+    m = glmm.PoissonGLMMVEB(guide="full", expectation="analytic").init(data)
+    # at a point mass (variances ~0) the expected log-likelihood is the per-cell Poisson log-pmf
+    with torch.no_grad():
+        m._p["log_diag"].fill_(-30.0)
+    th = m._mean().detach().numpy()
+    eta = th[:, data.group] + th[:, data.n_groups + data.donor]  # (J, cells)
+    lr = torch.as_tensor(np.log(data.total)[None] + eta)
+    want = poisson_log_pmf(torch.as_tensor(data.counts.T), torch.exp(lr), log_rate=lr).sum(1).numpy()
+    full = m._full_tensors(data)
+    got = m._loglik_full(full, None, 1, "analytic").detach().numpy()
+    assert np.allclose(got, want, rtol=1e-10)
+
+
+def test_veb_save_load_roundtrip(tmp_path):
+    data, _, _ = simulate(n_cells=400, n_genes=3, seed=16)
+    m = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=50, seed=2).fit(data)
+    m.save(tmp_path / "veb.pt")
+    m2 = glmm.PoissonGLMMVEB.load(tmp_path / "veb.pt")
+    for a in ("b_mean_", "b_sd_", "u_mean_", "cov_", "sigma_u_", "prior_mean_", "prior_sd_"):
+        assert np.array_equal(getattr(m, a), getattr(m2, a)), a
+    pd.testing.assert_frame_equal(m.history_, m2.history_)
+    pd.testing.assert_frame_equal(m.summary(), m2.summary())
+    assert list(m2.var_names_) == data.genes
+    assert m2.covariate_registry_ == m.covariate_registry_
+    assert m2.covariate_registry_[0] == ("donor", data.donors)
+    assert np.allclose(m2.elbo(data, expectation="analytic"), m.elbo(data, expectation="analytic"))
+    # data with the genes in another order are refused, naming the difference
+    other = glmm.glmm_data(pd.DataFrame({"cell_type": np.asarray(data.group_table.cell_type)[data.group],
+                                         "condition": np.asarray(data.group_table.condition)[data.group],
+                                         "donor": np.asarray(data.donors)[data.donor], "total": data.total}),
+                           data.counts[:, ::-1], donor_key="donor", total_key="total", cell_type_key="cell_type",
+                           condition_key="condition", genes=data.genes[::-1])
+    with pytest.raises(ValueError, match="genes differ"):
+        m2.elbo(other)
+    with pytest.raises(TypeError, match="holds a"):
+        torch.save({"cls": "PVAE"}, tmp_path / "x.pt")
+        glmm.PoissonGLMMVEB.load(tmp_path / "x.pt")
+
+
+def test_nuts_leaves_global_rng_untouched_and_repeats():
+    data, _, _ = simulate(n_cells=400, n_types=1, n_donors=4, seed=17)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    before = _global_rng_snapshot()
+    a = glmm.fit_nuts(data, num_samples=10, warmup_steps=10, num_chains=2, seed=1)
+    _assert_rng_untouched(before)
+    b = glmm.fit_nuts(data, num_samples=10, warmup_steps=10, num_chains=2, seed=1)
+    assert np.array_equal(a.b, b.b)
+    assert a.prior == "shared" and a.summary().method.iloc[0] == "NUTS (shared prior)"
+
+
+def test_r_versions_frame_shape(monkeypatch):
+    import scnotes.glmm._lme4 as L
+
+    monkeypatch.setattr(L.shutil, "which", lambda *_: None)
+    v = glmm.r_versions()
+    assert list(v.index) == ["R", "lme4"] and list(v.columns) == ["version"]
+    assert (v.version == "not installed").all()
+
+
+@needs_r
+def test_r_versions_reads_r_and_lme4():
+    v = glmm.r_versions()
+    assert v.loc["R", "version"][0].isdigit() and v.loc["lme4", "version"][0].isdigit()
+
+
+# ----------------------------------------------------------------- calibration measures
+def test_simulate_from_fit_and_coverage_of_a_calibrated_fit():
+    data, b, _ = simulate(n_cells=2000, n_types=2, n_donors=8, sigma_u=0.3, seed=18)
+    before = _global_rng_snapshot()
+    sim, bt, ut = glmm.simulate_from_fit(data, b[0], 0.3, n_replicates=40, seed=1)
+    _assert_rng_untouched(before)
+    assert sim.n_genes == 40 and bt.shape == (40, data.n_groups) and ut.shape == (40, data.n_donors)
+    assert np.array_equal(sim.group, data.group) and np.array_equal(sim.total, data.total)
+    sim2, _, _ = glmm.simulate_from_fit(data, b[0], 0.3, n_replicates=40, seed=1)
+    assert np.array_equal(sim.counts, sim2.counts)
+    # the truth itself with sd 0 covers everything; a full-rank fit covers about 95%
+    truth = glmm.tidy_effects(sim, bt, sd=np.full_like(bt, 1e-9))
+    full = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=800).fit(sim).summary()
+    tab = glmm.calibration_table({"truth": truth, "VEB full": full}, sim, bt)
+    assert set(tab.kind) == {"group", "contrast"}
+    t = tab.set_index(["method", "kind"])
+    assert t.loc[("truth", "group"), "coverage"] == 1.0 and t.loc[("truth", "contrast"), "rmse"] < 1e-12
+    assert 0.8 <= t.loc[("VEB full", "contrast"), "coverage"] <= 1.0
+    assert 0.7 < t.loc[("VEB full", "contrast"), "z_sd"] < 1.3
+    with pytest.raises(ValueError, match="cell-group effects"):
+        glmm.simulate_from_fit(data, b[0][:2], 0.3)
+
+
+def test_interval_coverage_counts_by_hand():
+    assert glmm.interval_coverage([0, 0, 0, np.nan], [1, 1, 1, 1], [1.0, 2.5, -1.9, 0]) == pytest.approx(2 / 3)
+
+
+def test_compare_to_reference_ratios():
+    data, b, _ = simulate(n_cells=300, seed=19)
+    ref = glmm.tidy_effects(data, b, sd=np.full_like(b, 0.2))
+    half = glmm.tidy_effects(data, b + 0.1, sd=np.full_like(b, 0.1))
+    out = glmm.compare_to_reference({"half": half}, ref).set_index("method")
+    assert out.loc["half", "sd_ratio_median"] == pytest.approx(0.5)
+    assert out.loc["half", "within_1_se"] == 1.0
+    assert out.loc["half", "median_abs_diff_se"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------- the AnnData front
+def _adata(n_cells=1200, seed=20, n_other=5):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    data, b, _ = simulate(n_cells=n_cells, n_types=2, n_donors=5, n_genes=3, seed=seed)
+    rng = np.random.default_rng(seed)
+    other = rng.poisson(5.0, size=(n_cells, n_other))
+    x = np.hstack([data.counts, other]).astype(np.float32)
+    obs = pd.DataFrame({"ct": np.asarray(data.group_table.cell_type)[data.group],
+                        "stim": np.asarray(data.group_table.condition)[data.group],
+                        "patient": np.asarray(data.donors)[data.donor], "libsize": data.total},
+                       index=[f"c{i}" for i in range(n_cells)])
+    a = ad.AnnData(X=sp.csr_matrix(np.zeros_like(x)), obs=obs,
+                   var=pd.DataFrame(index=[f"g{j}" for j in range(x.shape[1])]))
+    a.layers["umi"] = sp.csr_matrix(x)
+    return a, data
+
+
+def test_tl_glmm_veb_matches_the_estimator_and_records_params():
+    a, data = _adata()
+    genes = ["g0", "g1"]
+    tab, model = scnotes_tl().glmm(a, genes, "ct", "patient", condition_key="stim", layer="umi",
+                                   size_factor_key="libsize", max_epochs=200, return_model=True)
+    assert list(tab.columns) == glmm.TIDY_COLUMNS
+    d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", total_key="libsize",
+                       cell_type_key="ct", condition_key="stim", genes=genes)
+    est = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=200, lr=0.05).fit(d)
+    assert np.array_equal(model.b_mean_, est.b_mean_)
+    g = tab[tab.kind == "group"]
+    assert np.allclose(g.estimate.to_numpy().reshape(2, -1), est.b_mean_)
+    assert np.allclose(g.sd.to_numpy().reshape(2, -1), est.b_sd_)
+    rec = a.uns["glmm"]
+    assert rec["params"]["layer"] == "umi" and rec["params"]["method"] == "veb"
+    assert rec["params"]["max_epochs"] == 200
+    pd.testing.assert_frame_equal(rec["results"], tab)
+
+
+def test_tl_glmm_totals_from_counts_copy_and_default_genes():
+    a, data = _adata()
+    before = a.copy()
+    a2, tab = scnotes_tl().glmm(a, None, "ct", "patient", condition_key="stim", layer="umi", n_top_genes=2,
+                                max_epochs=50, copy=True)
+    # the input is untouched; the copy has the record
+    assert "glmm" not in a.uns and a.obs.equals(before.obs)
+    assert "glmm" in a2.uns
+    # genes=None: the n_top_genes of highest mean (the Poisson(5) fillers here)
+    assert len(set(tab.gene)) == 2
+    mean = np.asarray(a.layers["umi"].mean(0)).ravel()
+    assert set(tab.gene) == {f"g{j}" for j in np.argsort(-mean)[:2]}
+    # size_factor_key=None: totals over every gene of adata (not the tested ones)
+    assert "all 8 genes" in a2.uns["glmm"]["params"]["totals"]
+    t2 = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=50,
+                           return_model=True)[1]
+    tot = np.asarray(a.layers["umi"].sum(1)).ravel()
+    d = glmm.glmm_data(a.obs.assign(t=tot), a.layers["umi"][:, :1], donor_key="patient", total_key="t",
+                       cell_type_key="ct", condition_key="stim", genes=["g0"])
+    est = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=50, lr=0.05).fit(d)
+    assert np.array_equal(t2.b_mean_, est.b_mean_)
+
+
+def test_tl_glmm_errors_name_the_parameter():
+    a, _ = _adata(n_cells=300)
+    tl = scnotes_tl()
+    with pytest.raises(KeyError, match="donor_key"):
+        tl.glmm(a, ["g0"], "ct", "donor", condition_key="stim", layer="umi")
+    with pytest.raises(KeyError, match="layer"):
+        tl.glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="counts")
+    with pytest.raises(KeyError, match="genes"):
+        tl.glmm(a, ["nope"], "ct", "patient", condition_key="stim", layer="umi")
+    with pytest.raises(ValueError, match="method"):
+        tl.glmm(a, ["g0"], "ct", "patient", method="mcmc", layer="umi")
+
+
+def test_tl_glmm_drops_cell_types_missing_a_condition(capsys):
+    a, _ = _adata(n_cells=600)
+    a.obs["ct"] = a.obs["ct"].astype(str)
+    rare = a.obs.index[(a.obs["ct"] == "t0").to_numpy()][:3]
+    a.obs.loc[rare, "ct"] = "rare"
+    a.obs.loc[rare, "stim"] = "ctrl"
+    tab = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=20)
+    assert "rare" not in set(tab.cell_type)
+    assert "dropped 1 cell type" in capsys.readouterr().out
+    assert a.uns["glmm"]["params"]["dropped_cell_types"] == ["rare"]
+
+
+def test_tl_glmm_nuts_front():
+    a, _ = _adata(n_cells=400)
+    tab, models = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi",
+                                    method="nuts", num_samples=10, warmup_steps=10, num_chains=2,
+                                    return_model=True)
+    assert set(models) == {"g0"} and tab.method.iloc[0] == "NUTS (shared prior)"
+    assert np.allclose(tab[tab.kind == "group"].estimate, models["g0"].b.reshape(-1, 4).mean(0))
+
+
+@pytest.mark.needs_r
+@needs_r
+def test_tl_glmm_lme4_front_matches_fit_lme4():
+    a, _ = _adata(n_cells=600)
+    tab, res = scnotes_tl().glmm(a, ["g0", "g1"], "ct", "patient", condition_key="stim", layer="umi",
+                                 size_factor_key="libsize", method="lme4", return_model=True)
+    d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", total_key="libsize",
+                       cell_type_key="ct", condition_key="stim", genes=["g0", "g1"])
+    ref = glmm.fit_lme4(d, aggregate=True)
+    assert np.allclose(res.b, ref.b) and np.allclose(tab[tab.kind == "group"].sd.to_numpy().reshape(2, -1), ref.b_se)
+
+
+def scnotes_tl():
+    import scnotes.tl as tl
+
+    return tl

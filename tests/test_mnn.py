@@ -321,9 +321,9 @@ def test_bad_input_raises_clear_errors():
     b = np.r_[np.zeros(100), np.ones(100)]
     with pytest.raises(ValueError, match="at least two batches"):
         mnn.mnn_correct(x, np.zeros(200))
-    with pytest.raises(ValueError, match="fewer cells than k"):
+    with pytest.raises(ValueError, match="fewer cells than n_neighbors"):
         mnn.mnn_correct(x, np.r_[np.zeros(190), np.ones(10)])
-    with pytest.raises(ValueError, match="fewer cells than k"):
+    with pytest.raises(ValueError, match="fewer cells than n_neighbors"):
         mnn.fastmnn_correct(x, np.r_[np.zeros(190), np.ones(10)])
     bad = x.copy()
     bad[3, 2] = np.nan
@@ -339,31 +339,207 @@ def test_bad_input_raises_clear_errors():
         mnn.mnn_correct(x, b, backend="faiss")
 
 
+# ---------------------------------------------------------------- names and randomness
+def test_n_neighbors_is_the_name_and_k_an_alias():
+    x1, _ = clusters(150, seed=1)
+    x2, _ = clusters(150, seed=2, shift=0.3)
+    x, b = np.vstack([x1, x2]), np.r_[np.zeros(150), np.ones(150)]
+    for f in (mnn.mnn_correct, mnn.fastmnn_correct):
+        new = f(x, b, n_neighbors=10)
+        old = f(x, b, k=10)
+        np.testing.assert_array_equal(new.corrected, old.corrected)
+        np.testing.assert_array_equal(new.pairs.to_numpy(), old.pairs.to_numpy())
+        # Fewer neighbours, fewer pairs: the value is really used.
+        assert len(f(x, b).pairs) > len(new.pairs)
+        with pytest.raises(ValueError, match="not both"):
+            f(x, b, n_neighbors=10, k=15)
+        with pytest.raises(ValueError, match="n_neighbors must be a positive integer"):
+            f(x, b, n_neighbors=0)
+    idx, _ = mnn.knn_query(x1, x2, k=5)
+    np.testing.assert_array_equal(idx, mnn.knn_query(x1, x2, n_neighbors=5)[0])
+
+
+def _global_states():
+    import random
+
+    return np.random.get_state()[1].copy(), random.getstate()
+
+
+def test_global_rng_is_untouched_and_same_seed_same_numbers():
+    import anndata as ad
+    import random
+
+    import scnotes.tl as tl
+
+    x1, _ = clusters(200, d=20, seed=1)
+    x2, _ = clusters(200, d=20, seed=2, shift=0.3)
+    x, b = np.vstack([x1, x2]), np.r_[["p"] * 200, ["q"] * 200]
+    np.random.seed(123)
+    random.seed(123)
+    before = _global_states()
+    runs = [mnn.fastmnn_correct(x, b, backend="pynndescent", seed=s) for s in (0, 0, 1)]
+    exact = mnn.mnn_correct(x, b, cos_norm_in=False, cos_norm_out=False, sigma=10.0)
+    a = ad.AnnData(X=x.astype(np.float32))
+    a.obs["batch"] = pd.Categorical(b)
+    tl.mnn(a, "batch", seed=0)
+    after = _global_states()
+    np.testing.assert_array_equal(before[0], after[0])
+    assert before[1] == after[1]
+    np.testing.assert_array_equal(runs[0].corrected, runs[1].corrected)
+    np.testing.assert_array_equal(runs[0].pairs.to_numpy(), runs[1].pairs.to_numpy())
+    assert np.isfinite(exact.corrected).all()
+
+
 # ---------------------------------------------------------------- AnnData front
-def test_tl_mnn_front():
+def _toy_adata(n=150, d=30, shift=0.3):
+    import anndata as ad
+
+    x1, l1 = clusters(n, d=d, seed=1)
+    x2, l2 = clusters(n, d=d, seed=2, shift=shift)
+    a = ad.AnnData(X=np.vstack([x1, x2]).astype(np.float32))
+    a.obs_names = [f"c{i}" for i in range(2 * n)]
+    a.obs["batch"] = pd.Categorical(np.r_[["p"] * n, ["q"] * n])
+    a.obs["label"] = pd.Categorical(np.r_[l1, l2].astype(str))
+    a.obsm["X_pca"] = a.X[:, :10].copy()
+    return a
+
+
+def test_tl_mnn_stores_the_estimators_outputs():
+    import scnotes.tl as tl
+
+    a = _toy_adata()
+    res = tl.mnn(a, batch_key="batch", n_neighbors=15)
+    ref = mnn.mnn_correct(a.X, a.obs["batch"].to_numpy(), n_neighbors=15)
+    assert isinstance(res, mnn.MNNResult)
+    np.testing.assert_array_equal(a.layers["mnn"], ref.corrected)
+    np.testing.assert_array_equal(res.corrected, ref.corrected)
+    pairs = a.obsp["mnn_pairs"].tocoo()
+    stored = sorted(zip(pairs.row.tolist(), pairs.col.tolist()))
+    assert stored == sorted(zip(ref.pairs["left"].tolist(), ref.pairs["right"].tolist()))
+    assert set(pairs.data.tolist()) == {1}  # one merge step
+    rec = a.uns["mnn"]
+    assert rec["params"]["n_neighbors"] == 15 and rec["params"]["method"] == "mnn_correct"
+    assert rec["params"]["batch_key"] == "batch" and "layer" not in rec["params"]  # None left out
+    assert rec["n_pairs"].tolist() == [len(ref.pairs)] and rec["merge_order"] == ["p", "q"]
+    table = res.pair_table(a.obs_names, a.obs["batch"])
+    assert table["left"].str.startswith("c").all() and (table["left_batch"] == "p").all()
+    # Embedding mode: obsm, fastMNN on the representation.
+    res2 = tl.mnn(a, batch_key="batch", use_rep="X_pca", k=15)
+    ref2 = mnn.fastmnn_correct(a.obsm["X_pca"], a.obs["batch"].to_numpy(), n_neighbors=15)
+    np.testing.assert_array_equal(a.obsm["X_pca_mnn"], ref2.corrected)
+    assert a.uns["X_pca_mnn"]["params"]["n_neighbors"] == 15 and len(res2.pairs) == len(ref2.pairs)
+
+
+def test_tl_mnn_copy_leaves_the_input_unchanged():
+    import scnotes.tl as tl
+
+    a = _toy_adata()
+    x0 = a.X.copy()
+    keys0 = (set(a.layers.keys()), set(a.obsm.keys()), set(a.obsp.keys()), set(a.uns.keys()))
+    out, res = tl.mnn(a, batch_key="batch", copy=True)
+    assert out is not a
+    np.testing.assert_array_equal(a.X, x0)
+    assert (set(a.layers.keys()), set(a.obsm.keys()), set(a.obsp.keys()), set(a.uns.keys())) == keys0
+    np.testing.assert_array_equal(out.layers["mnn"], res.corrected)
+    assert "mnn" in out.uns and "mnn_pairs" in out.obsp
+
+
+def test_mnn_result_saved_with_the_anndata(tmp_path):
     import anndata as ad
 
     import scnotes.tl as tl
 
-    x1, _ = clusters(150, seed=1)
-    x2, _ = clusters(150, seed=2, shift=0.3)
-    a = ad.AnnData(X=np.vstack([x1, x2]).astype(np.float32))
-    a.obs_names = [f"c{i}" for i in range(300)]
-    a.obs["batch"] = pd.Categorical(np.r_[["p"] * 150, ["q"] * 150])
-    a.obsm["X_pca"] = a.X[:, :10].copy()
-    pairs = tl.mnn(a, batch_key="batch")
-    assert a.layers["mnn"].shape == a.shape
-    assert set(pairs.columns) >= {"step", "left", "right", "left_batch", "right_batch"}
-    assert pairs["left"].str.startswith("c").all() and (pairs["left_batch"] == "p").all()
-    assert a.uns["mnn"]["n_pairs"][0] == len(pairs)
-    pairs2 = tl.mnn(a, batch_key="batch", use_rep="X_pca", k=15)
-    assert a.obsm["X_pca_mnn"].shape == (300, 10) and len(pairs2) > 0
+    a = _toy_adata()
+    a.obs["batch3"] = pd.Categorical(np.r_[["p"] * 100, ["q"] * 100, ["r"] * 100])
+    res = tl.mnn(a, batch_key="batch3", use_rep="X_pca", key_added="X_fast", merge_order=["r", "p", "q"])
+    a.write_h5ad(tmp_path / "a.h5ad")
+    back = mnn.MNNResult.from_adata(ad.read_h5ad(tmp_path / "a.h5ad"), "X_fast")
+    np.testing.assert_array_equal(back.corrected, res.corrected)
+    assert back.merge_order == ["r", "p", "q"] == res.merge_order
+    assert back.batches == ["p", "q", "r"]
+    for st, st0 in zip(back.steps, res.steps):
+        assert (st.left, st.right) == (st0.left, st0.right)
+        assert sorted(zip(st.left_cells, st.right_cells)) == sorted(zip(st0.left_cells, st0.right_cells))
+    assert a.uns["X_fast"]["params"]["merge_order"] == ["r", "p", "q"]
+    with pytest.raises(KeyError, match="no MNN result"):
+        mnn.MNNResult.from_adata(a, "nothing")
+
+
+def test_tl_mnn_bad_input():
+    import scnotes.tl as tl
+
+    a = _toy_adata()
     with pytest.raises(KeyError, match="nope"):
         tl.mnn(a, batch_key="nope")
     with pytest.raises(KeyError, match="X_umap"):
         tl.mnn(a, batch_key="batch", use_rep="X_umap")
+    with pytest.raises(KeyError, match="counts"):
+        tl.mnn(a, batch_key="batch", layer="counts")
+    with pytest.raises(ValueError, match="not both"):
+        tl.mnn(a, batch_key="batch", n_neighbors=10, k=12)
     a.obs["one"] = "x"
     with pytest.raises(ValueError, match="at least two batches"):
         tl.mnn(a, batch_key="one")
     from scnotes.tl import _mnn
     assert _mnn.__all__ == ["mnn"]
+
+
+# ---------------------------------------------------------------- chapter helpers
+def test_pair_summary_by_hand():
+    batch = np.array(["a", "a", "a", "b", "b", "b", "b"])
+    labels = np.array(["x", "y", "x", "x", "y", "y", "x"])
+    # pairs (left, right): (0, 3) x-x, (0, 6) x-x, (1, 5) y-y, (2, 5) x-y; cell 4 of b unpaired
+    step = mnn.MergeStep(["a"], ["b"], np.array([0, 0, 1, 2]), np.array([3, 6, 5, 5]))
+    res = mnn.MNNResult(np.zeros((7, 2)), [step], ["a", "b"])
+    s = mnn.pair_summary(res, batch, labels)
+    assert s["pairs"] == 4
+    assert s["corrected cells in a pair"] == 0.75
+    assert s["pairs with same label"] == 0.75
+    assert np.isnan(mnn.pair_summary(res, batch)["pairs with same label"])
+
+
+def test_score_methods_is_tidy_and_uses_the_scib_clustering():
+    import scnotes.metrics as metrics
+
+    shift = np.zeros(10)
+    shift[0] = 3.0
+    a = _toy_adata(n=120, d=10, shift=shift)
+    a.obsm["X_shifted"] = a.X.copy()
+    a.obsm["X_fixed"] = mnn.fastmnn_correct(a.X, a.obs["batch"].to_numpy()).corrected
+    df = mnn.score_methods(a, "batch", "label", embeddings={"raw": "X_shifted", "MNN": "X_fixed"})
+    assert df["method"].tolist() == ["raw", "MNN"]
+    assert {"ilisi", "kbet", "clisi", "silhouette", "ari", "nmi", "resolution", "batch mixing",
+            "label conservation"} <= set(df.columns)
+    assert df.set_index("method").loc["MNN", "ilisi"] > df.set_index("method").loc["raw", "ilisi"] + 0.3
+    cl = metrics.leiden_clustering(a.obs["label"].astype(str).to_numpy(), x=a.obsm["X_fixed"])
+    assert df.loc[1, "ari"] == pytest.approx(cl["ari"]) and df.loc[1, "nmi"] == pytest.approx(cl["nmi"])
+    np.testing.assert_allclose(df["batch mixing"], df[["ilisi", "kbet"]].mean(axis=1))
+    nolab = mnn.score_methods(a, "batch", None, embeddings={"raw": "X_shifted"})
+    assert nolab[["clisi", "ari", "nmi", "label conservation"]].isna().all().all()
+    with pytest.raises(KeyError, match="nope"):
+        mnn.score_methods(a, "nope", embeddings={"raw": "X_shifted"})
+
+
+@pytest.mark.slow  # pynndescent's numba compilation
+def test_compare_backends_reports_recall_and_times():
+    x1, _ = clusters(400, d=20, n_clusters=6, seed=1, noise=0.5)
+    x2, _ = clusters(300, d=20, n_clusters=6, seed=2, noise=0.5, shift=0.2)
+    x = np.vstack([x1, x2])
+    b = np.r_[["p"] * 400, ["q"] * 300]
+    df = mnn.compare_backends(x, b, n_neighbors=10, sizes=[300, 10_000], cos_norm=False)
+    assert df["cells"].tolist() == [300, 700]
+    assert (df["recall"] > 0.9).all() and (df["exact pairs"] > 0).all()
+    exact = mnn.find_mutual_nn(x1, x2, 10)
+    assert df.loc[1, "exact pairs"] == len(exact[0])
+    assert df.attrs["warm-up s"] >= 0
+
+
+def test_load_data_curates_the_book_sets(have_data):
+    a = mnn.load_data("cellbench_3cl_celseq2_dropseq")
+    assert (a.obs["demuxlet_cls"] == "SNG").all() and a.n_obs == 450
+    p = mnn.load_data("pbmc_joined")
+    assert set(p.obs["batch"]) == {"zheng2017_10xv1", "pbmc4k_10xv2"}
+    assert set(p.obs["label"]) == {"B", "NK", "CD4 T", "CD8 T", "Monocyte"}
+    assert p.obs["label"].notna().all() and not p.var_names.duplicated().any()
+    x = p.X
+    assert np.all(x.data == np.round(x.data))

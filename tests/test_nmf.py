@@ -62,7 +62,7 @@ def test_rank1_reaches_closed_form_mle(method):
                                 dict(method="scd", extrapolate=False, n_inner=1)])
 def test_trace_is_nondecreasing(lowrank, kw):
     x, _ = lowrank
-    tr = PoissonNMF(3, max_iter=60, tol=0, **kw).fit(x).trace_
+    tr = PoissonNMF(3, max_iter=60, tol=0, **kw).fit(x).trace_  # older names kept as aliases
     assert list(tr.columns) == ["iter", "loglik", "time", "beta"]
     d = np.diff(tr["loglik"].to_numpy())
     assert np.all(d >= -1e-9 * abs(tr["loglik"].iloc[-1]))
@@ -82,14 +82,28 @@ def test_scd_beats_mu_and_recovers_mean(lowrank):
     assert rel < 0.1
 
 
-def test_sparse_and_dense_give_the_same_fit(lowrank):
+def _dense_mu_reference(x, L, F, n_iter):
+    """Multiplicative updates written out in dense NumPy (Lee & Seung 2001), independent of the kernels."""
+    L, F = L.copy(), F.copy()
+    for _ in range(n_iter):
+        L *= ((x / (L @ F.T)) @ F) / F.sum(axis=0)
+        F *= ((x / (L @ F.T)).T @ L) / L.sum(axis=0)
+    return L, F
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "csc"])
+def test_mu_matches_an_independent_dense_reference(lowrank, fmt):
+    # The kernels work on the nonzeros of a CSR matrix (dense input is converted), so the
+    # reference must be separate code: full dense multiplicative updates.
     x, _ = lowrank
-    for method in ("mu", "scd"):
-        a = PoissonNMF(3, method=method, max_iter=30, seed=5).fit(x)
-        b = PoissonNMF(3, method=method, max_iter=30, seed=5).fit(sp.csr_matrix(x))
-        c = PoissonNMF(3, method=method, max_iter=30, seed=5).fit(sp.csc_matrix(x))
-        np.testing.assert_array_equal(a.L_, b.L_)
-        np.testing.assert_array_equal(a.F_, c.F_)
+    rng = np.random.default_rng(5)
+    L0, F0 = rng.uniform(0.5, 1.5, (x.shape[0], 3)), rng.uniform(0.5, 1.5, (x.shape[1], 3))
+    xin = {"dense": x, "csr": sp.csr_matrix(x), "csc": sp.csc_matrix(x)}[fmt]
+    m = PoissonNMF(3, method="mu", init=(L0, F0), max_epochs=25, tol=0).fit(xin)
+    L, F = _dense_mu_reference(x, L0, F0, 25)
+    np.testing.assert_allclose(m.L_, L, rtol=1e-9)
+    np.testing.assert_allclose(m.F_, F, rtol=1e-9)
+    assert m.loglik_ == pytest.approx(st.poisson.logpmf(x, L @ F.T).sum(), rel=1e-10)
 
 
 @pytest.mark.parametrize("kw, iters, rtol", [(dict(method="mu"), 40, 1e-6),
@@ -332,7 +346,7 @@ def test_tl_nmf_writes_slots():
     np.testing.assert_allclose(adata.obsm["X_topics"].sum(1), 1)
     np.testing.assert_allclose(adata.varm["topics"].sum(0), 1)
     np.testing.assert_allclose(adata.obs["topic_scale"], est.mean_.sum(1))
-    assert adata.uns["nmf"]["loglik"] == est.loglik_
+    assert adata.uns["X_nmf"]["loglik"] == est.loglik_
     np.testing.assert_array_equal(est.predict(), est.mean_)
     copied, est2 = tl.nmf(adata, n_components=3, max_iter=30, copy=True)
     np.testing.assert_array_equal(copied.obsm["X_nmf"], adata.obsm["X_nmf"])
@@ -344,3 +358,244 @@ def test_tl_nmf_writes_slots():
         tl.nmf(adata, 2)
     with pytest.raises(KeyError, match="nope"):
         tl.nmf(adata, 2, layer="nope")
+
+
+# ------------------------------------------------------- the family contract
+def test_history_is_one_row_per_sweep_in_stated_units(lowrank):
+    x, _ = lowrank
+    m = PoissonNMF(3, method="mu", max_epochs=12, tol=0, seed=1).fit(x)
+    h = m.history_
+    assert list(h.columns) == ["epoch", "loss", "loglik", "time", "beta"]
+    assert list(h["epoch"]) == list(range(13))  # row 0 is the start
+    np.testing.assert_allclose(h["loss"], -h["loglik"] / x.shape[0])
+    assert h["loglik"].iloc[-1] == m.loglik_ and m.n_epochs_ == m.n_iter_ == 12
+    # the older record is the same numbers under the older names
+    np.testing.assert_array_equal(m.trace_["iter"], h["epoch"])
+    np.testing.assert_array_equal(m.trace_["loglik"], h["loglik"])
+    nb = NBMF(2, max_epochs=5, tol=0).fit(x)
+    assert list(nb.history_.columns) == ["epoch", "loss", "loglik", "time", "theta"]
+    assert list(nb.trace_.columns) == ["iter", "loglik", "time", "inv_disp"]
+    np.testing.assert_allclose(nb.history_["theta"].iloc[-1], nb.theta_.mean())
+
+
+def test_older_names_are_aliases(lowrank):
+    x, _ = lowrank
+    a = PoissonNMF(2, max_iter=7, tol=0, seed=3)
+    assert a.max_epochs == 7 and a.max_iter == 7 and a.get_params()["max_epochs"] == 7
+    b = PoissonNMF(2, max_epochs=7, tol=0, seed=3)
+    np.testing.assert_array_equal(a.fit(x).L_, b.fit(x).L_)
+    old = NBMF(2, inv_disp=0.7, fix_inv_disp=True, inv_disp_by_gene=True, max_iter=4).fit(x)
+    new = NBMF(2, theta=0.7, fix_theta=True, theta_by_gene=True, max_epochs=4).fit(x)
+    assert old.theta == 0.7 and old.fix_theta and old.theta_by_gene and old.max_epochs == 4
+    assert old.inv_disp == 0.7 and old.fix_inv_disp and old.inv_disp_by_gene
+    np.testing.assert_array_equal(old.theta_, new.theta_)
+    np.testing.assert_array_equal(old.inv_disp_, old.theta_)
+    np.testing.assert_array_equal(old.L_, new.L_)
+    assert nb_loglik(x, old.L_, old.F_, inv_disp=old.theta_) == nb_loglik(x, old.L_, old.F_, old.theta_)
+
+
+def test_nb_loglik_is_the_shared_likelihood_with_masks():
+    # NBMF's log-likelihood (histogram form) equals scnotes.metrics.nb_loglik (the torch
+    # log-pmf on every entry) and scipy, with and without a 0/1 mask.
+    from scnotes.metrics import nb_loglik as metrics_nb
+
+    x, _ = _low_rank(80, 30, 2, seed=6)
+    rng = np.random.default_rng(4)
+    L, F = rng.uniform(0.1, 1, (x.shape[0], 2)), rng.uniform(0.1, 1, (30, 2))
+    w = (rng.uniform(size=x.shape) < 0.8).astype(float)
+    for theta in (0.2, 50.0, 2e5, np.linspace(0.5, 3e4, 30)):
+        ref = st.nbinom.logpmf(x, theta, theta / (theta + L @ F.T))
+        assert nb_loglik(x, L, F, theta) == pytest.approx(ref.sum(), rel=1e-10)
+        assert nb_loglik(x, L, F, theta, w=w) == pytest.approx((w * ref).sum(), rel=1e-10)
+        assert nb_loglik(x, L, F, theta, w=w) == pytest.approx(
+            metrics_nb(x, L @ F.T, theta, mask=w > 0, per="total"), rel=1e-10)
+
+
+def test_nbmf_on_poisson_data_drives_theta_large():
+    # Near-Poisson counts: the θ step must keep finding ascent (the large-θ numerics of
+    # scnotes.likelihoods), ending far above the overdispersed start.
+    rng = np.random.default_rng(1)
+    x = rng.poisson(rng.gamma(2.0, 1.0, (400, 2)) @ rng.gamma(2.0, 1.0, (2, 30))).astype(float)
+    m = NBMF(2, theta=1.0, max_epochs=60, seed=0).fit(x)
+    assert m.theta_[0] > 50
+    assert np.all(np.diff(m.history_["loglik"].to_numpy()) >= -1e-9 * abs(m.loglik_))
+
+
+def test_fits_leave_the_global_random_state_alone(lowrank):
+    torch = pytest.importorskip("torch")
+    x, _ = lowrank
+    np.random.seed(123)
+    torch.manual_seed(123)
+    np_state, torch_state = np.random.get_state(), torch.get_rng_state()
+    a = PoissonNMF(3, max_epochs=5, seed=9).fit(x)
+    NBMF(2, max_epochs=3, seed=9).fit(x)
+    PoissonNMF(3, method="mu", max_epochs=5, seed=9).fit(x)
+    after_np, after_torch = np.random.get_state(), torch.get_rng_state()
+    assert np_state[0] == after_np[0] and np.array_equal(np_state[1], after_np[1]) and np_state[2:] == after_np[2:]
+    assert torch.equal(torch_state, after_torch)
+    # and the fit does not depend on the global state
+    np.random.seed(0)
+    torch.manual_seed(0)
+    np.testing.assert_array_equal(PoissonNMF(3, max_epochs=5, seed=9).fit(x).L_, a.L_)
+
+
+def test_progress_bar_is_optional(lowrank, capsys):
+    x, _ = lowrank
+    a = PoissonNMF(2, max_epochs=3, progress=True).fit(x)
+    b = PoissonNMF(2, max_epochs=3).fit(x)
+    np.testing.assert_array_equal(a.L_, b.L_)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("cls, kw", [
+    (PoissonNMF, dict(method="scd", max_epochs=15)),
+    (PoissonNMF, dict(method="mu", max_epochs=5, tol=0)),
+    (NBMF, dict(theta=np.linspace(0.5, 2, 100), theta_by_gene=True, max_epochs=4)),
+])
+def test_save_load_round_trip(lowrank, tmp_path, cls, kw):
+    x, _ = lowrank
+    m = cls(3, seed=2, **kw).fit(x)
+    m.var_names_ = np.array([f"g{j}" for j in range(x.shape[1])], dtype=object)
+    path = tmp_path / "model.nmf"
+    m.save(path)
+    assert path.exists()  # exactly the path given (no .npz appended)
+    r = cls.load(path)
+    assert type(r) is cls
+    np.testing.assert_array_equal(r.L_, m.L_)
+    np.testing.assert_array_equal(r.F_, m.F_)
+    np.testing.assert_array_equal(r.predict(), m.predict())
+    pd = pytest.importorskip("pandas")
+    pd.testing.assert_frame_equal(r.history_, m.history_)
+    assert list(r.var_names_) == list(m.var_names_)
+    assert (r.loglik_, r.n_iter_, r.converged_) == (m.loglik_, m.n_iter_, m.converged_)
+    for name, value in m.get_params().items():
+        np.testing.assert_array_equal(np.asarray(r.get_params()[name]), np.asarray(value))
+    if cls is NBMF:
+        np.testing.assert_array_equal(r.theta_, m.theta_)
+    # refitting the loaded model gives the same fit (hyperparameters restored)
+    np.testing.assert_array_equal(r.fit(x).L_, cls(3, seed=2, **kw).fit(x).L_)
+
+
+def test_save_load_given_init_and_errors(lowrank, tmp_path):
+    x, _ = lowrank
+    rng = np.random.default_rng(0)
+    init = (rng.uniform(0.5, 1, (x.shape[0], 2)), rng.uniform(0.5, 1, (x.shape[1], 2)))
+    m = PoissonNMF(2, init=init, max_epochs=3).fit(x)
+    m.save(tmp_path / "a")
+    r = PoissonNMF.load(tmp_path / "a")
+    np.testing.assert_array_equal(r.init[0], init[0])
+    assert r.var_names_ is None
+    NBMF(2, max_epochs=2).fit(x).save(tmp_path / "b")
+    with pytest.raises(TypeError, match="NBMF"):
+        PoissonNMF.load(tmp_path / "b")
+    np.savez(tmp_path / "c.npz", a=np.ones(2))
+    with pytest.raises(ValueError, match="not a model"):
+        PoissonNMF.load(tmp_path / "c.npz")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PoissonNMF(2).save(tmp_path / "d")
+
+
+def test_numba_layer_does_not_slow_torch():
+    # With numba's default OpenMP layer, torch ran 10-30x slower after an NMF fit in the
+    # same process; scnotes.nmf picks the "workqueue" layer unless the user chose one.
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numba, numpy as np; import scnotes.nmf._kernels as k; k._PARALLEL_MIN_NNZ = 0; "
+            "from scnotes.nmf import PoissonNMF; "
+            "PoissonNMF(2, max_epochs=2).fit(np.random.default_rng(0).poisson(2, (50, 20))); "
+            "print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "workqueue"
+
+
+# ------------------------------------------------------------ distinctiveness
+def test_topic_lfc_is_least_extreme_and_ranks_specific_genes():
+    from scnotes.nmf import distinctive_genes, topic_lfc
+
+    T = np.array([[0.50, 0.10, 0.10],    # gene 0: specific to topic 1
+                  [0.30, 0.30, 0.28],    # gene 1: shared by all (a "ribosomal" gene)
+                  [0.10, 0.40, 0.02],    # gene 2: topic 2 over both others
+                  [0.10, 0.20, 0.60]])   # gene 3: topic 3
+    L = topic_lfc(T, pseudocount=0)
+    assert L[0, 0] == pytest.approx(np.log2(5))                  # min over the other topics
+    assert L[2, 1] == pytest.approx(np.log2(0.40 / 0.10))
+    assert L[1, 0] == 0 and L[1, 2] < 0                            # mixed signs → 0; below all → max
+    assert L[1, 2] == pytest.approx(np.log2(0.28 / 0.30))
+    tab = distinctive_genes(T, ["a", "b", "c", "d"], n=2, pseudocount=0)
+    assert list(tab.columns) == ["topic", "rank", "gene", "lfc", "frequency"]
+    assert tab.query("topic == 1 and rank == 1")["gene"].item() == "a"
+    assert tab.query("topic == 2 and rank == 1")["gene"].item() == "c"
+    assert "b" not in set(tab["gene"])                              # the shared gene never leads
+    # min_frequency drops rare genes even with large ratios
+    rare = np.array([[0.001, 1e-9], [0.999, 1 - 1e-9 - 0.0]])
+    rare = rare / rare.sum(0)
+    assert "0" not in set(distinctive_genes(rare, n=1, min_frequency=0.01)["gene"])
+    assert np.all(topic_lfc(np.array([[0.3], [0.7]])) == 0)
+
+
+def test_tl_nmf_contract():
+    ad = pytest.importorskip("anndata")
+    import scnotes.tl as tl
+
+    x, _ = _low_rank(120, 50, 3, seed=2)
+    adata = ad.AnnData(sp.csr_matrix(x))
+    adata.var_names = [f"g{j}" for j in range(50)]
+    before = adata.copy()
+    copied, est = tl.nmf(adata, n_components=3, max_epochs=30, seed=4, copy=True)
+    # copy=True: input untouched, (copy, model) returned
+    assert set(adata.obsm.keys()) == set(before.obsm.keys()) and "X_nmf" not in adata.uns
+    # stored values are the estimator's own outputs
+    np.testing.assert_array_equal(copied.obsm["X_nmf"], est.L_)
+    np.testing.assert_array_equal(copied.varm["nmf"], est.F_)
+    P, T, s = est.topics()
+    np.testing.assert_array_equal(copied.obsm["X_topics"], P)
+    np.testing.assert_array_equal(copied.varm["topics"], T)
+    np.testing.assert_array_equal(copied.obs["topic_scale"], s)
+    from scnotes.nmf import topic_lfc
+    np.testing.assert_array_equal(copied.varm["topics_lfc"], topic_lfc(T))
+    u = copied.uns["X_nmf"]
+    assert u["params"]["n_components"] == 3 and u["params"]["max_epochs"] == 30 and u["params"]["seed"] == 4
+    assert u["params"]["method"] == "scd" and u["params"]["layer"] is None
+    assert u["loglik"] == est.loglik_ and u["n_epochs"] == est.n_iter_
+    assert u["slots"]["obsm"] == ["X_nmf", "X_topics"]
+    assert list(est.var_names_) == list(adata.var_names)
+    # same seed, same numbers; copy=False writes in place and returns the model
+    est2 = tl.nmf(adata, n_components=3, max_epochs=30, seed=4)
+    np.testing.assert_array_equal(adata.obsm["X_nmf"], est.L_)
+    assert isinstance(est2, type(est))
+    genes = tl.topic_genes(adata, n=5)
+    assert set(genes["topic"]) <= {1, 2, 3} and genes["gene"].str.startswith("g").all()
+    with pytest.raises(KeyError, match="run scnotes.tl.nmf"):
+        tl.topic_genes(adata, key="nope")
+    # what tl writes survives an h5ad round trip
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        adata.write_h5ad(os.path.join(d, "a.h5ad"))
+        back = ad.read_h5ad(os.path.join(d, "a.h5ad"))
+    np.testing.assert_array_equal(back.obsm["X_topics"], adata.obsm["X_topics"])
+
+
+def test_transform_recovers_loadings_and_tl_project_checks_genes(lowrank):
+    ad = pytest.importorskip("anndata")
+    import scnotes.tl as tl
+
+    x, _ = lowrank
+    m = PoissonNMF(3, method="mu", max_epochs=300, tol=0, seed=0).fit(x)
+    # with F fixed at the fit, EM on L from the transform's start reaches the fitted L's likelihood
+    L = m.transform(x, max_epochs=500, tol=0)
+    assert poisson_loglik(x, L, m.F_) >= m.loglik_ - 1e-6 * abs(m.loglik_)
+    with pytest.raises(ValueError, match="genes"):
+        m.transform(x[:, :10])
+    adata = ad.AnnData(sp.csr_matrix(x))
+    adata.var_names = [f"g{j}" for j in range(x.shape[1])]
+    est = tl.nmf(adata, 3, max_epochs=20)
+    new = adata[:40].copy()
+    Lp = tl.nmf_project(new, est, key_added="X_proj")
+    assert Lp.shape == (40, 3) and "X_proj" in new.obsm and "X_proj_topics" in new.obsm
+    np.testing.assert_allclose(new.obsm["X_proj_topics"].sum(1), 1)
+    shuffled = new[:, list(new.var_names[::-1])].copy()
+    with pytest.raises(ValueError, match="position 0"):
+        tl.nmf_project(shuffled, est)

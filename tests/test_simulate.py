@@ -52,3 +52,48 @@ def test_random_mask_fraction():
     w = random_mask((1000, 100), frac_missing=0.1, seed=0)
     assert set(np.unique(w)) == {0.0, 1.0}
     assert abs(1 - w.mean() - 0.1) < 0.01
+
+
+def test_reproduces_the_seed_imputation_draws_and_mask():
+    # The seed page's imputation example: a = 1 / Var(mu), then the mask from the same stream.
+    np.random.seed(0)
+    l = np.random.lognormal(sigma=.5, size=(500, 3))
+    f = np.random.lognormal(sigma=.5, size=(100, 3))
+    mu = l @ f.T
+    u = np.random.gamma(shape=1 / mu.var(), scale=mu.var(), size=(500, 100))
+    x = np.random.poisson(lam=mu * u)
+    w = np.random.uniform(size=x.shape) < 0.9
+    s = simulate_low_rank(gamma_shape="inverse_var", replicate=False, frac_missing=0.1, seed=0)
+    np.testing.assert_array_equal(s.x, x)
+    np.testing.assert_array_equal(s.w, w.astype(float))
+    assert s.gamma_shape == pytest.approx(1 / mu.var())
+    assert simulate_low_rank(seed=0).w is None
+    with pytest.raises(ValueError, match="frac_missing"):
+        simulate_low_rank(frac_missing=1.0)
+
+
+def test_split_entries_partitions_the_observed_entries():
+    from scnotes.simulate import split_entries
+
+    w = random_mask((400, 50), frac_missing=0.1, seed=1)
+    tr, va = split_entries(w, frac=0.2, seed=2)
+    np.testing.assert_array_equal(tr + va, w)
+    assert np.all(va[w == 0] == 0)
+    assert abs(va.sum() / w.sum() - 0.2) < 0.01
+    np.testing.assert_array_equal(split_entries(w, 0.2, seed=2)[1], va)
+    with pytest.raises(ValueError, match="frac"):
+        split_entries(w, frac=0)
+    with pytest.raises(ValueError, match="0"):
+        split_entries(w * 0.5, frac=0.1)
+
+
+def test_simulation_leaves_the_global_random_state_alone():
+    from scnotes.simulate import split_entries
+
+    np.random.seed(7)
+    state = np.random.get_state()
+    simulate_low_rank(n_cells=50, n_genes=10, frac_missing=0.1, seed=3)
+    binomial_thin(np.ones((5, 5)), seed=1)
+    split_entries(random_mask((5, 5), seed=2), 0.5, seed=3)
+    after = np.random.get_state()
+    assert np.array_equal(state[1], after[1]) and state[2:] == after[2:]

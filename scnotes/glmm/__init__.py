@@ -3,25 +3,34 @@
 ``y_ij ~ Poisson(s_i exp(b_{j,g(i)} + u_{j,d(i)}))``, ``u_jd ~ N(0, σ_uj²)``: cell-group
 fixed effects, donor random effects, the cell's total count as offset.
 
-- :func:`glmm_data`, :func:`glmm_data_from_adata`: validated design (:class:`GLMMData`)
+- :func:`glmm_data`, :func:`glmm_data_from_adata`, :func:`complete_cell_types`: validated design (:class:`GLMMData`;
+  :class:`GLMMDesign` is what a fitted model keeps of it)
 - :func:`gls_fixed_effects`, :func:`random_effects_posterior`, :func:`lmm_marginal_loglik`,
   :func:`fit_lmm`: the Gaussian LMM closed forms the seed derives
 - :class:`PoissonGLMMVEB`, :func:`fit_veb`: variational empirical Bayes (factorised,
-  full-rank or low-rank guide; minibatch or full batch; MC or exact expectation)
+  full-rank or low-rank guide; minibatch or full batch; MC or exact expectation; save/load)
 - :func:`fit_nuts`: NUTS (pyro) with R-hat and ESS
-- :func:`fit_genes`, :func:`agreement`: batched genome-wide fit, tidy table
-- :func:`fit_lme4`, :func:`lme4_available`: lme4 ``glmer`` through ``Rscript``
+- :func:`fit_genes`, :func:`agreement`: batched fit of many genes, tidy table
+- :func:`fit_lme4`, :func:`lme4_available`, :func:`r_versions`: lme4 ``glmer`` through ``Rscript``
 - :func:`tidy_effects`: the shared tidy table (effects and condition contrasts)
+- :func:`compare_to_reference`, :func:`simulate_from_fit`, :func:`calibration_table`,
+  :func:`interval_coverage`: sd ratios against lme4 and coverage on simulated data
+
+The AnnData front is :func:`scnotes.tl.glmm`.
 """
 from ._batched import agreement, fit_genes
-from ._design import GLMMData, SufficientStats, glmm_data, glmm_data_from_adata
-from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available
+from ._calibration import calibration_table, compare_to_reference, interval_coverage, simulate_from_fit
+from ._design import (GLMMData, GLMMDesign, SufficientStats, complete_cell_types, glmm_data,
+                      glmm_data_from_adata)
+from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available, r_versions
 from ._lmm import fit_lmm, gls_fixed_effects, lmm_marginal_loglik, random_effects_posterior
 from ._nuts import NUTSResult, fit_nuts
 from ._tidy import TIDY_COLUMNS, tidy_effects
 from ._veb import PoissonGLMMVEB, fit_veb
 
-__all__ = ["GLMMData", "SufficientStats", "glmm_data", "glmm_data_from_adata",
-           "gls_fixed_effects", "random_effects_posterior", "lmm_marginal_loglik", "fit_lmm",
+__all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_from_adata",
+           "complete_cell_types", "gls_fixed_effects", "random_effects_posterior", "lmm_marginal_loglik", "fit_lmm",
            "PoissonGLMMVEB", "fit_veb", "fit_nuts", "NUTSResult", "fit_genes", "agreement",
-           "fit_lme4", "lme4_available", "Lme4Result", "INSTALL_HINT", "tidy_effects", "TIDY_COLUMNS"]
+           "fit_lme4", "lme4_available", "Lme4Result", "INSTALL_HINT", "r_versions",
+           "tidy_effects", "TIDY_COLUMNS", "compare_to_reference", "simulate_from_fit",
+           "calibration_table", "interval_coverage"]

@@ -14,17 +14,18 @@ from ._veb import PoissonGLMMVEB
 __all__ = ["fit_genes", "agreement"]
 
 
-def fit_genes(data: GLMMData, guide: str = "full", expectation: str = "analytic", n_epochs: int = 600,
+def fit_genes(data: GLMMData, guide: str = "full", expectation: str = "analytic", max_epochs: int = 600,
               lr: float = 0.1, seed: int = 0, device: str = "cpu", level: float = 0.95,
-              return_model: bool = False, **kwargs):
+              return_model: bool = False, n_epochs: int | None = None, **kwargs):
     """Batched VEB fit of every gene of ``data``; a tidy DataFrame of effects and contrasts.
 
     Parameters
     ----------
     data : GLMMData
         n_genes genes over a shared design.
-    guide, expectation, n_epochs, lr, seed, device, **kwargs
-        Passed to :class:`PoissonGLMMVEB` (full batch). The default (full-rank
+    guide, expectation, max_epochs, lr, seed, device, **kwargs
+        Passed to :class:`PoissonGLMMVEB` (full batch); ``n_epochs`` is the older
+        name of ``max_epochs``. The default (full-rank
         guide, exact expected log-likelihood) gives posterior sds comparable
         to lme4's standard errors; the factorised guide understates them.
     level : float
@@ -37,7 +38,9 @@ def fit_genes(data: GLMMData, guide: str = "full", expectation: str = "analytic"
     (gene, cell group) and per (gene, cell type, condition vs reference). With
     ``return_model=True``, ``(DataFrame, fitted PoissonGLMMVEB)``.
     """
-    m = PoissonGLMMVEB(guide=guide, expectation=expectation, n_epochs=n_epochs, lr=lr, seed=seed,
+    if n_epochs is not None:
+        max_epochs = n_epochs
+    m = PoissonGLMMVEB(guide=guide, expectation=expectation, max_epochs=max_epochs, lr=lr, seed=seed,
                        device=device, batch_size=None, **kwargs).fit(data)
     df = m.summary(level=level, method=f"VEB batched ({guide})")
     return (df, m) if return_model else df

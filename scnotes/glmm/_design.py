@@ -27,7 +27,8 @@ from scipy.special import gammaln
 
 from .._checks import check_counts, check_obs_key
 
-__all__ = ["GLMMData", "SufficientStats", "glmm_data", "glmm_data_from_adata"]
+__all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_from_adata",
+           "complete_cell_types"]
 
 
 @dataclass
@@ -46,6 +47,71 @@ class SufficientStats:
     S: np.ndarray
     n: np.ndarray
     const: np.ndarray
+
+
+@dataclass
+class GLMMDesign:
+    """What a fitted model needs to know about its data besides the counts: the
+    genes, cell groups (with their cell type and condition), donors and the
+    ``obs`` keys they came from. Saved with a model and checked against new data.
+    """
+
+    genes: list
+    groups: list
+    donors: list
+    group_table: pd.DataFrame
+    keys: dict = field(default_factory=dict)
+
+    @property
+    def n_genes(self):
+        return len(self.genes)
+
+    @property
+    def n_groups(self):
+        return len(self.groups)
+
+    @property
+    def n_donors(self):
+        return len(self.donors)
+
+    def registry(self):
+        """Category registry ``[(obs key, [categories…]), …]`` (donor, then cell group
+        or cell type and condition), as the contract's ``covariate_registry_``."""
+        k = self.keys
+        out = [(k.get("donor_key"), list(self.donors))]
+        if k.get("group_key") is not None or k.get("cell_type_key") is None:
+            out.append((k.get("group_key"), list(self.groups)))
+        else:
+            out.append((k["cell_type_key"], list(pd.unique(self.group_table["cell_type"]))))
+            out.append((k["condition_key"], list(pd.unique(self.group_table["condition"]))))
+        return out
+
+    def to_dict(self):
+        return {"genes": list(self.genes), "groups": list(self.groups), "donors": list(self.donors),
+                "group_table": {"index": list(self.group_table.index),
+                                "cell_type": list(self.group_table["cell_type"]),
+                                "condition": list(self.group_table["condition"])},
+                "keys": dict(self.keys)}
+
+    @classmethod
+    def from_dict(cls, d):
+        t = d["group_table"]
+        table = pd.DataFrame({"cell_type": t["cell_type"], "condition": t["condition"]},
+                             index=pd.Index(t["index"], name="cell_group"))
+        return cls(list(d["genes"]), list(d["groups"]), list(d["donors"]), table, dict(d.get("keys", {})))
+
+    def check(self, data, what="the model"):
+        """Raise ValueError unless ``data`` has the same genes (same order), cell groups
+        and donors as this design; the message names the first difference."""
+        for name in ("genes", "groups", "donors"):
+            a, b = list(getattr(self, name)), list(getattr(data, name))
+            if a != b:
+                k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                got = b[k] if k < len(b) else "<none>"
+                want = a[k] if k < len(a) else "<none>"
+                raise ValueError(f"data {name} differ from those {what} was fitted on (position {k}: "
+                                 f"{got!r} vs {want!r}; {len(b)} vs {len(a)} {name}); build the data with "
+                                 f"the same {name} in the same order")
 
 
 @dataclass
@@ -72,6 +138,7 @@ class GLMMData:
     genes: list
     group_table: pd.DataFrame
     _stats: SufficientStats | None = field(default=None, repr=False)
+    keys: dict = field(default_factory=dict)
 
     @property
     def n_cells(self):
@@ -88,6 +155,11 @@ class GLMMData:
     @property
     def n_donors(self):
         return len(self.donors)
+
+    def design(self) -> GLMMDesign:
+        """Genes, groups, donors and keys without the counts (what a fitted model keeps)."""
+        return GLMMDesign(list(self.genes), list(self.groups), list(self.donors), self.group_table.copy(),
+                          dict(self.keys))
 
     def X(self):
         """One-hot cell-group design, ndarray (n_cells, n_groups)."""
@@ -118,7 +190,7 @@ class GLMMData:
             if not 0 <= i < self.n_genes:
                 raise IndexError(f"gene {g!r} out of range (n_genes={self.n_genes})")
         return GLMMData(self.counts[:, idx], self.total, self.group, self.donor, self.groups,
-                        self.donors, [self.genes[i] for i in idx], self.group_table)
+                        self.donors, [self.genes[i] for i in idx], self.group_table, keys=dict(self.keys))
 
     def naive_estimates(self, pseudo: float = 0.5):
         """Point-mass (no donor effect) estimates ln(Σy / Σs) per group, ndarray (n_genes, n_groups).
@@ -151,9 +223,10 @@ def _categorical(obs, key, what):
     return col
 
 
-def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str,
+def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | None = None,
               group_key: str | None = None, cell_type_key: str | None = None,
-              condition_key: str | None = None, genes=None, reference: str | None = None) -> GLMMData:
+              condition_key: str | None = None, genes=None, reference: str | None = None,
+              total=None) -> GLMMData:
     """Validate and code the inputs of the Poisson GLMM.
 
     Parameters
@@ -166,6 +239,8 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str,
         Column of ``obs`` with the donor (random effect, at least 2 levels).
     total_key : str
         Column with the cell's total count ``s_i`` (offset ``ln s_i``), > 0.
+    total : array (n_cells,), optional
+        The totals themselves, instead of ``total_key`` (give exactly one).
     group_key : str, optional
         Column with the cell group (fixed effect). Alternatively give
         ``cell_type_key`` and ``condition_key``: the cell group is then
@@ -203,15 +278,24 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str,
     if counts.shape[0] != len(obs):
         raise ValueError(f"counts have {counts.shape[0]} rows but obs has {len(obs)} cells")
 
-    if total_key not in obs.columns:
-        raise KeyError(f"total key {total_key!r} not found in obs; available columns: {list(obs.columns)}")
-    total = pd.to_numeric(obs[total_key], errors="coerce").to_numpy(dtype=float)
+    if (total_key is None) == (total is None):
+        raise ValueError("give exactly one of total_key (an obs column of per-cell totals) and total (an array)")
+    if total is None:
+        if total_key not in obs.columns:
+            raise KeyError(f"total key {total_key!r} not found in obs; available columns: {list(obs.columns)}")
+        total = pd.to_numeric(obs[total_key], errors="coerce").to_numpy(dtype=float)
+        where = f"obs[{total_key!r}]"
+    else:
+        total = np.asarray(total, dtype=float).ravel()
+        where = "total"
+        if total.shape[0] != len(obs):
+            raise ValueError(f"total has {total.shape[0]} entries but obs has {len(obs)} cells")
     if np.isnan(total).any():
-        raise ValueError(f"obs[{total_key!r}] has {int(np.isnan(total).sum())} missing or non-numeric "
+        raise ValueError(f"{where} has {int(np.isnan(total).sum())} missing or non-numeric "
                          "totals; the offset ln(total) needs every cell's total count")
     bad = ~np.isfinite(total) | (total <= 0)
     if bad.any():
-        raise ValueError(f"obs[{total_key!r}] has {int(bad.sum())} zero, negative or infinite totals; "
+        raise ValueError(f"{where} has {int(bad.sum())} zero, negative or infinite totals; "
                          "the offset ln(total) is undefined there. Drop those cells "
                          "(e.g. obs[obs[total_key] > 0]) before fitting")
 
@@ -257,19 +341,25 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str,
     genes = [str(g) for g in genes]
     if len(genes) != counts.shape[1]:
         raise ValueError(f"{len(genes)} gene names for {counts.shape[1]} count columns")
+    keys = {"donor_key": donor_key, "group_key": group_key, "cell_type_key": cell_type_key,
+            "condition_key": condition_key, "total_key": total_key}
     return GLMMData(np.asarray(counts, dtype=float), total, np.asarray(gcode, dtype=int),
                     donor.cat.codes.to_numpy().astype(int), groups,
-                    [str(d) for d in donor.cat.categories], genes, table)
+                    [str(d) for d in donor.cat.categories], genes, table,
+                    keys={k: v for k, v in keys.items() if v is not None})
 
 
 def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_key: str = "donor",
-                         total_key: str = "total_counts", cell_type_key: str | None = "cell_type",
+                         total_key: str | None = "total_counts", cell_type_key: str | None = "cell_type",
                          condition_key: str | None = "condition", group_key: str | None = None,
                          reference: str | None = None) -> GLMMData:
     """:func:`glmm_data` from an AnnData (cells × genes), for the named ``genes`` (default all).
 
-    The offset is ``adata.obs[total_key]`` — the exact per-cell total over all
-    genes — not the sum over the (possibly few) genes stored in ``adata``.
+    The offset is ``adata.obs[total_key]`` — ideally the exact per-cell total over
+    all genes of the experiment, not the sum over the (possibly few) genes stored
+    in ``adata``. ``total_key=None`` computes the totals from the counts of every
+    gene of ``adata`` (``layer``), which is only the library size if ``adata``
+    holds all genes.
 
     Raises
     ------
@@ -282,10 +372,40 @@ def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_k
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
         raise KeyError(f"genes not in adata.var_names: {missing[:10]}")
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer {layer!r} not found; layers: {list(adata.layers.keys())} (None: adata.X)")
     sub = adata[:, genes]
     x = sub.X if layer is None else sub.layers[layer]
+    total = None
+    if total_key is None:
+        full = adata.X if layer is None else adata.layers[layer]
+        total = np.asarray(full.sum(axis=1), dtype=float).ravel()
     if group_key is not None:
         cell_type_key = condition_key = None
     return glmm_data(adata.obs, x, donor_key=donor_key, total_key=total_key, group_key=group_key,
                      cell_type_key=cell_type_key, condition_key=condition_key, genes=genes,
-                     reference=reference)
+                     reference=reference, total=total)
+
+
+def complete_cell_types(obs: pd.DataFrame, cell_type_key: str, condition_key: str, min_cells: int = 1):
+    """Cell types with at least ``min_cells`` cells in every condition, and the others.
+
+    A (cell type, condition) group without cells has no likelihood, so
+    :func:`glmm_data` refuses it; this says which cell types to keep.
+
+    Returns
+    -------
+    (keep, dropped): a boolean array over the cells (True for cells of a kept
+    cell type) and the list of dropped cell types.
+
+    Raises
+    ------
+    KeyError : a key is not a column of ``obs``.
+    """
+    for key in (cell_type_key, condition_key):
+        if key not in obs.columns:
+            raise KeyError(f"obs column {key!r} not found; obs columns: {list(obs.columns)}")
+    ct = obs[cell_type_key].astype(str)
+    tab = pd.crosstab(ct, obs[condition_key].astype(str))
+    dropped = [str(t) for t in tab.index[(tab < int(min_cells)).any(axis=1)]]
+    return ~ct.isin(dropped).to_numpy(), dropped

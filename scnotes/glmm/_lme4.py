@@ -30,7 +30,7 @@ import pandas as pd
 from ._design import GLMMData
 from ._tidy import tidy_effects
 
-__all__ = ["lme4_available", "fit_lme4", "Lme4Result", "INSTALL_HINT"]
+__all__ = ["lme4_available", "fit_lme4", "Lme4Result", "INSTALL_HINT", "r_versions"]
 
 INSTALL_HINT = ("install R and lme4: on Debian/Ubuntu `sudo apt-get install r-base-core r-cran-lme4` "
                 "(or `bash scripts/install_r.sh` in the scnotes repository); elsewhere install R from "
@@ -99,6 +99,32 @@ def lme4_available(rscript: str | None = None) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
+
+
+def r_versions(packages=("lme4",), rscript: str | None = None):
+    """Versions of R and of R ``packages``, as a one-column DataFrame (``version``)
+    indexed ``R``, ``lme4``, … — the same shape as
+    :func:`scnotes.report.package_versions`, so a chapter's closing cell can stack
+    the two. Without ``Rscript`` every entry reads ``"not installed"``; a missing
+    package reads ``"not installed"`` too.
+    """
+    names = ["R", *packages]
+    out = dict.fromkeys(names, "not installed")
+    exe = _rscript(rscript)
+    if exe is not None:
+        pk = ", ".join(f'"{p}"' for p in packages)
+        code = ('cat(paste0("R=", paste(R.version$major, R.version$minor, sep = "."), "\\n")); '
+                f'for (p in c({pk})) cat(paste0(p, "=", if (requireNamespace(p, quietly = TRUE)) '
+                'utils::packageDescription(p)$Version else "not installed", "\\n"))')
+        try:
+            r = subprocess.run([exe, "--vanilla", "-e", code], capture_output=True, text=True, timeout=120)
+            for line in r.stdout.splitlines():
+                k, _, v = line.partition("=")
+                if k in out and v:
+                    out[k] = v.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return pd.DataFrame({"version": out})
 
 
 @dataclass

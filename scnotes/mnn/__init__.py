@@ -8,20 +8,33 @@
 - :func:`fastmnn_correct`: fastMNN-style correction of an embedding (PCs,
   topic proportions, a VAE latent): :func:`center_along_batch_vector`,
   :func:`tricube_weighted_correction`.
+- :class:`MNNResult`: what a correction returns; stored in an AnnData by
+  :func:`scnotes.tl.mnn` and read back with :meth:`MNNResult.from_adata`.
+- :func:`pair_summary`, :func:`score_methods`, :func:`compare_backends`: checks
+  of the pairs, integration scores, exact vs approximate search.
+- :func:`load_data`: the curated datasets of the chapter ``mnn_topics``.
+
+Names follow DEVELOPING.md: the neighbour count is ``n_neighbors`` (``k``,
+batchelor's name, is accepted as an alias); ``seed`` seeds every draw (only the
+approximate search draws anything) and the caller's global random state is
+never touched.
 
 Reference: Haghverdi, Lun, Morgan & Marioni (2018) Nat Biotechnol 36:421.
 """
-from ._neighbors import BACKENDS, find_mutual_nn, knn_query, pair_recall
+from ._neighbors import BACKENDS, find_mutual_nn, knn_query, pair_recall, resolve_n_neighbors
 from ._merge import MergeStep
 from ._correct import (MNNResult, average_pair_vectors, compute_correction_vectors,
                        cosine_normalize, mnn_correct, shift_variance_scaling,
                        smooth_gaussian_kernel)
 from ._embedding import (center_along_batch_vector, fastmnn_correct, tricube_weighted_correction,
                          tricube_weights)
+from ._evaluate import compare_backends, pair_summary, score_methods
+from ._data import BOOK_DATASETS, PBMC_LABELS, load_data
 
 __all__ = [
-    "BACKENDS", "find_mutual_nn", "knn_query", "pair_recall", "MergeStep", "MNNResult",
-    "average_pair_vectors", "compute_correction_vectors", "cosine_normalize", "mnn_correct",
-    "shift_variance_scaling", "smooth_gaussian_kernel", "center_along_batch_vector",
-    "fastmnn_correct", "tricube_weighted_correction", "tricube_weights",
+    "BACKENDS", "find_mutual_nn", "knn_query", "pair_recall", "resolve_n_neighbors", "MergeStep",
+    "MNNResult", "average_pair_vectors", "compute_correction_vectors", "cosine_normalize",
+    "mnn_correct", "shift_variance_scaling", "smooth_gaussian_kernel", "center_along_batch_vector",
+    "fastmnn_correct", "tricube_weighted_correction", "tricube_weights", "pair_summary",
+    "score_methods", "compare_backends", "load_data", "BOOK_DATASETS", "PBMC_LABELS",
 ]

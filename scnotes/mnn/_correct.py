@@ -49,7 +49,7 @@ import scipy.sparse as sp
 from scipy.special import logsumexp
 
 from ._merge import MergeStep, check_batches, run_merges
-from ._neighbors import BACKENDS, check_matrix, find_mutual_nn, knn_query
+from ._neighbors import BACKENDS, check_matrix, find_mutual_nn, knn_query, resolve_n_neighbors
 
 __all__ = [
     "cosine_normalize",
@@ -324,6 +324,13 @@ def shift_variance_scaling(data1, data2, correction, sigma: float = 0.1, chunk_s
 class MNNResult:
     """Output of :func:`mnn_correct` and :func:`scnotes.mnn.fastmnn_correct`.
 
+    A correction result is data, not a fitted model: MNN correction has no
+    parameters that could be applied to new cells (a new batch means a new
+    merge). :func:`scnotes.tl.mnn` therefore stores it in the AnnData
+    (:meth:`to_adata`: the corrected values in ``layers``/``obsm``, the pairs in
+    ``obsp``, the merge steps and parameters in ``uns``), where
+    ``adata.write_h5ad`` saves it, and :meth:`from_adata` reads it back.
+
     Attributes
     ----------
     corrected : ndarray, shape (n_cells, n_features)
@@ -356,11 +363,81 @@ class MNNResult:
             order += [b for b in st.left + st.right if b not in order]
         return order
 
+    def pair_table(self, obs_names=None, batch=None):
+        """:attr:`pairs` with cell names and batches: columns ``step``, ``left``,
+        ``right`` (``obs_names`` of the paired cells, or indices without them)
+        and, with ``batch`` (one label per cell), ``left_batch``, ``right_batch``."""
+        p = self.pairs
+        if batch is not None:
+            b = np.asarray(batch)
+            p["left_batch"], p["right_batch"] = b[p["left"].to_numpy()], b[p["right"].to_numpy()]
+        if obs_names is not None:
+            names = np.asarray(obs_names)
+            p["left"], p["right"] = names[p["left"].to_numpy()], names[p["right"].to_numpy()]
+        return p
 
-def mnn_correct(x, batch, k: int = 20, sigma: float = 0.1, cos_norm_in: bool = True,
+    def to_adata(self, adata, key_added: str, slot: str = "obsm", params: dict | None = None):
+        """Write the result into ``adata`` (rows must be its cells, in order).
+
+        - ``adata.layers[key_added]`` (``slot="layers"``) or ``adata.obsm[key_added]``:
+          :attr:`corrected`;
+        - ``adata.obsp[key_added + "_pairs"]``: sparse n_cells × n_cells, entry
+          (left cell, right cell) = merge step + 1 for each MNN pair;
+        - ``adata.uns[key_added]``: ``params`` (scalars and lists; ``None`` values
+          are left out so that ``write_h5ad`` can save them), ``slot``,
+          ``batches``, ``merge_order``, ``n_pairs`` (per step) and ``steps``
+          (per step, the batches on each side).
+        """
+        if slot not in ("layers", "obsm"):
+            raise ValueError(f"slot must be 'layers' or 'obsm', got {slot!r}")
+        n = adata.n_obs
+        if self.corrected.shape[0] != n:
+            raise ValueError(f"the result has {self.corrected.shape[0]} cells but adata has {n}")
+        getattr(adata, slot)[key_added] = self.corrected
+        p = self.pairs
+        adata.obsp[f"{key_added}_pairs"] = sp.csr_matrix(
+            (p["step"].to_numpy() + 1, (p["left"].to_numpy(), p["right"].to_numpy())),
+            shape=(n, n), dtype=np.int32)
+        adata.uns[key_added] = {
+            "params": {k: v for k, v in (params or {}).items() if v is not None},
+            "slot": slot,
+            "batches": [str(b) for b in self.batches],
+            "merge_order": [str(b) for b in self.merge_order],
+            "n_pairs": np.array([st.n_pairs for st in self.steps], dtype=np.int64),
+            "steps": {str(i): {"left": [str(b) for b in st.left], "right": [str(b) for b in st.right]}
+                      for i, st in enumerate(self.steps)},
+        }
+
+    @classmethod
+    def from_adata(cls, adata, key_added: str):
+        """The result :meth:`to_adata` (i.e. :func:`scnotes.tl.mnn`) stored under
+        ``key_added``, e.g. after ``anndata.read_h5ad``. Batch labels come back as
+        strings; within a step the pairs are ordered by (left, right) cell.
+
+        Raises KeyError if nothing was stored under ``key_added``.
+        """
+        if key_added not in adata.uns or "slot" not in adata.uns[key_added]:
+            raise KeyError(f"no MNN result stored under {key_added!r} (adata.uns has "
+                           f"{list(adata.uns.keys())}); run scnotes.tl.mnn(..., key_added={key_added!r})")
+        rec = adata.uns[key_added]
+        corrected = np.asarray(getattr(adata, rec["slot"])[key_added])
+        g = sp.coo_matrix(adata.obsp[f"{key_added}_pairs"])
+        steps = []
+        for i in range(len(rec["steps"])):
+            sel = g.data == i + 1
+            left, right = g.row[sel].astype(np.int64), g.col[sel].astype(np.int64)
+            o = np.lexsort((right, left))
+            st = rec["steps"][str(i)]
+            steps.append(MergeStep([str(b) for b in st["left"]], [str(b) for b in st["right"]],
+                                   left[o], right[o]))
+        return cls(corrected, steps, [str(b) for b in rec["batches"]])
+
+
+def mnn_correct(x, batch, n_neighbors: int | None = None, sigma: float = 0.1, cos_norm_in: bool = True,
                 cos_norm_out: bool = True, var_adj: bool = True, merge_order=None,
                 auto_merge: bool = False, backend: str = "exact", smooth_neighbors: int | None = None,
-                seed: int = 0, n_jobs: int = 1, chunk_size: int = 1024, dtype=np.float64) -> MNNResult:
+                seed: int = 0, n_jobs: int = 1, chunk_size: int = 1024, dtype=np.float64,
+                k: int | None = None) -> MNNResult:
     """MNN batch correction of expression values (batchelor ``mnnCorrect``).
 
     Parameters
@@ -370,8 +447,9 @@ def mnn_correct(x, batch, k: int = 20, sigma: float = 0.1, cos_norm_in: bool = T
         ideally on highly variable genes). Sparse input is kept sparse.
     batch : array-like, shape (n_cells,)
         Batch of each cell.
-    k : int
-        Neighbours for MNN pairs (batchelor default 20).
+    n_neighbors : int
+        Neighbours for MNN pairs (default 20, batchelor's ``k``; ``k`` is
+        accepted as an alias).
     sigma : float
         Squared bandwidth of the Gaussian smoothing kernel (default 0.1).
     cos_norm_in, cos_norm_out : bool
@@ -394,7 +472,10 @@ def mnn_correct(x, batch, k: int = 20, sigma: float = 0.1, cos_norm_in: bool = T
         approximation, far from negligible at sigma = 0.1, see the module
         notes; ``None`` = batchelor's full kernel, also on the approximate path).
     seed, n_jobs : int
-        pynndescent's random state and threads.
+        Random state of the approximate search (pynndescent's graph and the
+        randomized SVD of its projection; the exact path draws nothing) and
+        threads. Every draw comes from a generator seeded by ``seed``: the
+        caller's global NumPy state is never touched.
     chunk_size : int
         Rows per block in the kernel computations.
     dtype : numpy dtype
@@ -410,9 +491,10 @@ def mnn_correct(x, batch, k: int = 20, sigma: float = 0.1, cos_norm_in: bool = T
     ------
     ValueError
         NaN/inf in ``x``, wrong number of labels, missing labels, a single
-        batch, a batch with fewer than ``k`` cells, no MNN pairs found, or an
-        invalid merge order / backend.
+        batch, a batch with fewer than ``n_neighbors`` cells, no MNN pairs
+        found, or an invalid merge order / backend.
     """
+    k = resolve_n_neighbors(n_neighbors, k)
     x = check_matrix(x, "x")
     if backend not in BACKENDS:
         raise ValueError(f"unknown neighbour backend {backend!r}; choose one of {BACKENDS}")

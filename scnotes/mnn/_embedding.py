@@ -22,7 +22,7 @@ import numpy as np
 
 from ._correct import MNNResult, average_pair_vectors, cosine_normalize
 from ._merge import check_batches, run_merges
-from ._neighbors import BACKENDS, check_matrix, find_mutual_nn, knn_query
+from ._neighbors import BACKENDS, check_matrix, find_mutual_nn, knn_query, resolve_n_neighbors
 
 __all__ = ["center_along_batch_vector", "tricube_weights", "tricube_weighted_correction",
            "fastmnn_correct"]
@@ -67,8 +67,9 @@ def tricube_weights(distance, ndist: float = 3.0):
     return w / w.sum(axis=1, keepdims=True)
 
 
-def tricube_weighted_correction(data, averaged, mnn_cells, k: int = 20, ndist: float = 3.0,
-                                backend: str = "exact", seed: int = 0):
+def tricube_weighted_correction(data, averaged, mnn_cells, n_neighbors: int | None = None,
+                                ndist: float = 3.0, backend: str = "exact", seed: int = 0,
+                                k: int | None = None):
     """Add to each cell the tricube-weighted mean correction of its nearest MNN cells.
 
     Parameters
@@ -79,12 +80,15 @@ def tricube_weighted_correction(data, averaged, mnn_cells, k: int = 20, ndist: f
         Averaged pair vectors (:func:`scnotes.mnn.average_pair_vectors`).
     mnn_cells : int array, shape (n_mnn,)
         Rows of ``data`` that are MNN cells.
+    n_neighbors : int
+        MNN cells averaged per cell (default 20; ``k``: older name).
 
     Returns
     -------
     ndarray, shape (n_cells, d)
         Corrected coordinates.
     """
+    k = resolve_n_neighbors(n_neighbors, k)
     uniq = data[mnn_cells]
     kk = min(k, len(mnn_cells))
     idx, dist = knn_query(uniq, data, kk, backend=backend, seed=seed)
@@ -92,9 +96,10 @@ def tricube_weighted_correction(data, averaged, mnn_cells, k: int = 20, ndist: f
     return data + np.einsum("ik,ikd->id", w, averaged[idx])
 
 
-def fastmnn_correct(x, batch, k: int = 20, ndist: float = 3.0, cos_norm: bool = False,
-                    merge_order=None, auto_merge: bool = False, backend: str = "exact",
-                    seed: int = 0, n_jobs: int = 1) -> MNNResult:
+def fastmnn_correct(x, batch, n_neighbors: int | None = None, ndist: float = 3.0,
+                    cos_norm: bool = False, merge_order=None, auto_merge: bool = False,
+                    backend: str = "exact", seed: int = 0, n_jobs: int = 1,
+                    k: int | None = None) -> MNNResult:
     """fastMNN-style MNN correction of an embedding (PCs, topic proportions, VAE latent).
 
     Parameters
@@ -102,8 +107,9 @@ def fastmnn_correct(x, batch, k: int = 20, ndist: float = 3.0, cos_norm: bool = 
     x : ndarray, shape (n_cells, d)
         Low-dimensional representation.
     batch : array-like, shape (n_cells,)
-    k : int
-        Neighbours for MNN pairs and for the tricube smoothing (default 20).
+    n_neighbors : int
+        Neighbours for MNN pairs and for the tricube smoothing (default 20;
+        ``k``: older name, accepted as an alias).
     ndist : float
         Tricube bandwidth in units of the median-neighbour distance (default 3).
     cos_norm : bool
@@ -123,6 +129,7 @@ def fastmnn_correct(x, batch, k: int = 20, ndist: float = 3.0, cos_norm: bool = 
     ValueError
         As :func:`scnotes.mnn.mnn_correct`; also for sparse input.
     """
+    k = resolve_n_neighbors(n_neighbors, k)
     x = check_matrix(x, "x")
     if hasattr(x, "toarray"):
         raise ValueError("fastmnn_correct expects a dense low-dimensional embedding, got a sparse matrix")
@@ -142,7 +149,7 @@ def fastmnn_correct(x, batch, k: int = 20, ndist: float = 3.0, cos_norm: bool = 
         ref = center_along_batch_vector(ref, overall)
         cur = center_along_batch_vector(cur, overall)
         averaged, mnn_cells = average_pair_vectors(ref, cur, first, second)
-        cur = tricube_weighted_correction(cur, averaged, mnn_cells, k=k, ndist=ndist,
+        cur = tricube_weighted_correction(cur, averaged, mnn_cells, n_neighbors=k, ndist=ndist,
                                           backend=backend, seed=seed)
         return (ref,), (cur,), (first, second)
 

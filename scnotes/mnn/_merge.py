@@ -21,7 +21,7 @@ from ._neighbors import find_mutual_nn
 __all__ = ["check_batches", "stack_rows", "run_merges", "MergeStep"]
 
 
-def check_batches(batch, n_cells: int, k: int):
+def check_batches(batch, n_cells: int, k: int):  # k: the neighbour count (n_neighbors)
     """Validate per-cell batch labels; return (categories, codes).
 
     Parameters
@@ -32,7 +32,8 @@ def check_batches(batch, n_cells: int, k: int):
     n_cells : int
         Number of cells of the data the labels belong to.
     k : int
-        Number of neighbours; each batch needs at least ``k`` cells.
+        Number of neighbours (``n_neighbors`` of the corrections); each batch
+        needs at least that many cells.
 
     Raises
     ------
@@ -56,7 +57,8 @@ def check_batches(batch, n_cells: int, k: int):
     counts = np.bincount(cat.codes, minlength=len(categories))
     small = [(c, int(n)) for c, n in zip(categories, counts) if n < k]
     if small:
-        raise ValueError(f"batches with fewer cells than k = {k}: {small}; lower k or drop them")
+        raise ValueError(f"batches with fewer cells than n_neighbors = {k}: {small}; lower "
+                         "n_neighbors or drop them")
     return categories, np.asarray(cat.codes, dtype=np.int64)
 
 

@@ -29,9 +29,35 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["BACKENDS", "knn_query", "find_mutual_nn", "pair_recall", "check_matrix"]
+__all__ = ["BACKENDS", "knn_query", "find_mutual_nn", "pair_recall", "check_matrix",
+           "resolve_n_neighbors"]
 
 BACKENDS = ("exact", "pynndescent")
+#: batchelor's default neighbour count (``k = 20``).
+DEFAULT_N_NEIGHBORS = 20
+
+
+def resolve_n_neighbors(n_neighbors, k=None, default: int = DEFAULT_N_NEIGHBORS) -> int:
+    """The neighbour count from ``n_neighbors`` or its older name ``k``.
+
+    ``k`` is accepted as an alias (batchelor's name, and this package's before the
+    contract in DEVELOPING.md). Giving both with different values raises
+    ValueError; a count that is not a positive integer raises ValueError.
+    """
+    if k is not None:
+        if n_neighbors is not None and n_neighbors != k:
+            raise ValueError(f"give n_neighbors or its older name k, not both (n_neighbors = "
+                             f"{n_neighbors}, k = {k})")
+        n_neighbors = k
+    if n_neighbors is None:
+        n_neighbors = default
+    try:
+        ok = not isinstance(n_neighbors, bool) and int(n_neighbors) == n_neighbors and n_neighbors >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    return int(n_neighbors)
 
 
 def check_matrix(x, name: str = "x"):
@@ -71,16 +97,17 @@ def _check_backend(backend):
         raise ValueError(f"unknown neighbour backend {backend!r}; choose one of {BACKENDS}")
 
 
-def knn_query(ref, query, k: int, backend: str = "exact", seed: int = 0,
-              n_jobs: int = 1, epsilon: float | None = None):
-    """The ``k`` nearest rows of ``ref`` for each row of ``query`` (Euclidean).
+def knn_query(ref, query, n_neighbors: int | None = None, backend: str = "exact", seed: int = 0,
+              n_jobs: int = 1, epsilon: float | None = None, k: int | None = None):
+    """The ``n_neighbors`` nearest rows of ``ref`` for each row of ``query`` (Euclidean).
 
     Parameters
     ----------
     ref : array or CSR matrix, shape (n_ref, n_features)
     query : array or CSR matrix, shape (n_query, n_features)
-    k : int
-        Number of neighbours; must satisfy ``1 <= k <= n_ref``.
+    n_neighbors : int
+        Number of neighbours; must satisfy ``1 <= n_neighbors <= n_ref``
+        (``k``: older name, accepted as an alias).
     backend : {"exact", "pynndescent"}
     seed : int
         Random state of pynndescent's graph construction.
@@ -95,20 +122,22 @@ def knn_query(ref, query, k: int, backend: str = "exact", seed: int = 0,
 
     Returns
     -------
-    index : ndarray of int64, shape (n_query, k)
+    index : ndarray of int64, shape (n_query, n_neighbors)
         Row indices into ``ref``, nearest first.
-    distance : ndarray of float64, shape (n_query, k)
+    distance : ndarray of float64, shape (n_query, n_neighbors)
         Euclidean distances.
 
     Raises
     ------
     ValueError
-        If ``k`` is out of range or the backend is unknown.
+        If ``n_neighbors`` is out of range or the backend is unknown.
     """
     _check_backend(backend)
+    k = resolve_n_neighbors(n_neighbors, k)
     n_ref = ref.shape[0]
     if not 1 <= k <= n_ref:
-        raise ValueError(f"k = {k} nearest neighbours requested but the reference has {n_ref} cells")
+        raise ValueError(f"n_neighbors = {k} nearest neighbours requested but the reference has "
+                         f"{n_ref} cells")
     if backend == "exact":
         from sklearn.neighbors import NearestNeighbors
 
@@ -292,12 +321,15 @@ def find_mutual_nn(data1, data2, k1: int = 20, k2: int | None = None, backend: s
     ------
     ValueError
         If a batch has fewer cells than the number of neighbours requested.
+
+    ``k1``/``k2`` are batchelor's per-direction names; the corrections take one
+    ``n_neighbors`` for both.
     """
     k2 = k1 if k2 is None else k2
     if data1.shape[0] < k1 or data2.shape[0] < k2:
         raise ValueError(
-            f"a batch has fewer cells than k (batch sizes {data1.shape[0]} and {data2.shape[0]}, "
-            f"k = {k1}/{k2}); lower k or drop the small batch")
+            f"a batch has fewer cells than n_neighbors (batch sizes {data1.shape[0]} and "
+            f"{data2.shape[0]}, n_neighbors = {k1}/{k2}); lower n_neighbors or drop the small batch")
     _check_backend(backend)
     n1, n2 = data1.shape[0], data2.shape[0]
     swap = n1 > n2

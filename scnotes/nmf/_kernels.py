@@ -18,11 +18,27 @@ in a fixed order, so a fit does not depend on the number of threads.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import numba
 import numpy as np
 from numba import njit, prange
+
+# numba's default "omp" threading layer loads the system libgomp next to torch's
+# own copy; once its pool has started, every torch operation in the process ran
+# 10-30x slower here (two OpenMP runtimes spin-waiting against each other on 2
+# cores), e.g. the NBMF θ step and any VAE fitted after an NMF. The "workqueue"
+# layer has no OpenMP runtime. A layer chosen by the user (NUMBA_THREADING_LAYER)
+# is respected; once numba's pool is running, the choice can no longer change.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    try:
+        from numba.np.ufunc import parallel as _parallel
+
+        if not getattr(_parallel, "_is_initialized", False):
+            numba.config.THREADING_LAYER = "workqueue"
+    except ImportError:  # a numba without this module: keep its default
+        pass
 
 # Reassociation lets reductions vectorise; no approximate reciprocals or
 # no-NaN assumptions (the kernels test for zero means).

@@ -34,13 +34,22 @@ Algorithms
     when it does not. ``extrapolate=False`` gives plain SCD, whose ℓ
     never decreases.
 
-The trace's ``loglik`` includes the −Σ w log x! constant, so it is the
-actual (weighted) Poisson log-likelihood in nats; for the extrapolated
-method it is the best value so far, i.e. that of the iterate the fit would
-return if stopped there.
+Training record (the contract of ``DEVELOPING.md``): ``history_`` is a
+DataFrame with one row per sweep (an update of L and one of F; row 0 is the
+start): ``epoch``, ``loss`` (−ℓ / n_cells, nats per cell, what the fit
+minimises), ``loglik`` (ℓ, nats, including the −Σ w log x! constant, so it
+is the actual weighted Poisson log-likelihood), ``time`` (seconds since
+``fit`` was called) and ``beta`` (the extrapolation weight). For the
+extrapolated method ``loglik`` is the best value so far, i.e. that of the
+iterate the fit would return if stopped there. ``trace_`` is the older
+layout of the same record (``iter`` for ``epoch``, no ``loss``).
+
+Randomness: the random start draws from ``numpy.random.default_rng(seed)``
+only; the caller's global NumPy and torch states are never touched.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -177,13 +186,86 @@ def _random_init(prob, k, rng):
     return np.ascontiguousarray(L), np.ascontiguousarray(F)
 
 
+def _history(rows, n_cells, extra):
+    """The training record (module docstring) from rows (epoch, ℓ, time, extra)."""
+    h = pd.DataFrame(rows, columns=["epoch", "loglik", "time", extra])
+    h.insert(1, "loss", -h["loglik"] / max(int(n_cells), 1))
+    return h
+
+
+def _sweeps(n, progress, desc):
+    """range(1, n + 1), with a tqdm bar when ``progress`` (imported only then)."""
+    if not progress:
+        return range(1, n + 1)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(1, n + 1), desc=desc, leave=False)
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(a) for a in v]
+    return v
+
+
+def _registry():
+    """Fitted-factor classes by name (for :meth:`_FactorResults.load`)."""
+    out, todo = {}, [_FactorResults]
+    while todo:
+        c = todo.pop()
+        out[c.__name__] = c
+        todo += c.__subclasses__()
+    return out
+
+
 class _FactorResults:
-    """Shared read-outs of a fitted L (n_cells × k), F (n_genes × k)."""
+    """Shared read-outs, aliases and persistence of a fitted L (n_cells × k), F (n_genes × k).
+
+    Subclasses set ``_param_names`` (constructor arguments, in order), ``_array_params``
+    (those that may hold arrays), ``_extra`` (the record's per-sweep extra column) and
+    ``_trace_names`` (its name in the older ``trace_``).
+    """
+
+    _param_names: tuple = ()
+    _array_params: tuple = ("init",)
+    _extra = "beta"
+    _trace_extra = "beta"
+    _fitted_arrays: tuple = ("L_", "F_")
 
     def _check_fitted(self):
         if not hasattr(self, "L_"):
             raise RuntimeError("this model is not fitted yet; call fit(x) first")
 
+    # --- older names (aliases; chapters use the contract's names) -------------------
+    @property
+    def max_iter(self):
+        """Older name of ``max_epochs``."""
+        return self.max_epochs
+
+    @max_iter.setter
+    def max_iter(self, value):
+        self.max_epochs = value
+
+    @property
+    def trace_(self) -> pd.DataFrame:
+        """Older layout of ``history_``: ``iter``, ``loglik``, ``time`` and the extra column."""
+        self._check_fitted()
+        h = self.history_.rename(columns={"epoch": "iter", self._extra: self._trace_extra})
+        return h[["iter", "loglik", "time", self._trace_extra]]
+
+    @property
+    def n_epochs_(self) -> int:
+        """Sweeps run (the contract's name of ``n_iter_``)."""
+        self._check_fitted()
+        return self.n_iter_
+
+    def get_params(self) -> dict:
+        """Constructor arguments (scikit-learn style)."""
+        return {name: getattr(self, name) for name in self._param_names}
+
+    # --- read-outs ------------------------------------------------------------------
     @property
     def mean_(self) -> np.ndarray:
         """Fitted mean L Fᵀ, dense (n_cells × n_genes) — mind the memory on large data."""
@@ -199,6 +281,83 @@ class _FactorResults:
         self._check_fitted()
         return poisson_to_topics(self.L_, self.F_)
 
+    def _finish(self, prob, L, F, rows, conv):
+        self.L_, self.F_ = L, F
+        self.history_ = _history(rows, prob.shape[0], self._extra)
+        self.loglik_ = float(self.history_["loglik"].iloc[-1])
+        self.n_iter_ = int(self.history_["epoch"].iloc[-1])
+        self.converged_ = bool(conv)
+        self.n_cells_, self.n_genes_ = prob.shape
+        if not hasattr(self, "var_names_"):
+            self.var_names_ = None
+
+    # --- persistence ----------------------------------------------------------------
+    def save(self, path):
+        """Write the fitted model to ``path`` (exactly that file; NumPy ``.npz`` format, no
+        pickles): class, hyperparameters, factors, fitted θ (NBMF), the training record,
+        the fit's scalars and the genes it was fitted on (``var_names_``, set by
+        :func:`scnotes.tl.nmf`; None for array fits).
+
+        Raises RuntimeError if the model is not fitted.
+        """
+        self._check_fitted()
+        params, arrays = {}, {}
+        for name, value in self.get_params().items():
+            if name == "init" and not isinstance(value, str):
+                arrays["param__init_L"], arrays["param__init_F"] = (np.asarray(a, dtype=np.float64)
+                                                                  for a in value)
+                params[name] = {"arrays": ["param__init_L", "param__init_F"]}
+            elif name in self._array_params and np.ndim(value) > 0:
+                arrays[f"param__{name}"] = np.asarray(value, dtype=np.float64)
+                params[name] = {"arrays": [f"param__{name}"]}
+            else:
+                params[name] = _jsonable(value)
+        for name in self._fitted_arrays:
+            arrays[f"fitted__{name}"] = np.asarray(getattr(self, name))
+        for c in self.history_.columns:
+            arrays[f"history__{c}"] = self.history_[c].to_numpy()
+        names = getattr(self, "var_names_", None)
+        meta = {"format": "scnotes.nmf", "version": 1, "cls": type(self).__name__, "params": params,
+                "history_columns": list(self.history_.columns),
+                "scalars": {"loglik_": self.loglik_, "n_iter_": self.n_iter_,
+                            "converged_": self.converged_, "n_cells_": int(self.n_cells_),
+                            "n_genes_": int(self.n_genes_)},
+                "var_names": None if names is None else [str(g) for g in names]}
+        with open(path, "wb") as f:
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`; returns the fitted estimator.
+
+        Raises
+        ------
+        TypeError : the file holds another model class (e.g. an NBMF read as PoissonNMF).
+        ValueError : the file is not a scnotes NMF model.
+        """
+        with np.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise ValueError(f"{path} is not a model written by scnotes.nmf save()")
+            meta = json.loads(str(z["__meta__"]))
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        target = _registry().get(meta.get("cls"))
+        if target is None or not issubclass(target, cls):
+            raise TypeError(f"{path} holds a {meta.get('cls')}, not a {cls.__name__}")
+        params = {}
+        for name, value in meta["params"].items():
+            if isinstance(value, dict) and "arrays" in value:
+                got = [arrays[k] for k in value["arrays"]]
+                value = tuple(got) if name == "init" else got[0]
+            params[name] = value
+        model = target(**params)
+        for name in target._fitted_arrays:
+            setattr(model, name, arrays[f"fitted__{name}"])
+        model.history_ = pd.DataFrame({c: arrays[f"history__{c}"] for c in meta["history_columns"]})
+        for k, v in meta["scalars"].items():
+            setattr(model, k, v)
+        model.var_names_ = None if meta["var_names"] is None else np.asarray(meta["var_names"], dtype=object)
+        return model
+
 
 class PoissonNMF(_FactorResults):
     """Poisson NMF x_ij ~ Poisson((L Fᵀ)_ij) fitted by maximum likelihood (see module docstring).
@@ -210,26 +369,37 @@ class PoissonNMF(_FactorResults):
     method : {"scd", "mu"}
         ``"scd"``: sequential coordinate descent with extrapolation (fast);
         ``"mu"``: multiplicative updates = EM (monotone, slow).
-    max_iter : int
-        Maximum number of outer iterations (one update of L and one of F).
+    max_epochs : int
+        Maximum number of sweeps (one update of L and one of F). ``max_iter``
+        is accepted as its older name.
     tol : float
-        Stop when an (accepted) iteration improves ℓ by less than
-        ``tol · |ℓ|``. ``tol=0`` runs ``max_iter`` iterations.
+        Stop when an (accepted) sweep improves ℓ by less than
+        ``tol · |ℓ|``. ``tol=0`` runs ``max_epochs`` sweeps.
     init : "random" or (L0, F0)
         Random start L_ik ∝ r_i e_ik, F_jk ∝ c_j e'_jk with e, e' ~ U(0.1, 1)
         and r, c the row and column sums of w∘x, scaled so that the fitted
         total equals the observed one (reproducible with ``seed``); or
-        given factors of shapes (n_cells, k), (n_genes, k) (copied).
+        given factors of shapes (n_cells, k), (n_genes, k) (copied). Every
+        entry of the random start is positive, so EM (``"mu"``) keeps every
+        mean positive (it can only approach zero); SCD can set factors, and
+        so means, to exactly zero.
     seed : int
-        Seed of the random start; same seed ⇒ identical fit.
+        Seed of the random start (``numpy.random.default_rng``); same seed ⇒
+        identical fit; the global NumPy / torch random states are not used.
     extrapolate : bool
         For ``"scd"``: use Ang & Gillis (2019) extrapolation.
     n_inner : int
         Newton steps per coordinate in ``"scd"``.
     beta_init, beta_grow, beta_max_grow, beta_shrink : float
         Extrapolation weight schedule: start at ``beta_init``; after an
-        improving iteration β ← min(β̄, β·beta_grow), β̄ ← min(1, β̄·beta_max_grow);
+        improving sweep β ← min(β̄, β·beta_grow), β̄ ← min(1, β̄·beta_max_grow);
         after a worse one β̄ ← β, β ← β·beta_shrink and restart from the best iterate.
+    progress : bool
+        Show a progress bar over the sweeps (default off).
+    verbose : bool
+        Print ℓ after every sweep.
+    max_iter : int, optional
+        Older name of ``max_epochs`` (overrides it when given).
 
     Attributes
     ----------
@@ -237,25 +407,33 @@ class PoissonNMF(_FactorResults):
         Fitted factors (the best iterate seen).
     loglik_ : float
         Weighted Poisson log-likelihood at (L_, F_), nats, incl. −Σ w log x!.
-    trace_ : pandas.DataFrame
-        Columns ``iter`` (0 = start), ``loglik``, ``time`` (seconds since
-        ``fit`` was called, including data preparation), ``beta`` (the
-        extrapolation weight after the iteration; 0 without extrapolation).
-    n_iter_ : int, converged_ : bool
+    history_ : pandas.DataFrame
+        One row per sweep (row 0: the start): ``epoch``, ``loss`` (−ℓ per cell,
+        nats), ``loglik`` (ℓ, nats), ``time`` (s since ``fit`` was called,
+        including data preparation), ``beta`` (the extrapolation weight after
+        the sweep; 0 without extrapolation). ``trace_``: the older layout.
+    n_iter_ (= ``n_epochs_``) : int, converged_ : bool
+    var_names_ : genes the model was fitted on (set by :func:`scnotes.tl.nmf`), or None.
 
     Examples
     --------
     >>> m = PoissonNMF(5, seed=1).fit(counts)          # doctest: +SKIP
     >>> props, topics, scale = m.topics()              # doctest: +SKIP
+    >>> m.save("nmf.npz"); PoissonNMF.load("nmf.npz")  # doctest: +SKIP
     """
 
-    def __init__(self, n_components: int = 10, method: str = "scd", max_iter: int = 300,
+    _param_names = ("n_components", "method", "max_epochs", "tol", "init", "seed", "extrapolate",
+                    "n_inner", "beta_init", "beta_grow", "beta_max_grow", "beta_shrink", "progress",
+                    "verbose")
+
+    def __init__(self, n_components: int = 10, method: str = "scd", max_epochs: int = 300,
                  tol: float = 1e-8, init="random", seed: int = 0, extrapolate: bool = True,
                  n_inner: int = 2, beta_init: float = 0.5, beta_grow: float = 1.1,
-                 beta_max_grow: float = 1.05, beta_shrink: float = 0.75, verbose: bool = False):
+                 beta_max_grow: float = 1.05, beta_shrink: float = 0.75, progress: bool = False,
+                 verbose: bool = False, max_iter: int | None = None):
         self.n_components = n_components
         self.method = method
-        self.max_iter = max_iter
+        self.max_epochs = max_epochs if max_iter is None else max_iter
         self.tol = tol
         self.init = init
         self.seed = seed
@@ -265,6 +443,7 @@ class PoissonNMF(_FactorResults):
         self.beta_grow = beta_grow
         self.beta_max_grow = beta_max_grow
         self.beta_shrink = beta_shrink
+        self.progress = progress
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
@@ -273,11 +452,15 @@ class PoissonNMF(_FactorResults):
             raise ValueError(f"n_components must be a positive integer, got {self.n_components!r}")
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
-        if int(self.max_iter) < 0 or self.tol < 0 or int(self.n_inner) < 1:
-            raise ValueError("max_iter and tol must be >= 0 and n_inner >= 1")
+        if int(self.max_epochs) != self.max_epochs or int(self.max_epochs) < 0:
+            raise ValueError(f"max_epochs must be a non-negative integer, got {self.max_epochs!r}")
+        if self.tol < 0 or int(self.n_inner) < 1:
+            raise ValueError("tol must be >= 0 and n_inner >= 1")
 
     def fit(self, x, w=None):
         """Fit to counts ``x`` (n_cells × n_genes, dense or scipy sparse), optional weights ``w``.
+
+        Returns ``self``.
 
         Raises
         ------
@@ -297,12 +480,7 @@ class PoissonNMF(_FactorResults):
                 L, F, rows, conv = self._fit_scd_extrapolated(prob, L, F, t0)
             else:
                 L, F, rows, conv = self._fit_scd(prob, L, F, t0)
-        self.L_, self.F_ = L, F
-        self.trace_ = pd.DataFrame(rows, columns=["iter", "loglik", "time", "beta"])
-        self.loglik_ = float(self.trace_["loglik"].iloc[-1])
-        self.n_iter_ = int(self.trace_["iter"].iloc[-1])
-        self.converged_ = conv
-        self.n_cells_, self.n_genes_ = prob.shape
+        self._finish(prob, L, F, rows, conv)
         return self
 
     def _done(self, old, new):
@@ -310,7 +488,10 @@ class PoissonNMF(_FactorResults):
 
     def _log(self, it, ll):
         if self.verbose:
-            print(f"iter {it:5d}  loglik {ll:.6f}")
+            print(f"epoch {it:5d}  loglik {ll:.6f}")
+
+    def _sweeps(self):
+        return _sweeps(int(self.max_epochs), self.progress, f"{type(self).__name__}-{self.method}")
 
     def _mu_sweep(self, prob, L, F):
         """One EM / multiplicative update of L then F in place; return ℓ at the result."""
@@ -335,7 +516,7 @@ class PoissonNMF(_FactorResults):
         ll = prob.loglik(L, F)
         rows = [(0, ll, time.perf_counter() - t0, 0.0)]
         conv = False
-        for it in range(1, int(self.max_iter) + 1):
+        for it in self._sweeps():
             new = sweep(prob, L, F)
             rows.append((it, new, time.perf_counter() - t0, 0.0))
             self._log(it, new)
@@ -372,7 +553,7 @@ class PoissonNMF(_FactorResults):
         Lp, Fp = L.copy(), F.copy()
         beta, beta_max = float(self.beta_init), 1.0
         conv = False
-        for it in range(1, int(self.max_iter) + 1):
+        for it in self._sweeps():
             Ln = Ly.copy()
             _kernels.scd_rows(d.indptr, d.indices, d.data, Ln, Fy, prob.lin_rows(Fy),
                               int(self.n_inner), False, outL)
@@ -408,6 +589,47 @@ class PoissonNMF(_FactorResults):
         """Weighted Poisson log-likelihood of new counts ``x`` (same shape) under the fitted mean."""
         self._check_fitted()
         return poisson_loglik(x, self.L_, self.F_, w)
+
+    def transform(self, x, w=None, max_epochs: int = 100, tol: float = 1e-8):
+        """Loadings of new cells with the fitted factors F_ held fixed.
+
+        Maximises the (weighted) Poisson log-likelihood of ``x`` over L alone by EM
+        (multiplicative updates, monotone), started from L_ik = r_i / Σ_jk F_jk
+        (r_i the cell's weighted total), for at most ``max_epochs`` sweeps or until ℓ
+        improves by less than ``tol · |ℓ|``.
+
+        Parameters
+        ----------
+        x : array or sparse (n_new_cells, n_genes), counts over the genes of the fit,
+            in the same order.
+        w : optional weights, as in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray (n_new_cells, k).
+
+        Raises
+        ------
+        ValueError : bad counts or mask, or a gene count different from the fit's.
+        """
+        self._check_fitted()
+        prob = _Problem(x, w)
+        if prob.shape[1] != self.F_.shape[0]:
+            raise ValueError(f"x has {prob.shape[1]} genes but the model was fitted on {self.F_.shape[0]}")
+        F = np.ascontiguousarray(self.F_)
+        r = np.asarray(prob.d.sum(axis=1)).ravel()
+        L = np.ascontiguousarray(np.outer(r / max(F.sum(), 1e-300), np.ones(F.shape[1])))
+        d = prob.d
+        B = prob.lin_rows(F)
+        with np.errstate(divide="ignore", invalid="ignore"), _kernels.threads_for(d.nnz):
+            ll = prob.loglik(L, F)
+            for _ in range(int(max_epochs)):
+                _kernels.mu_rows(d.indptr, d.indices, d.data, L, F, B)
+                new = prob.loglik(L, F)
+                if tol > 0 and np.isfinite(new) and 0 <= new - ll < tol * abs(new):
+                    break
+                ll = new
+        return L
 
 
 def poisson_nmf(x, n_components: int = 10, w=None, **kwargs) -> PoissonNMF:

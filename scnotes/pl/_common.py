@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["embedding", "training_curves", "heatmap", "metric_bars", "volcano", "category_colors"]
+__all__ = ["embedding", "training_curves", "heatmap", "metric_bars", "volcano", "category_colors",
+           "effects_vs_reference", "structure_plot"]
 
 
 def _ax(ax, figsize=(4.5, 4)):
@@ -166,6 +167,118 @@ def volcano(table: pd.DataFrame, x: str = "estimate", p: str = "p_value", label:
     ax.set_xlabel(x)
     ax.set_ylabel(f"−log10 {p}")
     ax.legend(frameon=False, fontsize=7)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def effects_vs_reference(table: pd.DataFrame, reference: pd.DataFrame, what: str = "estimate",
+                         kind: str = "group", ax=None, label: str | None = None, color: str = "k",
+                         xlabel: str | None = None, ylabel: str | None = None, title: str | None = None,
+                         level: float = 0.95, identity: bool = True):
+    """One tidy effect table against another on the same terms (e.g. ``scnotes.tl.glmm``
+    results of two methods): ``reference`` on x, ``table`` on y, matched by
+    ``gene`` and ``term`` and restricted to ``kind`` rows.
+
+    ``what="estimate"`` draws the estimates with ``level`` intervals (± z · sd) on
+    both axes; ``what="sd"`` draws the sds (posterior sd or SE) against each other.
+    A dotted identity line is added (``identity``). Returns the Axes.
+
+    Raises
+    ------
+    KeyError : a needed column (gene, term, kind, estimate, sd) is missing.
+    ValueError : ``what`` is not "estimate" or "sd", or no term is shared.
+    """
+    from scipy import stats
+
+    if what not in ("estimate", "sd"):
+        raise ValueError(f"what must be 'estimate' or 'sd', got {what!r}")
+    need = ["gene", "term", "kind", "estimate", "sd"]
+    for name, t in (("table", table), ("reference", reference)):
+        miss = [c for c in need if c not in t.columns]
+        if miss:
+            raise KeyError(f"{name} lacks columns {miss}")
+    m = table[table["kind"] == kind].merge(reference[reference["kind"] == kind], on=["gene", "term"],
+                                           suffixes=("", "_ref"))
+    if m.empty:
+        raise ValueError("the two tables share no (gene, term) rows of this kind")
+    ax = _ax(ax, (3.8, 3.5))
+    if what == "estimate":
+        z = stats.norm.ppf(0.5 + level / 2)
+        x, y = m["estimate_ref"].to_numpy(float), m["estimate"].to_numpy(float)
+        ax.errorbar(x, y, xerr=z * m["sd_ref"].to_numpy(float), yerr=z * m["sd"].to_numpy(float), fmt=".",
+                    color=color, elinewidth=0.6, ms=4, label=label)
+    else:
+        x, y = m["sd_ref"].to_numpy(float), m["sd"].to_numpy(float)
+        ax.scatter(x, y, s=12, color=color, label=label)
+    if identity:
+        ok = np.isfinite(x) & np.isfinite(y)
+        lo, hi = float(min(x[ok].min(), y[ok].min())), float(max(x[ok].max(), y[ok].max()))
+        pad = 0.05 * (hi - lo or 1.0)
+        lim = [lo - pad if what == "estimate" else 0.0, hi + pad]
+        ax.plot(lim, lim, ":", color="C3", lw=1)
+    ax.set_xlabel(xlabel or f"reference {what}")
+    ax.set_ylabel(ylabel or what)
+    if label is not None:
+        ax.legend(frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def structure_plot(adata, basis: str = "X_topics", groupby: str | None = None, ax=None,
+                   title: str | None = None, max_labels: int = 40, seed: int = 0):
+    """Stacked bars of each cell's topic proportions (a fastTopics "structure plot").
+
+    ``adata.obsm[basis]`` (cells × topics, rows on the simplex, as written by
+    :func:`scnotes.tl.nmf`) is drawn one bar per cell, cells grouped by
+    ``adata.obs[groupby]`` (if given) and, within a group, ordered by their
+    dominant topic. Group names label the x axis (at most ``max_labels``;
+    beyond that the ticks are left out). Colours: :func:`category_colors`.
+
+    Raises
+    ------
+    KeyError : ``basis`` not in ``obsm`` or ``groupby`` not in ``obs``.
+    """
+    if basis not in adata.obsm:
+        raise KeyError(f"obsm key {basis!r} not found; available: {list(adata.obsm.keys())}")
+    if groupby is not None and groupby not in adata.obs.columns:
+        raise KeyError(f"obs key {groupby!r} not found; available: {list(adata.obs.columns)}")
+    prop = np.asarray(adata.obsm[basis], dtype=float)
+    n, k = prop.shape
+    ax = _ax(ax, (9, 2.8))
+    if groupby is not None:
+        cat = pd.Categorical(adata.obs[groupby].astype(str))
+        codes = np.asarray(cat.codes)
+    else:
+        cat, codes = None, np.zeros(n, dtype=int)
+    order = np.lexsort((-prop.max(axis=1), prop.argmax(axis=1), codes))
+    colors = category_colors(k)
+    bottom = np.zeros(n)
+    pos = np.arange(n)
+    for t in range(k):
+        ax.bar(pos, prop[order, t], bottom=bottom, width=1.0, color=colors[t], linewidth=0,
+               label=f"topic {t + 1}")
+        bottom += prop[order, t]
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("topic proportion")
+    if cat is not None:
+        c = codes[order]
+        for e in np.flatnonzero(np.diff(c)) + 0.5:
+            ax.axvline(e, color="k", lw=0.5)
+        present = np.unique(c)
+        if len(present) <= max_labels:
+            ax.set_xticks([float(np.mean(np.flatnonzero(c == g))) for g in present],
+                          [str(cat.categories[g]) for g in present], rotation=40, ha="right", fontsize=7)
+        else:
+            ax.set_xticks([])
+        ax.set_xlabel(groupby)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel("cells")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=7,
+              ncol=1 if k <= 15 else 2)
     if title:
         ax.set_title(title)
     return ax

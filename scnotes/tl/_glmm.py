@@ -1,2 +1,181 @@
-"""AnnData front for the GLMM (being written)."""
-__all__ = []
+"""AnnData front for the Poisson GLMM (differential expression with donor effects).
+
+:func:`glmm` fits, for each gene, ``y_i ~ Poisson(s_i exp(b_{g(i)} + u_{d(i)}))``
+with cell-group fixed effects ``b``, donor random effects ``u ~ N(0, σ_u²)`` and
+the cell's library size ``s_i`` as offset (see :mod:`scnotes.glmm`), by
+variational empirical Bayes (``"veb"``), NUTS (``"nuts"``) or lme4 (``"lme4"``),
+and returns one tidy table for every method.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["glmm"]
+
+_METHODS = ("veb", "nuts", "lme4")
+
+
+def _top_genes_by_mean(adata, layer, n):
+    x = adata.X if layer is None else adata.layers[layer]
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    order = np.argsort(-mean, kind="stable")[: int(n)]
+    return [str(adata.var_names[i]) for i in order]
+
+
+def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "donor", *,
+         condition_key: str | None = None, reference: str | None = None, layer: str | None = None,
+         size_factor_key: str | None = None, method: str = "veb", n_top_genes: int = 50,
+         min_cells: int = 1, level: float = 0.95, key_added: str = "glmm", copy: bool = False,
+         return_model: bool = False, seed: int = 0, device: str = "cpu", progress: bool = False,
+         **kwargs):
+    """Poisson GLMM per gene with donor random effects; a tidy table of effects and contrasts.
+
+    Parameters
+    ----------
+    adata : AnnData, n_cells × n_genes raw counts in ``X`` or ``layers[layer]``
+    genes : str, list of str or None
+        Genes to test. ``None``: the ``n_top_genes`` genes with the highest mean
+        count (a bounded default: a fit per gene costs time).
+    group_key : str
+        ``obs`` column of the cell group (fixed effect). With ``condition_key``
+        it is the cell type, and the groups are cell type × condition.
+    donor_key : str
+        ``obs`` column of the donor (random effect; at least 2 donors).
+    condition_key : str, optional
+        ``obs`` column of the condition. The table then also holds, per cell type,
+        the contrast (log fold change) of each condition against ``reference``
+        (default: the first level).
+    layer : str or None
+        Layer with the counts (None: ``adata.X``).
+    size_factor_key : str or None
+        ``obs`` column of per-cell library sizes (the offset is their log). None:
+        totals computed from the counts of every gene in ``adata`` — the library
+        size only if ``adata`` holds all genes; after subsetting genes pass the
+        totals of the full file (``scnotes.pp.prepare`` stores them in
+        ``obs["total_counts"]``).
+    method : {"veb", "nuts", "lme4"}
+        ``"veb"``: :class:`scnotes.glmm.PoissonGLMMVEB`, by default the full-rank
+        guide with the exact expected log-likelihood on the sufficient statistics,
+        all genes in one batched optimisation (kwargs: ``guide``, ``max_epochs``,
+        ``lr``, ``batch_size``, ``prior``, …). ``"nuts"``: :func:`scnotes.glmm.fit_nuts`
+        per gene (kwargs: ``num_samples``, ``warmup_steps``, ``num_chains``,
+        ``prior``). ``"lme4"``: :func:`scnotes.glmm.fit_lme4` (R; kwargs
+        ``aggregate`` (default True: the per (group, donor) sums, same estimates),
+        ``nAGQ``).
+    n_top_genes : int
+        Genes tested when ``genes`` is None.
+    min_cells : int
+        With ``condition_key``: cell types with fewer cells than this in some
+        condition are dropped (printed and recorded), since a cell group without
+        cells has no likelihood.
+    level : float
+        Coverage of the intervals ``lower``, ``upper``.
+    key_added : str
+        ``adata.uns[key_added]`` receives ``{"params": …, "results": table}``.
+    copy : bool
+        Work on a copy of ``adata`` and return ``(adata_copy, table)``.
+    return_model : bool
+        Also return the fitted model: the :class:`~scnotes.glmm.PoissonGLMMVEB`,
+        the :class:`~scnotes.glmm.Lme4Result`, or a dict gene →
+        :class:`~scnotes.glmm.NUTSResult`.
+    seed, device, progress
+        Random seed (VEB, NUTS), torch device and progress bar (VEB).
+
+    Returns
+    -------
+    DataFrame with columns :data:`scnotes.glmm.TIDY_COLUMNS`: ``gene``, ``kind``
+    ("group": a cell-group effect b, log rate per unit of library size;
+    "contrast": condition − reference within a cell type, a log fold change),
+    ``term``, ``cell_type``, ``condition``, ``estimate``, ``sd`` (posterior sd for
+    VEB/NUTS, standard error for lme4), ``lower``, ``upper``, ``z``, ``p`` (Wald,
+    contrasts only), ``sigma_u`` (donor sd of the gene), ``method``. With
+    ``copy=True``: ``(adata_copy, table)``; with ``return_model=True`` the model
+    is appended: ``(table, model)`` or ``(adata_copy, table, model)``.
+
+    Raises
+    ------
+    ValueError : unknown ``method``; missing labels, zero totals, a single donor
+        (see :func:`scnotes.glmm.glmm_data`); no cell type left after ``min_cells``.
+    KeyError : a gene, layer or ``obs`` key that is not in ``adata``.
+    RuntimeError : ``method="lme4"`` without R / lme4 (the message says how to install).
+    """
+    from .. import glmm as G
+
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if copy:
+        adata = adata.copy()
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer {layer!r} not found (parameter `layer`); layers: {list(adata.layers.keys())}")
+    for key, param in ((group_key, "group_key"), (donor_key, "donor_key"), (condition_key, "condition_key"),
+                       (size_factor_key, "size_factor_key")):
+        if key is not None and key not in adata.obs.columns:
+            raise KeyError(f"obs column {key!r} not found (parameter `{param}`); "
+                           f"obs columns: {list(adata.obs.columns)}")
+    if genes is None:
+        genes = _top_genes_by_mean(adata, layer, n_top_genes)
+    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+
+    # Totals before any cell is dropped, from every gene of adata (not only the tested ones).
+    if size_factor_key is None:
+        x = adata.X if layer is None else adata.layers[layer]
+        total = np.asarray(x.sum(axis=1), dtype=float).ravel()
+        totals_from = f"computed from the counts of all {adata.n_vars} genes of adata"
+    else:
+        total = pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(dtype=float)
+        totals_from = f"obs[{size_factor_key!r}]"
+    keep = np.ones(adata.n_obs, dtype=bool)
+    dropped_types = []
+    if condition_key is not None and min_cells > 0:
+        keep, dropped_types = G.complete_cell_types(adata.obs, group_key, condition_key, min_cells)
+        if dropped_types:
+            print(f"tl.glmm: dropped {len(dropped_types)} cell type(s) with fewer than {min_cells} cell(s) "
+                  f"in some condition ({int((~keep).sum())} cells): {dropped_types[:10]}")
+            if not keep.any():
+                raise ValueError(f"no cell type has at least {min_cells} cell(s) in every condition of "
+                                 f"{condition_key!r} (parameter `min_cells`)")
+    sub = adata[keep]
+    obs = sub.obs.copy()
+    for key in (group_key, condition_key):
+        if key is not None and isinstance(obs[key].dtype, pd.CategoricalDtype):
+            obs[key] = obs[key].cat.remove_unused_categories()
+    if isinstance(obs[donor_key].dtype, pd.CategoricalDtype):
+        obs[donor_key] = obs[donor_key].cat.remove_unused_categories()
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise KeyError(f"{len(missing)} gene(s) not in adata.var_names (parameter `genes`): {missing[:10]}")
+    gsub = sub[:, genes]
+    counts = gsub.X if layer is None else gsub.layers[layer]
+    ct_kw = (dict(cell_type_key=group_key, condition_key=condition_key, reference=reference)
+             if condition_key is not None else dict(group_key=group_key))
+    data = G.glmm_data(obs, counts, donor_key=donor_key, total=total[keep], genes=genes, **ct_kw)
+    data.keys["total_key"] = size_factor_key
+
+    if method == "veb":
+        kw = dict(guide="full", expectation="analytic", batch_size=None, lr=0.05)
+        kw.update(kwargs)
+        model = G.PoissonGLMMVEB(seed=seed, device=device, progress=progress, **kw).fit(data)
+        table = model.summary(level=level, method=f"VEB ({model.guide})")
+    elif method == "lme4":
+        kw = dict(aggregate=True)
+        kw.update(kwargs)
+        model = G.fit_lme4(data, **kw)
+        table = model.summary(level=level)
+    else:
+        kw = dict(prior="shared")
+        kw.update(kwargs)
+        model = {g: G.fit_nuts(data, gene=g, seed=seed, **kw) for g in genes}
+        table = pd.concat([m.summary(level=level) for m in model.values()], ignore_index=True)
+
+    params = dict(genes=list(genes), group_key=group_key, donor_key=donor_key, condition_key=condition_key,
+                  reference=reference, layer=layer, size_factor_key=size_factor_key, method=method,
+                  min_cells=min_cells, level=level, seed=seed, totals=totals_from,
+                  dropped_cell_types=dropped_types,
+                  **{k: v for k, v in kwargs.items() if np.isscalar(v)})
+    adata.uns[key_added] = {"params": {k: v for k, v in params.items() if v is not None},
+                            "results": table}
+    out = (adata, table) if copy else (table,)
+    if return_model:
+        out = out + (model,)
+    return out if len(out) > 1 else out[0]

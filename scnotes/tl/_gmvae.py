@@ -1,2 +1,121 @@
-"""AnnData front for the Gaussian-mixture VAE (being written)."""
-__all__ = []
+"""AnnData front for the Gaussian-mixture VAE (:class:`scnotes.vae.GMVAE`), and the
+clustering scores its chapter reports for any embedding."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .._checks import check_obs_key
+from ._vae import fit_front
+
+__all__ = ["gmvae", "clustering_scores"]
+
+_RESOLUTIONS = tuple(np.round(np.arange(0.1, 2.01, 0.1), 2))
+
+
+def _slot_names(key_added: str, cluster_key: str | None):
+    base = key_added[2:] if key_added.startswith("X_") else key_added
+    return (cluster_key or f"{base}_cluster"), f"{key_added}_proba"
+
+
+def gmvae(adata, n_clusters: int = 10, batch_key: str | None = None, layer: str | None = None,
+          key_added: str = "X_gmvae", covariate_keys=None, size_factor_key: str | None = None,
+          cluster_key: str | None = None, n_latent: int = 10, model_kwargs=None, copy: bool = False,
+          proba_samples: int = 20, **fit_kwargs):
+    """Fit a :class:`~scnotes.vae.GMVAE` to the counts of ``adata``; store embedding and clusters.
+
+    Parameters
+    ----------
+    adata : AnnData, n_cells × n_genes raw counts in ``X`` or ``layers[layer]``
+    n_clusters : int, K ≥ 1 mixture components
+    batch_key : str or None, ``obs`` column one-hot encoded into the decoder (only there)
+    layer : str or None, layer holding the counts (None: ``adata.X``)
+    key_added : str, ``obsm`` key of the embedding E_q[x] (n_cells × n_latent)
+    covariate_keys : list of str or None, further categorical ``obs`` columns for the decoder
+    size_factor_key : str or None, ``obs`` column of positive size factors (None: totals)
+    cluster_key : str or None, ``obs`` key of the argmax cluster (None: ``key_added``
+        without ``X_`` plus ``_cluster``, e.g. ``"gmvae_cluster"``)
+    n_latent : int, dimension of x
+    model_kwargs : dict, passed to :class:`~scnotes.vae.GMVAE` (``w_dim``, ``likelihood``,
+        ``free_bits``, ``free_bits_mode``, ``hidden_dim``, ``seed``, ``device``, ...)
+    copy : bool, work on a copy and return ``(adata_copy, model)``
+    proba_samples : int, Monte Carlo draws for the cluster probabilities
+    **fit_kwargs : passed to :meth:`GMVAE.fit` (``max_epochs``, ``lr``, ``batch_size``,
+        ``n_samples``, ``train_size``, ``early_stopping``, ``kl_warmup_epochs``, ``progress``, ...)
+
+    Returns
+    -------
+    scnotes.vae.GMVAE
+        The fitted model (``(adata, model)`` with ``copy=True``). Writes
+        ``obsm[key_added]`` (E_q[x]), ``obsm[key_added + "_proba"]`` (E_q[p(z | x, w)],
+        n_cells × K), ``obs[cluster_key]`` (categorical, categories ``"0"`` … ``"K-1"``,
+        unused ones kept) and ``uns[key_added]`` (parameters and the slot names).
+
+    Raises
+    ------
+    ValueError : ``n_clusters`` < 1 or not an integer; invalid counts (non-integer,
+        negative, NaN) or covariates.
+    KeyError : ``batch_key``, a covariate key, ``size_factor_key`` or ``layer`` missing.
+    """
+    from ..vae._gmvae import GMVAE, _positive_int
+
+    k = _positive_int("n_clusters", n_clusters)
+    cluster_key, proba_key = _slot_names(key_added, cluster_key)
+    kw = dict(model_kwargs or {}, n_clusters=k)
+    adata, model, x, s, c = fit_front(GMVAE, adata, layer=layer, batch_key=batch_key,
+                                      covariate_keys=covariate_keys, key_added=key_added,
+                                      size_factor_key=size_factor_key, model_kwargs=kw,
+                                      fit_kwargs=fit_kwargs, copy=copy, n_latent=n_latent,
+                                      params=dict(n_clusters=k, n_latent=n_latent))
+    proba = model.predict_proba(x, n_samples=proba_samples)
+    adata.obsm[proba_key] = proba
+    adata.obs[cluster_key] = pd.Categorical([str(v) for v in proba.argmax(axis=1)],
+                                            categories=[str(v) for v in range(k)])
+    adata.uns[key_added].update(cluster_key=cluster_key, proba_key=proba_key)
+    return (adata, model) if copy else model
+
+
+def clustering_scores(adata, basis: str, label_key: str, batch_key: str | None = None,
+                      cluster_key: str | None = None, resolutions=_RESOLUTIONS, seed: int = 0) -> dict:
+    """The GMVAE chapter's scores of one embedding ``adata.obsm[basis]`` (all from
+    :mod:`scnotes.metrics`; in [0, 1] except where noted, higher = better):
+
+    * ``kmeans_ari``: ARI of k-means (k = number of labels) with the labels (the seed's ARI);
+    * ``leiden_nmi``, ``leiden_ari``: scIB's Leiden score, the resolution (of
+      ``resolutions``) chosen by NMI with the labels (optimistic: the labels choose it);
+    * ``asw_label``: silhouette width by label, (s + 1)/2;
+    * with ``batch_key``: ``asw_batch`` (scIB's batch ASW), ``ilisi`` (rescaled median
+      iLISI, perplexity 30) and ``kbet`` (kBET-like acceptance, 25 neighbours);
+    * with ``cluster_key`` (a clustering fixed in advance, e.g. the GMVAE's argmax):
+      ``cluster_ari``, ``cluster_nmi``, and its occupancy ``n_used``, ``n_small``
+      (clusters with < 1 % of cells), ``max_fraction`` (counts, not scores).
+
+    Returns a dict of floats. Raises KeyError for a missing ``obsm`` / ``obs`` key.
+    """
+    from .. import metrics
+
+    if basis not in adata.obsm:
+        raise KeyError(f"obsm key {basis!r} not found; available: {list(adata.obsm.keys())}")
+    x = np.asarray(adata.obsm[basis], dtype=np.float64)
+    labels = check_obs_key(adata, label_key).to_numpy()
+    km = metrics.kmeans_ari(labels, x, seed=seed)
+    ld = metrics.leiden_clustering(labels, x=x, resolutions=resolutions, seed=seed)
+    out = dict(kmeans_ari=km["ari"], leiden_nmi=ld["nmi"], leiden_ari=ld["ari"],
+               asw_label=metrics.silhouette_label(x, labels))
+    if batch_key is not None:
+        batch = check_obs_key(adata, batch_key).to_numpy()
+        knn = metrics.knn_graph(x, k=90)
+        # A label whose cells all come from different batches has no silhouette (scikit-learn
+        # refuses it, and metrics.silhouette_batch passes it on): leave such labels out.
+        lab = pd.Series(labels)
+        per = pd.DataFrame({"l": labels, "b": batch}).groupby("l", observed=True)
+        ok = lab.map((per["b"].nunique() < per.size()).to_dict()).to_numpy(dtype=bool)
+        out.update(asw_batch=metrics.silhouette_batch(x[ok], batch[ok], labels[ok]),
+                   ilisi=metrics.ilisi_score(batch, knn=knn), kbet=metrics.kbet_acceptance(batch, knn=knn, seed=seed))
+    if cluster_key is not None:
+        check_obs_key(adata, cluster_key)
+        cl = pd.Categorical(adata.obs[cluster_key])  # unused categories kept: they are empty clusters
+        sc_ = metrics.cluster_scores(labels, cl.codes)
+        occ = metrics.occupancy(cl.codes, len(cl.categories))
+        out.update(cluster_ari=sc_["ari"], cluster_nmi=sc_["nmi"], **{k: float(v) for k, v in occ.items()})
+    return out

@@ -9,10 +9,10 @@ __all__ = ["mnn"]
 
 
 def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = None,
-        key_added: str | None = None, method: str | None = None, k: int = 20,
+        key_added: str | None = None, method: str | None = None, n_neighbors: int | None = None,
         backend: str = "exact", merge_order=None, auto_merge: bool = False, seed: int = 0,
-        **kwargs):
-    """MNN batch correction of ``adata``, in place; returns the MNN pairs.
+        copy: bool = False, k: int | None = None, **kwargs):
+    """MNN batch correction of ``adata``; returns the correction result.
 
     Two modes, chosen by ``use_rep``:
 
@@ -27,6 +27,14 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
       corrected embedding goes to ``adata.obsm[key_added]`` (default
       ``use_rep + "_mnn"``).
 
+    In both modes the MNN pairs go to ``adata.obsp[key_added + "_pairs"]``
+    (entry (left cell, right cell) = merge step + 1) and the parameters, the
+    merge order and the pairs per step to ``adata.uns[key_added]``
+    (:meth:`scnotes.mnn.MNNResult.to_adata`). A correction is data, not a
+    fitted model (nothing in it applies to new cells), so it is saved with the
+    AnnData (``write_h5ad``) and read back with
+    :meth:`scnotes.mnn.MNNResult.from_adata`.
+
     Parameters
     ----------
     adata : anndata.AnnData
@@ -36,28 +44,37 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
         As above.
     method : {"mnn_correct", "fastmnn"}, optional
         Override the mode chosen from ``use_rep``.
-    k, backend, merge_order, auto_merge, seed
+    n_neighbors : int
+        Neighbours for the MNN pairs (default 20, batchelor's ``k``; ``k`` is
+        accepted as an alias).
+    backend, merge_order, auto_merge, seed
         Passed to the correction; ``**kwargs`` too (e.g. ``sigma``,
         ``var_adj``, ``cos_norm_out`` for ``mnn_correct``; ``ndist``,
-        ``cos_norm`` for ``fastmnn``).
+        ``cos_norm`` for ``fastmnn``). ``seed`` seeds the approximate search
+        only; the caller's global random state is never touched.
+    copy : bool
+        Work on a copy of ``adata`` and return ``(adata_copy, result)``; the
+        input is left unchanged.
 
     Returns
     -------
-    pandas.DataFrame
-        One row per MNN pair: ``step`` (merge step), ``left`` and ``right``
-        (obs names of the paired cells), ``left_batch``/``right_batch``.
-        ``adata.uns[key_added]`` records the parameters, merge order and
-        number of pairs per step.
+    scnotes.mnn.MNNResult
+        ``corrected`` (the values stored), ``steps`` (merge steps with their
+        pairs as cell indices), ``pairs`` / ``pair_table(adata.obs_names)``
+        (a DataFrame). ``(adata, result)`` with ``copy=True``.
 
     Raises
     ------
     KeyError
-        Missing ``batch_key``, ``use_rep`` or ``layer``.
+        Missing ``batch_key``, ``use_rep`` or ``layer`` (the message lists what exists).
     ValueError
-        One batch only, a batch smaller than ``k``, NaN values, no MNN pairs.
+        One batch only, a batch smaller than ``n_neighbors``, NaN values, no
+        MNN pairs, both ``n_neighbors`` and ``k`` with different values.
     """
     from ..mnn import fastmnn_correct, mnn_correct
+    from ..mnn._neighbors import resolve_n_neighbors
 
+    n_neighbors = resolve_n_neighbors(n_neighbors, k)
     batch = check_obs_key(adata, batch_key, min_levels=1)
     if method is None:
         method = "mnn_correct" if use_rep is None else "fastmnn"
@@ -73,29 +90,20 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
         x = adata.layers[layer]
     else:
         x = adata.X
-    common = dict(k=k, backend=backend, merge_order=merge_order, auto_merge=auto_merge, seed=seed)
+    common = dict(n_neighbors=n_neighbors, backend=backend, merge_order=merge_order,
+                  auto_merge=auto_merge, seed=seed)
     if method == "mnn_correct":
         res = mnn_correct(x, batch.values, **common, **kwargs)
     else:
         res = fastmnn_correct(x, batch.values, **common, **kwargs)
+    if copy:
+        adata = adata.copy()
     if key_added is None:
         key_added = "mnn" if use_rep is None else f"{use_rep}_mnn"
-    if use_rep is None and method == "mnn_correct":
-        adata.layers[key_added] = res.corrected
-    else:
-        adata.obsm[key_added] = res.corrected
-    pairs = res.pairs
-    names = np.asarray(adata.obs_names)
-    codes = batch.values
-    pairs["left_batch"] = np.asarray(codes)[pairs["left"].to_numpy()]
-    pairs["right_batch"] = np.asarray(codes)[pairs["right"].to_numpy()]
-    pairs["left"] = names[pairs["left"].to_numpy()]
-    pairs["right"] = names[pairs["right"].to_numpy()]
-    adata.uns[key_added] = {
-        "params": {"method": method, "batch_key": batch_key, "use_rep": use_rep or "",
-                   "layer": layer or "", "k": k, "backend": backend,
-                   **{kk: v for kk, v in kwargs.items() if isinstance(v, (int, float, str, bool))}},
-        "merge_order": [str(b) for b in res.merge_order],
-        "n_pairs": np.array([st.n_pairs for st in res.steps]),
-    }
-    return pairs
+    slot = "layers" if (use_rep is None and method == "mnn_correct") else "obsm"
+    params = {"method": method, "batch_key": batch_key, "use_rep": use_rep, "layer": layer,
+              "n_neighbors": n_neighbors, "backend": backend, "auto_merge": auto_merge, "seed": seed,
+              "merge_order": None if merge_order is None else [str(b) for b in merge_order],
+              **{kk: v for kk, v in kwargs.items() if isinstance(v, (int, float, str, bool))}}
+    res.to_adata(adata, key_added, slot=slot, params=params)
+    return (adata, res) if copy else res

@@ -1,7 +1,9 @@
 """AnnData front for Poisson NMF and its topic form (scanpy style)."""
 from __future__ import annotations
 
-__all__ = ["nmf"]
+import numpy as np
+
+__all__ = ["nmf", "nmf_project", "topic_genes"]
 
 
 def _keys(key_added: str):
@@ -10,11 +12,17 @@ def _keys(key_added: str):
     topics = base.replace("nmf", "topics") if "nmf" in base else f"{base}_topics"
     scale = "topic_scale" if topics == "topics" else f"{topics}_scale"
     return {"loadings": key_added, "factors": base, "proportions": f"X_{topics}",
-            "topics": topics, "scale": scale}
+            "topics": topics, "lfc": f"{topics}_lfc", "scale": scale}
+
+
+def _scalar_params(d):
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()
+            if isinstance(v, (int, float, str, bool, np.generic)) or v is None}
 
 
 def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "scd",
-        key_added: str = "X_nmf", topics: bool = True, mask=None, copy: bool = False, **kwargs):
+        key_added: str = "X_nmf", topics: bool = True, mask=None, max_epochs: int = 300,
+        seed: int = 0, progress: bool = False, copy: bool = False, **kwargs):
     """Fit a Poisson NMF to the raw counts of ``adata`` and store loadings and topics.
 
     Parameters
@@ -23,11 +31,13 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
         Cells × genes; ``adata.X`` or ``adata.layers[layer]`` holds raw
         counts (sparse stays sparse: the fit never densifies it).
     n_components : int
-        Rank k.
+        Rank k (the number of topics).
     layer : str, optional
         Layer with the counts (default ``X``).
     method : {"scd", "mu"}
-        See :class:`scnotes.nmf.PoissonNMF`.
+        See :class:`scnotes.nmf.PoissonNMF`: ``"scd"`` reaches the maximum-likelihood
+        fit fast (its means can be exactly zero); ``"mu"`` is EM, slower, and keeps
+        every mean positive.
     key_added : str
         ``obsm`` key of the loadings L. With the default ``"X_nmf"`` the fit writes
 
@@ -35,26 +45,38 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
         - ``adata.varm["nmf"]``: F (n_genes × k);
         - if ``topics``: ``adata.obsm["X_topics"]`` (topic proportions, rows sum to 1),
           ``adata.varm["topics"]`` (n_genes × k, columns sum to 1: each topic is a
-          distribution over genes) and ``adata.obs["topic_scale"]`` (expected total
-          count s_i, with L Fᵀ = diag(s) P Tᵀ);
-        - ``adata.uns["nmf"]``: parameters, final log-likelihood and the trace.
+          distribution over genes), ``adata.varm["topics_lfc"]`` (least-extreme log2
+          fold change of each gene in each topic against the other topics,
+          :func:`scnotes.nmf.topic_lfc`, fastTopics' distinctiveness) and
+          ``adata.obs["topic_scale"]`` (expected total count s_i, with L Fᵀ = diag(s) P Tᵀ);
+        - ``adata.uns["X_nmf"]``: ``params`` (this call's parameters), ``loglik``
+          (final Poisson log-likelihood, nats), ``n_epochs``, ``converged``,
+          ``history`` (the model's ``history_``) and ``slots`` (the keys written).
 
         Another key ``"X_foo"`` gives ``varm["foo"]``, ``obsm["X_foo_topics"]``,
-        ``varm["foo_topics"]`` and ``obs["foo_topics_scale"]``; a key containing
-        ``"nmf"`` has it replaced by ``"topics"`` for the topic slots.
+        ``varm["foo_topics"]``, ``varm["foo_topics_lfc"]`` and ``obs["foo_topics_scale"]``;
+        a key containing ``"nmf"`` has it replaced by ``"topics"`` for the topic slots.
     topics : bool
         Also store the topic-model form (:func:`scnotes.nmf.poisson_to_topics`).
     mask : array or sparse (n_cells, n_genes), optional
         Weights in [0, 1] (0 = missing); see :class:`scnotes.nmf.PoissonNMF`.
+    max_epochs : int
+        Sweeps (``max_iter`` is accepted as its older name, in ``kwargs``).
+    seed : int
+        Seed of the random start (the global random state is not touched).
+    progress : bool
+        Progress bar over the sweeps.
     copy : bool
-        Work on a copy of ``adata`` and return ``(adata_copy, estimator)``.
+        Work on a copy of ``adata`` (the input is left unchanged) and return
+        ``(adata_copy, model)``.
     **kwargs
-        Passed to :class:`scnotes.nmf.PoissonNMF` (``max_iter``, ``tol``, ``seed``, ``init``...).
+        Passed to :class:`scnotes.nmf.PoissonNMF` (``tol``, ``init``, ``extrapolate``...).
 
     Returns
     -------
     scnotes.nmf.PoissonNMF
-        The fitted estimator (or ``(adata, estimator)`` with ``copy=True``).
+        The fitted model, with ``var_names_`` set to ``adata.var_names`` (so
+        ``model.save(path)`` keeps the genes); ``(adata_copy, model)`` with ``copy=True``.
 
     Raises
     ------
@@ -64,25 +86,112 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
         Counts that are not raw integers, bad mask or hyperparameters.
     """
     from .._checks import counts_from_adata
-    from ..nmf import PoissonNMF
+    from ..nmf import PoissonNMF, topic_lfc
 
+    if "max_iter" in kwargs:
+        max_epochs = kwargs.pop("max_iter")
     if copy:
         adata = adata.copy()
     x = counts_from_adata(adata, layer)
-    est = PoissonNMF(n_components, method=method, **kwargs).fit(x, w=mask)
+    est = PoissonNMF(n_components, method=method, max_epochs=max_epochs, seed=seed,
+                     progress=progress, **kwargs).fit(x, w=mask)
+    est.var_names_ = np.asarray(adata.var_names, dtype=object)
     keys = _keys(key_added)
     adata.obsm[keys["loadings"]] = est.L_
     adata.varm[keys["factors"]] = est.F_
+    slots = {"obsm": [keys["loadings"]], "varm": [keys["factors"]], "obs": []}
     if topics:
         tm = est.topics()
         adata.obsm[keys["proportions"]] = tm.proportions
         adata.varm[keys["topics"]] = tm.topics
+        adata.varm[keys["lfc"]] = topic_lfc(tm.topics)
         adata.obs[keys["scale"]] = tm.scale
-    adata.uns[keys["factors"]] = {
-        "params": {"n_components": int(n_components), "method": method, "layer": layer,
-                   **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}},
+        slots = {"obsm": [keys["loadings"], keys["proportions"]],
+                 "varm": [keys["factors"], keys["topics"], keys["lfc"]], "obs": [keys["scale"]]}
+    adata.uns[key_added] = {
+        "params": _scalar_params(dict(n_components=int(n_components), method=method, layer=layer,
+                                      max_epochs=int(max_epochs), seed=seed, topics=topics,
+                                      masked=mask is not None, **kwargs)),
+        "model": type(est).__name__,
         "loglik": est.loglik_,
-        "n_iter": est.n_iter_,
-        "trace": est.trace_,
+        "n_epochs": est.n_iter_,
+        "converged": est.converged_,
+        "history": est.history_,
+        "slots": slots,
     }
     return (adata, est) if copy else est
+
+
+def nmf_project(adata, model, layer: str | None = None, key_added: str = "X_nmf", topics: bool = True,
+                max_epochs: int = 100):
+    """Loadings (and topic proportions) of the cells of a new ``adata`` under a fitted model's factors.
+
+    The genes of ``adata`` must be the model's (``model.var_names_``, set by :func:`nmf`), in
+    the same order; categories play no part. Cells are fitted by
+    :meth:`scnotes.nmf.PoissonNMF.transform` (EM on the loadings, factors fixed).
+
+    Writes ``obsm[key_added]`` (loadings) and, with ``topics``, the topic proportions and
+    scale under the slot names of :func:`nmf` (topics and factors are the model's, so no
+    ``varm`` is written), and ``uns[key_added]`` (``params``, ``projected=True``).
+
+    Returns
+    -------
+    ndarray (n_cells, k): the loadings.
+
+    Raises
+    ------
+    ValueError : genes differ from the model's (the message names the first difference).
+    KeyError : unknown ``layer``.
+    """
+    from .._checks import counts_from_adata
+    from ..nmf import poisson_to_topics
+    from ._vae import check_genes
+
+    check_genes(model, adata)
+    L = model.transform(counts_from_adata(adata, layer), max_epochs=max_epochs)
+    keys = _keys(key_added)
+    adata.obsm[keys["loadings"]] = L
+    if topics:
+        tm = poisson_to_topics(L, model.F_)
+        adata.obsm[keys["proportions"]] = tm.proportions
+        adata.obs[keys["scale"]] = tm.scale
+    adata.uns[key_added] = {"params": {"n_components": int(model.n_components), "layer": layer,
+                                       "max_epochs": int(max_epochs), "projected": True},
+                            "model": type(model).__name__}
+    return L
+
+
+def topic_genes(adata, key: str = "topics", n: int = 10, gene_symbols: str | None = None,
+                min_frequency: float | None = None):
+    """The most distinctive genes of every topic stored by :func:`nmf`, as a tidy table.
+
+    Reads ``adata.varm[key]`` (topics) and ``adata.varm[key + "_lfc"]`` (their
+    least-extreme log2 fold changes) and ranks as :func:`scnotes.nmf.distinctive_genes`
+    (fastTopics' statistic, among genes at least as frequent in the topic as the
+    uniform 1 / n_genes unless ``min_frequency`` says otherwise).
+
+    Parameters
+    ----------
+    key : ``varm`` key of the topics (``"topics"`` for ``key_added="X_nmf"``).
+    n : genes per topic.
+    gene_symbols : ``var`` column with the names to show (default ``var_names``).
+
+    Returns
+    -------
+    pandas.DataFrame: ``topic``, ``rank``, ``gene``, ``lfc`` (log2), ``frequency``.
+
+    Raises
+    ------
+    KeyError : ``key`` (or its ``_lfc``) not in ``varm``, or ``gene_symbols`` not in ``var``.
+    """
+    from ..nmf import distinctive_genes
+
+    for k in (key, f"{key}_lfc"):
+        if k not in adata.varm:
+            raise KeyError(f"varm key {k!r} not found (run scnotes.tl.nmf first); "
+                           f"available: {list(adata.varm.keys())}")
+    if gene_symbols is not None and gene_symbols not in adata.var.columns:
+        raise KeyError(f"var column {gene_symbols!r} not found; available: {list(adata.var.columns)}")
+    names = adata.var[gene_symbols].astype(str).to_numpy() if gene_symbols else adata.var_names.to_numpy()
+    return distinctive_genes(np.asarray(adata.varm[key]), names, n=n, min_frequency=min_frequency,
+                             lfc=np.asarray(adata.varm[f"{key}_lfc"]))

@@ -1,0 +1,20 @@
+"""The GMVAE chapter executes end to end with small parameters (both data sets)."""
+import json
+
+from scnotes.cli import run_chapter
+
+SMALL = {"max_cells": 300, "n_top_genes": 100, "n_clusters_grid": [1, 3], "n_seeds": 1, "max_epochs": 2,
+         "pretrain_epochs": 1, "focus_k": 3, "leiden_resolutions": [0.5, 1.0]}
+
+
+def test_gmvae_chapter_runs_small(tmp_path, have_data):
+    out = run_chapter("gmvae", SMALL, output=tmp_path / "gmvae.ipynb")
+    nb = json.loads(out.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and all(c.get("execution_count") for c in code if "".join(c["source"]).strip())
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert not any(o["output_type"] == "error" for o in outputs)
+    assert not any(o["output_type"] == "stream" and o["name"] == "stderr" for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # sweep x2, UMAP x2, curves
+    glued = {o["metadata"]["scrapbook"]["name"] for o in outputs if "scrapbook" in o.get("metadata", {})}
+    assert {"main_best_own_ari", "main_km_gm", "lam_d_ari", "z_best_own", "wall_minutes"} <= glued
