@@ -113,7 +113,11 @@ def test_list_shows_documented_parameters(capsys):
     documented = re.findall(r"^(\w+)\s*=[^#\n]*#\s*(.+)$", source, flags=re.M)
     assert documented
     for name, description in documented:
-        assert name in rows and description.strip() in rows[name]
+        description = description.strip()
+        required = description.startswith("[required]")
+        description = description.removeprefix("[required]").strip()
+        assert name in rows and description in rows[name]
+        assert (" * " in rows[name]) == required, rows[name]
     assert not re.search(r"^\w+\s*=", out, flags=re.M)  # a table, not the raw code
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out

@@ -560,3 +560,23 @@ def scnotes_tl():
     import scnotes.tl as tl
 
     return tl
+
+
+def test_pl_effects_vs_reference_draws_matched_terms():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scnotes.pl as pl
+
+    data, b, _ = simulate(n_cells=300, seed=21)
+    ref = glmm.tidy_effects(data, b, sd=np.full_like(b, 0.2))
+    tab = glmm.tidy_effects(data, b + 0.1, sd=np.full_like(b, 0.1))
+    ax = pl.effects_vs_reference(tab, ref, xlabel="lme4", ylabel="VEB")
+    assert ax.get_xlabel() == "lme4" and ax.get_ylabel() == "VEB"
+    ax2 = pl.effects_vs_reference(tab, ref, what="sd")
+    x, y = ax2.collections[0].get_offsets().T
+    assert np.allclose(x, 0.2) and np.allclose(y, 0.1) and len(x) == data.n_groups
+    with pytest.raises(ValueError, match="what"):
+        pl.effects_vs_reference(tab, ref, what="z")
+    with pytest.raises(ValueError, match="share no"):
+        pl.effects_vs_reference(tab.assign(gene="other"), ref)

@@ -39,7 +39,7 @@ def test_mnn_topics_chapter_runs_small(tmp_path, have_data):
     text = _check_clean(nb)
     assert "MNN (topics)" in text and "BBKNN" in text and "nmi" in text
     glued = _glued(nb)
-    assert {"fig_before", "fig_scores", "fig_after", "fig_pvae", "unc_ilisi_main"} <= glued
+    assert {"fig_before", "fig_scores", "fig_after", "fig_pvae", "before_text"} <= glued
     # The discussion's glue keys exist even when the comparison datasets are off.
     keys = set(re.findall(r"\{glue:text\}`([^`:]+)", CHAPTER.read_text()))
     assert keys - glued <= {k for k in keys if k.startswith("search_")}

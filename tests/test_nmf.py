@@ -599,3 +599,45 @@ def test_transform_recovers_loadings_and_tl_project_checks_genes(lowrank):
     shuffled = new[:, list(new.var_names[::-1])].copy()
     with pytest.raises(ValueError, match="position 0"):
         tl.nmf_project(shuffled, est)
+
+
+def test_metrics_zinb_loglik_matches_scipy_mixture():
+    from scnotes.metrics import zinb_loglik
+
+    rng = np.random.default_rng(3)
+    x = rng.poisson(2.0, (30, 6)).astype(float)
+    x[rng.uniform(size=x.shape) < 0.3] = 0
+    mu = rng.uniform(0.5, 4, x.shape)
+    theta, pi = np.linspace(0.5, 5, 6), np.linspace(0.05, 0.5, 6)
+    nb = st.nbinom.pmf(x, theta, theta / (theta + mu))
+    ref = np.log(np.where(x == 0, pi + (1 - pi) * nb, (1 - pi) * nb))
+    assert zinb_loglik(x, mu, theta, np.log(pi / (1 - pi)), per="total") == pytest.approx(ref.sum(), rel=1e-10)
+    mask = rng.uniform(size=x.shape) < 0.5
+    np.testing.assert_allclose(zinb_loglik(x, mu, theta, np.log(pi / (1 - pi)), mask=mask, per="cell"),
+                               np.where(mask, ref, 0).sum(1), rtol=1e-10)
+
+
+def test_structure_plot_draws_what_tl_nmf_stored():
+    ad = pytest.importorskip("anndata")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import scnotes.pl as pl
+    import scnotes.tl as tl
+
+    x, _ = _low_rank(60, 30, 3, seed=1)
+    adata = ad.AnnData(sp.csr_matrix(x))
+    adata.obs["group"] = pd_categories = np.array([f"c{i % 25}" for i in range(x.shape[0])])  # 25 > 20 colours
+    tl.nmf(adata, 3, max_epochs=10)
+    ax = pl.structure_plot(adata, groupby="group", title="t")
+    assert len(ax.containers) == 3                      # one bar stack per topic
+    assert len(ax.get_xticklabels()) == len(set(pd_categories))
+    heights = np.sum([[r.get_height() for r in c] for c in ax.containers], axis=0)
+    np.testing.assert_allclose(heights, 1.0)            # each cell's proportions stack to one
+    with pytest.raises(KeyError, match="X_nope"):
+        pl.structure_plot(adata, basis="X_nope")
+    with pytest.raises(KeyError, match="nope"):
+        pl.structure_plot(adata, groupby="nope")
+    plt.close("all")

@@ -88,7 +88,7 @@ def _helmert(D):
 def fit_nuts(data: GLMMData, gene=0, num_samples: int = 500, warmup_steps: int = 500,
              num_chains: int = 4, seed: int = 0, target_accept_prob: float = 0.8,
              prior: str = "shared", prior_mean_b=None, full_mass: bool = True,
-             init_jitter: float = 0.1) -> NUTSResult:
+             init_jitter: float = 0.1, max_tree_depth: int = 10, progress: bool = False) -> NUTSResult:
     """Sample the posterior of (b, u, σ_u, σ_b) for one gene by NUTS.
 
     The sampler works in an equivalent parametrisation that separates what
@@ -127,6 +127,12 @@ def fit_nuts(data: GLMMData, gene=0, num_samples: int = 500, warmup_steps: int =
         Prior mean of b for ``prior="seed"`` (default: the naive estimates).
     full_mass : bool
         Dense mass matrix adaptation.
+    max_tree_depth : int
+        Cap on the NUTS tree depth (at most 2**depth leapfrog steps per draw; pyro's
+        default 10). Lower it only for quick checks: short warm-ups adapt poorly and
+        then build deep trees.
+    progress : bool
+        pyro's progress bar (off by default).
 
     Returns
     -------
@@ -217,9 +223,10 @@ def fit_nuts(data: GLMMData, gene=0, num_samples: int = 500, warmup_steps: int =
         pyro.set_rng_seed(seed + c)
         gen = torch.Generator().manual_seed(seed + c)
         z0 = init_jitter * torch.randn(phi0.shape, generator=gen, dtype=torch.float64)
-        kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept_prob, full_mass=full_mass)
+        kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept_prob, full_mass=full_mass,
+                      max_tree_depth=int(max_tree_depth))
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
-                    initial_params={"z": z0}, disable_progbar=True)
+                    initial_params={"z": z0}, disable_progbar=not progress)
         mcmc.run()
         z = mcmc.get_samples()["z"]
         _, _, _, b, u, log_sb, log_su, _ = unpack(z)

@@ -80,7 +80,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         the :class:`~scnotes.glmm.Lme4Result`, or a dict gene →
         :class:`~scnotes.glmm.NUTSResult`.
     seed, device, progress
-        Random seed (VEB, NUTS), torch device and progress bar (VEB).
+        Random seed (VEB, NUTS), torch device (VEB) and progress bar (VEB, NUTS).
 
     Returns
     -------
@@ -165,7 +165,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     else:
         kw = dict(prior="shared")
         kw.update(kwargs)
-        model = {g: G.fit_nuts(data, gene=g, seed=seed, **kw) for g in genes}
+        model = {g: G.fit_nuts(data, gene=g, seed=seed, progress=progress, **kw) for g in genes}
         table = pd.concat([m.summary(level=level) for m in model.values()], ignore_index=True)
 
     params = dict(genes=list(genes), group_key=group_key, donor_key=donor_key, condition_key=condition_key,
