@@ -288,8 +288,7 @@ class _FactorResults:
         self.n_iter_ = int(self.history_["epoch"].iloc[-1])
         self.converged_ = bool(conv)
         self.n_cells_, self.n_genes_ = prob.shape
-        if not hasattr(self, "var_names_"):
-            self.var_names_ = None
+        self.var_names_ = None  # the genes are unknown for arrays; scnotes.tl.nmf sets them
 
     # --- persistence ----------------------------------------------------------------
     def save(self, path):
