@@ -35,6 +35,26 @@ own buffers inside pynndescent are not seen) in one worker subprocess, after a
 warm-up that keeps numba's one-off compilation (~50 s) out of the timings.
 
 Usage: ``python benchmarks/bench_mnn.py [--sizes joined 1000 5000 20000 50000] [--budget 540]``
+
+Embedding path (``--embedding``): ``fastmnn_correct(backend="pynndescent")`` on
+a simulated 50-dimensional embedding (:func:`simulate_embedding`: 10 cell
+types with a PC-like decaying spectrum, batch compositions drawn from a
+Dirichlet, a strong batch shift plus a type-specific part) with 2 and 8
+batches at 100k, 300k and 1M cells, against Harmony (``harmonypy.run_harmony``,
+its compiled 2.x backend, one thread) and Scanorama (``scanorama.assemble``)
+on the same embedding. Each (method, size, batches) runs in its own
+subprocess with one thread, so that the peak RSS (``ru_maxrss``, input
+included; the input alone is the ``data MB`` column) is that method's. MNN's
+numba compilation is paid by a warm-up on 20k cells first and reported
+apart. Per row: seconds, peak RSS, recall of the exact MNN pairs of the
+first merge step (at ``--recall-sizes``, default 100k), iLISI and cLISI
+(``scnotes.metrics``, rescaled to [0, 1], higher is better, on a 20k-cell
+subsample). Targets (issue 16): MNN within 10× Harmony's time; 1M cells in
+≤ 600 s with peak RSS ≤ 8 GB; at 300k and 1M, iLISI above Harmony's at a
+cLISI no lower; recall ≥ 0.95.
+
+``python benchmarks/bench_mnn.py --embedding [--emb-sizes 100000 300000 1000000] [--batches 2 8]
+[--methods mnn harmony scanorama] [--timeout 1800]``
 """
 from __future__ import annotations
 
@@ -300,6 +320,152 @@ def fmt(r):
             + (f" | {r['note']}" if "note" in r else ""))
 
 
+def simulate_embedding(n_cells, n_batches=2, n_dims=50, n_types=10, shift=8.0, seed=0):
+    """A cells × n_dims float32 embedding with known labels and a strong batch effect.
+
+    Type centres ~ N(0, 16 s_j²) and cell noise ~ N(0, s_j²) in dimension
+    ``j`` with ``s_j = (1 + j)^(-1/2)`` (a decaying, PC-like spectrum); each
+    batch has its own type composition (Dirichlet(5)), a shift of norm
+    ``shift`` (as large as the typical distance between type centres) and a
+    type-specific shift (sd 0.5 s_j). Returns (x, batch codes, labels).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    scale = ((1.0 + np.arange(n_dims)) ** -0.5).astype(np.float32)
+    centres = (rng.normal(size=(n_types, n_dims)) * 4.0 * scale).astype(np.float32)
+    batch = rng.integers(0, n_batches, n_cells)
+    comp = rng.dirichlet(np.full(n_types, 5.0), size=n_batches)
+    labels = np.empty(n_cells, dtype=np.int64)
+    for b in range(n_batches):
+        sel = np.flatnonzero(batch == b)
+        labels[sel] = rng.choice(n_types, sel.size, p=comp[b])
+    bshift = rng.normal(size=(n_batches, n_dims)) * scale
+    bshift *= shift / np.linalg.norm(bshift, axis=1, keepdims=True)
+    tshift = rng.normal(size=(n_batches, n_types, n_dims)) * 0.5 * scale
+    offset = (centres[None, :, :] + bshift[:, None, :] + tshift).astype(np.float32)
+    x = rng.standard_normal(size=(n_cells, n_dims), dtype=np.float32)
+    x *= scale
+    x += offset[batch, labels]
+    return x, batch, labels
+
+
+def _rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emb_worker(method, n, n_batches, recall=False, n_sub=20000):
+    """One method on one simulated embedding; prints one JSON row."""
+    import numpy as np
+
+    from scnotes import metrics
+
+    row = {"method": method, "cells": n, "batches": n_batches}
+    if method == "mnn":
+        from scnotes.mnn import fastmnn_correct
+
+        xw, bw, _ = simulate_embedding(20000, 2, seed=1)
+        t = time.perf_counter()
+        fastmnn_correct(xw, bw, backend="pynndescent")
+        row["warmup_s"] = time.perf_counter() - t
+        del xw, bw
+    x, b, lab = simulate_embedding(n, n_batches)
+    gc.collect()
+    row["data_mb"] = _rss_mb()
+    t = time.perf_counter()
+    if method == "mnn":
+        res = fastmnn_correct(x, b, backend="pynndescent")
+        z = res.corrected
+    elif method == "harmony":
+        import logging
+
+        import harmonypy
+        import pandas as pd
+
+        logging.getLogger("harmonypy").setLevel(logging.WARNING)
+        ho = harmonypy.run_harmony(x, pd.DataFrame({"batch": b.astype(str)}), "batch",
+                                   random_state=0, verbose=False, ncores=1)
+        z = np.asarray(ho.Z_corr)
+        z = z if z.shape == x.shape else z.T
+    elif method == "scanorama":
+        import scanorama
+
+        order = np.argsort(b, kind="stable")
+        parts = [x[order][b[order] == i] for i in range(n_batches)]
+        out = scanorama.assemble(parts, ds_names=[str(i) for i in range(n_batches)], verbose=0)
+        z = np.empty_like(x)
+        z[order] = np.vstack(out)
+    row["seconds"] = time.perf_counter() - t
+    row["rss_mb"] = _rss_mb()
+    if recall and method == "mnn":
+        from scnotes.mnn import find_mutual_nn, pair_recall
+
+        st = res.steps[0]
+        lc = np.flatnonzero(np.isin(b, st.left))
+        rc = np.flatnonzero(np.isin(b, st.right))
+        f, s_ = find_mutual_nn(x[lc], x[rc], 20)
+        row["pairs_exact"] = int(len(f))
+        row["recall"] = pair_recall((np.searchsorted(lc, st.left_cells), np.searchsorted(rc, st.right_cells)),
+                                    (f, s_))
+    sub = np.random.default_rng(0).choice(n, min(n_sub, n), replace=False)
+    for name, zz in (("uncorrected", x), (method, z)):
+        knn = metrics.knn_graph(np.asarray(zz[sub], dtype=np.float64), k=90)
+        key = "" if name == method else "unc_"
+        row[key + "ilisi"] = metrics.ilisi_score(b[sub], knn=knn)
+        row[key + "clisi"] = metrics.clisi_score(lab[sub], knn=knn)
+    print(json.dumps(row), flush=True)
+
+
+def emb_fmt(r):
+    def g(k, f="{:.1f}"):
+        return f.format(r[k]) if k in r and r[k] is not None else "-"
+    return (f"{r['cells']:>8} {r['batches']:>2} {r['method']:>9} | {g('seconds'):>7} s "
+            f"(warm-up {g('warmup_s', '{:.0f}'):>4} s) | peak RSS {g('rss_mb', '{:.0f}'):>6} MB "
+            f"(data {g('data_mb', '{:.0f}'):>5}) | recall {g('recall', '{:.3f}'):>5} "
+            f"| iLISI {g('ilisi', '{:.3f}')} cLISI {g('clisi', '{:.3f}')} "
+            f"(uncorrected {g('unc_ilisi', '{:.3f}')} / {g('unc_clisi', '{:.3f}')})"
+            + (f" | {r['note']}" if "note" in r else ""))
+
+
+def emb_main(args):
+    rows = []
+    print(f"{'cells':>8} {'B':>2} {'method':>9} | time | peak RSS | recall vs exact | iLISI, cLISI "
+          "(subsample of 20k, [0, 1], higher better)", flush=True)
+    for n in [int(v) for v in args.emb_sizes]:
+        for nb in [int(v) for v in args.batches]:
+            for m in args.methods:
+                cmd = [sys.executable, __file__, "--emb-worker", m, str(n), str(nb)]
+                if n in [int(v) for v in args.recall_sizes]:
+                    cmd.append("--recall")
+                try:
+                    p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
+                    r = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                        {"method": m, "cells": n, "batches": nb, "note": f"failed (exit {p.returncode})"}
+                except subprocess.TimeoutExpired:
+                    r = {"method": m, "cells": n, "batches": nb, "note": f"over {args.timeout:.0f} s"}
+                rows.append(r)
+                print(emb_fmt(r), flush=True)
+    print("\nfigure against target:")
+    for n in sorted({r["cells"] for r in rows}):
+        for nb in sorted({r["batches"] for r in rows}):
+            by = {r["method"]: r for r in rows if r["cells"] == n and r["batches"] == nb}
+            m, h = by.get("mnn", {}), by.get("harmony", {})
+            parts = [f"{n:>8} cells, {nb} batches:"]
+            if "seconds" in m and "seconds" in h:
+                parts.append(f"MNN/Harmony time {m['seconds'] / h['seconds']:.1f}x (target <= 10)")
+            if "seconds" in m and n >= 1000000:
+                parts.append(f"MNN {m['seconds']:.0f} s (target <= 600), {m['rss_mb'] / 1024:.2f} GB "
+                             "(target <= 8)")
+            if "recall" in m:
+                parts.append(f"recall {m['recall']:.3f} (target >= 0.95)")
+            if "ilisi" in m and "ilisi" in h:
+                parts.append(f"iLISI MNN {m['ilisi']:.3f} vs Harmony {h['ilisi']:.3f} (target: higher), "
+                             f"cLISI {m['clisi']:.3f} vs {h['clisi']:.3f} (target: no lower)")
+            print("  ".join(parts), flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=[str(s) for s in SIZES])
@@ -308,7 +474,23 @@ def main(argv=None):
     p.add_argument("--replicate", choices=["poisson", "jitter"], default="poisson",
                    help="how cells beyond the 5,323 real ones are made (see resize)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--embedding", action="store_true",
+                   help="benchmark the embedding path (fastmnn_correct) against Harmony and Scanorama")
+    p.add_argument("--emb-sizes", nargs="+", default=["100000", "300000", "1000000"])
+    p.add_argument("--batches", nargs="+", default=["2", "8"])
+    p.add_argument("--methods", nargs="+", default=["mnn", "harmony", "scanorama"])
+    p.add_argument("--recall-sizes", nargs="+", default=["100000"])
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per method and size")
+    p.add_argument("--emb-worker", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--recall", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.emb_worker:
+        m, n, nb = args.emb_worker
+        emb_worker(m, int(n), int(nb), recall=args.recall)
+        return
+    if args.embedding:
+        emb_main(args)
+        return
     if args.worker:
         worker(args.sizes, args.budget, args.replicate)
         return

@@ -4,7 +4,7 @@ x_ij ~ Poisson(s_i μ(z_i, c_i)_j u_ij) with u a point mass (PVAE), Gamma(θ, θ
 (NBVAE) or Gamma with extra mass at zero (ZINBVAE); z_i ~ N(0, I). LDVAE is
 the same model with a linear decoder (``_ldvae``). Seed page:
 "Variational autoencoders for scRNA-seq data". Layout: ``_module`` (the
-``nn.Module``: encoder, decoder, ELBO/IWAE), ``_train`` (loop), ``_data``
+``nn.Module``: encoder, decoder, ELBO/IWAE), ``_train`` (the training contract, optimisers), ``_lightning`` (the engine), ``_data``
 (minibatches from dense or sparse counts), ``_model`` (estimators).
 """
 from ._ldvae import LDVAE

@@ -80,7 +80,7 @@ from ..likelihoods import normal_kl
 from ._data import CountData
 from ._model import _CountVAE
 from ._module import LIKELIHOODS, CountVAEModule, _gauss_kl, _log_normal
-from ._train import train
+from ._lightning import fit_lightning
 
 __all__ = ["GMVAE", "GMVAEModule", "FREE_BITS_MODES", "CONDITIONAL_PRIORS"]
 
@@ -217,7 +217,7 @@ class GMVAEModule(CountVAEModule):
                 - self._log_q(d["x"], d["mean_x"], d["scale_x"]) - self._log_q(ws, d["mean_w"], d["scale_w"]))
 
     def training_terms(self, x, w, s, c, n_samples, generator, objective="elbo", kl_weight=1.0):
-        """The training loop's hook (see :func:`scnotes.vae._train.train`).
+        """The training hook (see :mod:`scnotes.vae._lightning`).
 
         ``objective`` = reconstruction − β (kl_w + kl_x + kl_z*), with kl_z* the z prior
         after the free-bits threshold (λ = ``free_bits``) and β = ``kl_weight``;
@@ -368,7 +368,10 @@ class GMVAE(_CountVAE):
             raise ValueError(f"pretrain_epochs must be a non-negative integer, got {pretrain_epochs!r}")
         self._pretrain = dict(epochs=int(pretrain_epochs), lr=lr, n_samples=int(n_samples),
                               batch_size=batch_size, optimizer=optimizer, progress=progress,
-                              weight_decay=float(weight_decay))
+                              weight_decay=float(weight_decay),
+                              engine={k: kwargs[k] for k in ("accelerator", "devices", "strategy")
+                                      if kwargs.get(k) is not None}
+                              | dict(kwargs.get("trainer_kwargs") or {}))
         self.pretrain_history_ = None
         dev = self.device
         devices = ([dev.index if dev.index is not None else torch.cuda.current_device()]
@@ -398,11 +401,13 @@ class GMVAE(_CountVAE):
         gen.manual_seed(self.seed + 1)
         self.module.pretraining = True
         try:
-            self.pretrain_history_, _ = train(
+            # The same engine (and devices) as the GMVAE phase.
+            self.pretrain_history_, _ = fit_lightning(
                 self.module, data, lr=p["lr"], n_samples=p["n_samples"], max_epochs=p["epochs"],
                 batch_size=p["batch_size"], objective="elbo", optimizer=p["optimizer"], generator=gen,
                 rng=np.random.default_rng([self.seed, 1]), progress=p["progress"],
-                desc="GMVAE pretraining", train_idx=train_idx, weight_decay=p["weight_decay"])
+                desc="GMVAE pretraining", train_idx=train_idx, weight_decay=p["weight_decay"],
+                **p["engine"])
         finally:
             self.module.pretraining = False
 

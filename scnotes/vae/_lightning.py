@@ -219,8 +219,15 @@ def fit_lightning(module, data, *, lr, n_samples, max_epochs, batch_size, object
                   strategy=None, sync_batchnorm=None, **trainer_kwargs):
     """Fit ``module`` in place with a Lightning ``Trainer``; return ``(history, best_epoch)``.
 
-    Arguments as :func:`scnotes.vae._train.train`, plus ``accelerator``, ``devices``,
-    ``strategy`` (passed to ``lightning.pytorch.Trainer``; ``"ddp"`` becomes a DDP
+    ``module`` has ``training_terms`` (the contract in :mod:`scnotes.vae._train`); ``data`` is a
+    :class:`scnotes.vae._data.CountData`. Each epoch shuffles ``train_idx`` with ``rng`` into
+    minibatches of ``batch_size`` (None: full batch) and minimises −(N/B) Σ objective with
+    ``optimizer`` ("rmsprop"/"adam", ``lr``, ``weight_decay``), ``n_samples`` Monte Carlo draws
+    from ``generator`` per step and the KL weight min(1, epoch/``kl_warmup_epochs``). With
+    ``validation_idx`` the record gains ``validation_*`` columns (eval mode, fixed draws);
+    ``early_stopping`` stops after ``patience`` epochs without a gain of ``min_delta`` nats per
+    cell in ``validation_loss`` (counted after the warm-up) and restores the best weights.
+    Also ``accelerator``, ``devices``, ``strategy`` (passed to ``lightning.pytorch.Trainer``; ``"ddp"`` becomes a DDP
     strategy that tolerates parameters without gradients) and ``sync_batchnorm``
     (default: on when several processes train on GPUs; SyncBatchNorm is GPU-only).
 
