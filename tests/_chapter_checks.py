@@ -6,6 +6,10 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
 # Markdown may contain decimals only inside maths, code, glue roles, citations or these.
@@ -88,3 +92,31 @@ def text_outputs(path) -> str:
             if "text/plain" in d:
                 out.append("".join(d["text/plain"]))
     return "\n".join(out)
+
+
+def foreign_h5ad(path, n_types=25, per_type=12, n_genes=300, n_missing=5, n_batches=1, seed=0):
+    """A file unlike ours: counts in layers["umi"] (X holds log-normalised values), labels in
+    obs["annot"] with 25 categories (more than a 20-colour palette) and a few missing, no
+    totals column, no gene-symbol column, 300 cells; ``n_batches`` > 1 adds obs["tech"]
+    (alternating levels "plate0", "plate1", ...) with a multiplicative gene effect per level."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    codes = np.repeat(np.arange(n_types), per_type)
+    profiles = rng.gamma(0.4, 1.0, (n_types, n_genes))
+    profiles /= profiles.sum(axis=1, keepdims=True)
+    lib = rng.lognormal(np.log(900), 0.4, codes.size)
+    mu = lib[:, None] * profiles[codes]
+    tech = np.arange(codes.size) % n_batches
+    if n_batches > 1:
+        mu = mu * rng.lognormal(0.0, 0.5, (n_batches, n_genes))[tech]
+    counts = sp.csr_matrix(rng.poisson(rng.gamma(4.0, mu / 4.0)).astype(np.float32))
+    labels = pd.Series([f"type {c:02d}" for c in codes], dtype=object)
+    labels.iloc[rng.choice(codes.size, n_missing, replace=False)] = None
+    obs = pd.DataFrame({"annot": labels.to_numpy(), "sample_id": "s1", "tech": [f"plate{t}" for t in tech]},
+                       index=[f"bc{i:04d}" for i in range(codes.size)])
+    norm = counts.multiply(1e4 / np.asarray(counts.sum(axis=1))).log1p().tocsr()
+    a = ad.AnnData(X=norm, obs=obs, var=pd.DataFrame(index=[f"GENE{j}" for j in range(n_genes)]),
+                   layers={"umi": counts})
+    a.write_h5ad(path)
+    return path

@@ -18,3 +18,30 @@ def test_gmvae_chapter_runs_small(tmp_path, have_data):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # sweep x2, UMAP x2, curves
     glued = {o["metadata"]["scrapbook"]["name"] for o in outputs if "scrapbook" in o.get("metadata", {})}
     assert {"main_best_own_ari", "main_km_gm", "lam_d_ari", "z_best_own", "wall_minutes"} <= glued
+
+
+def test_gmvae_chapter_reruns_on_foreign_data(tmp_path):
+    """Only documented parameters: counts in a layer, batches in obs["tech"], labels in
+    obs["annot"] (25 levels, a few missing), no totals column, no second data set."""
+    from _chapter_checks import check_executed, foreign_h5ad, text_outputs
+
+    path = foreign_h5ad(tmp_path / "foreign.h5ad", n_batches=2)
+    params = dict(SMALL, dataset=str(path), layer="umi", batch_key="tech", label_key="annot",
+                  max_cells=None, second_dataset=None)
+    out = run_chapter("gmvae", params, output=tmp_path / "foreign.ipynb")
+    glued = check_executed(out)
+    text = text_outputs(out)
+    assert "dropped 5 cell(s)" in text and "second_dataset is None" in text
+    assert int(glued["n_batches"]) == 2 and int(glued["n_labels"]) == 25
+
+
+def test_gmvae_missing_key_names_the_parameter(tmp_path):
+    import pytest
+
+    from _chapter_checks import foreign_h5ad
+
+    path = foreign_h5ad(tmp_path / "foreign.h5ad", n_batches=2)
+    with pytest.raises(Exception) as err:
+        run_chapter("gmvae", dict(SMALL, dataset=str(path), layer="umi", batch_key="batch", label_key="annot",
+                                  second_dataset=None), output=tmp_path / "missing.ipynb")
+    assert "batch" in str(err.value) and "batch_key" in str(err.value)

@@ -24,3 +24,25 @@ def test_ldvae_chapter_runs_small(tmp_path, have_data):
     # importance sampling tightens the one-sample bound (the chapter asserts it too)
     assert float(glued["gap_mll_elbo"]) > -1.0
     assert 0 <= float(glued["r_mean"]) <= 1
+
+
+def test_ldvae_chapter_reruns_on_foreign_data(tmp_path):
+    """Only documented parameters: counts in a layer, other obs names, no totals column, missing
+    labels, 25 categories, no gene-symbol column, no second data set, no scvi-tools."""
+    from _chapter_checks import foreign_h5ad
+
+    path = foreign_h5ad(tmp_path / "foreign.h5ad")
+    params = {"dataset": str(path), "layer": "umi", "label_key": "annot", "gene_symbol_key": None,
+              "n_top_genes": 150, "n_latent": 3, "max_epochs": 3, "mll_samples": 10, "run_scvi": False,
+              "second_dataset": None}
+    out = run_chapter("ldvae", params, output=tmp_path / "foreign.ipynb")
+    glued = check_executed(out)
+    text = text_outputs(out)
+    assert "dropped 5 cell(s)" in text and "foreign" in text
+    assert int(glued["n_latent"]) == 3
+    assert 0 <= float(glued["ld_ari_fixed"]) <= 1
+
+
+def test_ldvae_misspelt_parameter_is_named():
+    with pytest.raises(ValueError, match="max_epoch.*did you mean 'max_epochs'"):
+        run_chapter("ldvae", {"max_epoch": 3})
