@@ -89,7 +89,19 @@ def knn_graph(x=None, k: int = 90, graph=None, chunk_size: int = 512):
 
 def lisi(labels, x=None, perplexity: float = 30.0, graph=None, knn=None, tol: float = 1e-5,
          max_iter: int = 50):
-    """Per-cell LISI of ``labels``.
+    """Per-cell LISI of ``labels`` (Korsunsky et al. 2019; harmonypy / LISI ``compute_lisi``).
+
+    Each cell's ``3 × perplexity`` nearest *other* cells get Gaussian weights
+    ``exp(−β d)`` on their Euclidean distance ``d``, with β found by bisection
+    for each cell so that the weights have perplexity ``perplexity``; LISI is
+    the inverse Simpson index of the labels under those weights. The query
+    cell is left out of its own neighbours, as in harmonypy 2.x's
+    ``compute_lisi`` (checked against harmonypy 2.1.0 in ``tests/test_metrics.py``)
+    and in the R package LISI (``RANN::nn2`` with ``k = 3 × perplexity``, first
+    column dropped); harmonypy 0.0.10's Python version used one neighbour fewer.
+    On graph input a cell that reaches fewer than ``perplexity`` cells is
+    calibrated to the most its own neighbours allow (uniform weights), without
+    changing any other cell's perplexity.
 
     Parameters
     ----------
@@ -101,7 +113,7 @@ def lisi(labels, x=None, perplexity: float = 30.0, graph=None, knn=None, tol: fl
     graph : sparse (n_cells, n_cells), optional
         Distance graph instead of ``x``.
     knn : (index, distance) tuple, optional
-        Precomputed neighbours (reused across label sets).
+        Precomputed neighbours (self excluded, -1 / inf padded; reused across label sets).
 
     Returns
     -------
@@ -116,8 +128,9 @@ def lisi(labels, x=None, perplexity: float = 30.0, graph=None, knn=None, tol: fl
     valid = idx >= 0
     d = np.where(valid, dist, np.inf)
     # Vectorised bisection on the precision beta so each cell's kernel
-    # P ∝ exp(-beta d) has entropy log(perplexity) (the LISI/t-SNE calibration).
-    target = np.log(min(perplexity, max(valid.sum(axis=1).min(), 2) - 1e-9))
+    # P ∝ exp(-beta d) has entropy log(perplexity) (the LISI/t-SNE calibration);
+    # a cell with fewer reachable neighbours gets the largest entropy it allows.
+    target = np.log(np.minimum(perplexity, np.maximum(valid.sum(axis=1), 2) - 1e-9))
     beta = np.ones(n)
     lo = np.full(n, -np.inf)
     hi = np.full(n, np.inf)
@@ -159,21 +172,86 @@ def clisi_score(labels, x=None, graph=None, knn=None, perplexity: float = 30.0) 
 
 
 def kbet_acceptance(batch, x=None, graph=None, knn=None, k: int = 25, alpha: float = 0.05,
-                    n_sample: int | None = 1000, seed: int = 0) -> float:
-    """kBET-like acceptance rate: share of neighbourhoods consistent with the global batch mix.
+                    n_sample: int | None = 1000, seed: int = 0, labels=None,
+                    min_cells: int = 10) -> float:
+    """kBET-like acceptance rate: share of neighbourhoods consistent with the batch mix.
 
     For sampled cells, the batch counts among the cell and its ``k - 1``
-    nearest neighbours are compared with ``k`` × the global batch frequencies
-    by Pearson's chi-square test (df = n_batches − 1). Returns the fraction
-    of tests not rejected at level ``alpha`` (1 = well mixed).
+    nearest neighbours are compared with ``k`` × the expected batch
+    frequencies by Pearson's chi-square test (df = n_batches − 1). Returns the
+    fraction of tests not rejected at level ``alpha`` (1 = well mixed).
+
+    Without ``labels`` the expected frequencies are the global ones. With
+    ``labels`` (cell types), kBET runs within each label as in scIB (Luecken
+    et al. 2022, ``scib.metrics.kBET``): neighbours are searched among the
+    cells of that label, the expected frequencies are that label's batch mix,
+    and the result is the mean acceptance over labels (labels with fewer than
+    ``min_cells`` cells or a single batch are skipped, NaN if all are). So
+    batches with different cell-type compositions that are integrated
+    correctly are not scored as poorly mixed. Unlike scIB, ``k`` is the same
+    for every label (capped at the label's size), not a quarter of its mean
+    batch size.
+
+    Parameters
+    ----------
+    batch : array-like, shape (n_cells,)
+    x : ndarray (n_cells, d), optional
+        Embedding (exact Euclidean neighbours).
+    graph : sparse (n_cells, n_cells), optional
+        Distance graph instead of ``x`` (per label: the subgraph of its cells).
+    knn : (index, distance) tuple, optional
+        Precomputed neighbours (self excluded). With ``labels`` and neither
+        ``x`` nor ``graph``, each cell keeps its neighbours of its own label.
+    k, alpha, n_sample, seed
+        Neighbourhood size (the cell included), test level, cells tested (per
+        label with ``labels``; ``None`` = all) and the seed of that sample.
+    labels : array-like, shape (n_cells,), optional
+    min_cells : int
+        Smallest label tested.
+
+    Raises
+    ------
+    ValueError
+        Missing or mismatched labels, or no input to find neighbours in.
     """
+    if labels is None:
+        if knn is None:
+            knn = knn_graph(x, k=k - 1, graph=graph)
+        codes, n_b = _codes(batch, knn[0].shape[0])
+        return _kbet(codes, n_b, knn[0][:, :k - 1], k, alpha, n_sample, seed)
+    n = (x if x is not None else graph if graph is not None else knn[0]).shape[0]
+    codes, n_b = _codes(batch, n)
+    lab, n_l = _codes(labels, n)
+    scores = []
+    for c in range(n_l):
+        sel = np.flatnonzero(lab == c)
+        if sel.size < min_cells or np.unique(codes[sel]).size < 2:
+            continue
+        kk = int(min(k, sel.size))
+        if x is not None:
+            idx = knn_graph(np.asarray(x)[sel], k=kk - 1)[0]
+        elif graph is not None:
+            g = sp.csr_matrix(graph)[sel][:, sel]
+            idx = knn_graph(graph=g, k=kk - 1)[0]
+        else:
+            # Keep each cell's neighbours of the same label, nearest first, re-indexed.
+            pos = np.full(n, -1, dtype=np.int64)
+            pos[sel] = np.arange(sel.size)
+            nb = knn[0][sel]
+            nb = np.where(nb >= 0, pos[np.where(nb >= 0, nb, 0)], -1)
+            order = np.argsort(nb < 0, axis=1, kind="stable")  # valid first, order kept
+            idx = np.take_along_axis(nb, order, axis=1)[:, :kk - 1]
+        sub_codes = np.unique(codes[sel], return_inverse=True)[1].astype(np.int64)
+        scores.append(_kbet(sub_codes, int(sub_codes.max()) + 1, idx, kk, alpha, n_sample,
+                            seed + c))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _kbet(codes, n_b, idx, k, alpha, n_sample, seed):
+    """kBET acceptance of neighbour lists ``idx`` (n × (k − 1), -1 padded) against the mix of ``codes``."""
     from scipy.stats import chi2
 
-    if knn is None:
-        knn = knn_graph(x, k=k - 1, graph=graph)
-    idx = knn[0][:, :k - 1]
     n = idx.shape[0]
-    codes, n_b = _codes(batch, n)
     freq = np.bincount(codes, minlength=n_b) / n
     rng = np.random.default_rng(seed)
     cells = np.arange(n) if n_sample is None or n_sample >= n else rng.choice(n, n_sample, replace=False)

@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Install R and lme4 (used live as the reference for the Poisson GLMM chapter).
-# Debian/Ubuntu: apt packages r-base-core and r-cran-lme4. Elsewhere: install R
-# (https://cran.r-project.org) and run install.packages("lme4").
+# Install R and the R packages used live as references:
+#   lme4     (Poisson GLMM chapter),
+#   glmmTMB  (NB GLMM), edgeR and DESeq2 (pseudobulk) for "Is the GLMM calibrated?".
+# Debian/Ubuntu: apt packages r-base-core r-cran-lme4 r-cran-glmmtmb r-bioc-edger r-bioc-deseq2.
+# Elsewhere: install R (https://cran.r-project.org), then in R:
+#   install.packages(c("lme4", "glmmTMB")); BiocManager::install(c("edgeR", "DESeq2"))
 set -u
-if command -v Rscript >/dev/null 2>&1 && Rscript -e 'quit(status = !requireNamespace("lme4", quietly = TRUE))' >/dev/null 2>&1; then
+PKGS_R="lme4 glmmTMB edgeR DESeq2"
+have_all() {
+  command -v Rscript >/dev/null 2>&1 || return 1
+  for p in $PKGS_R; do
+    Rscript -e "quit(status = !requireNamespace(\"$p\", quietly = TRUE))" >/dev/null 2>&1 || return 1
+  done
+}
+if have_all; then
   exit 0
 fi
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
-  echo "installing R and lme4 from apt (r-base-core r-cran-lme4)..."
+  APT="r-base-core r-cran-lme4 r-cran-glmmtmb r-bioc-edger r-bioc-deseq2"
+  echo "installing R and its reference packages from apt ($APT)..."
   $SUDO apt-get update -qq >/dev/null 2>&1 || true
-  if DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends r-base-core r-cran-lme4 >/dev/null; then
-    exit 0
+  if DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $APT >/dev/null; then
+    have_all && exit 0
   fi
 fi
-echo "WARNING: could not install R with lme4; lme4 comparisons will be skipped." >&2
-echo "         Install R and then run: Rscript -e 'install.packages(\"lme4\")'" >&2
+for p in $PKGS_R; do
+  if ! (command -v Rscript >/dev/null 2>&1 && Rscript -e "quit(status = !requireNamespace(\"$p\", quietly = TRUE))" >/dev/null 2>&1); then
+    echo "WARNING: R package $p is not available; comparisons that need it will be skipped." >&2
+  fi
+done
+echo "         Install R, then in R: install.packages(c(\"lme4\", \"glmmTMB\")); BiocManager::install(c(\"edgeR\", \"DESeq2\"))" >&2
 exit 0

@@ -89,7 +89,15 @@ def test_parameters_documented_and_versions_last(path):
     assert "package_versions" in cells[-1].source, f"{path.name}: last cell must print package versions"
 
 
+# Chapters written but not yet executed at their defaults: kept out of the book (and so out
+# of `make book`) until they are; each still has its small-parameter test.
+DRAFTS = {"glmm_calibration"}
+
+
 def test_every_chapter_is_in_the_toc():
     toc = (ROOT / "_toc.yml").read_text()
     for p in CHAPTERS:
+        if p.stem in DRAFTS:
+            assert f"book/{p.stem}" not in toc, f"{p.name} is in _toc.yml: remove it from DRAFTS"
+            continue
         assert f"book/{p.stem}" in toc, f"{p.name} is not in _toc.yml"

@@ -336,7 +336,7 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="missing"):
         mnn.mnn_correct(x, np.r_[[None] * 5, b[5:]])
     with pytest.raises(ValueError, match="backend"):
-        mnn.mnn_correct(x, b, backend="faiss")
+        mnn.mnn_correct(x, b, backend="annoy")
 
 
 # ---------------------------------------------------------------- names and randomness
@@ -543,3 +543,146 @@ def test_load_data_curates_the_book_sets(have_data):
     assert p.obs["label"].notna().all() and not p.var_names.duplicated().any()
     x = p.X
     assert np.all(x.data == np.round(x.data))
+
+
+# ---------------------------------------------------------------- atlas-scale path (issue 16)
+def ref_shift_variance_log(data1, data2, cell_vect, sigma):
+    """Loop reference of batchelor's variance shift in log space (its C++ uses logspace_add)."""
+    from scipy.special import logsumexp
+
+    scaling = np.zeros(data2.shape[0])
+    for cell in range(data2.shape[0]):
+        v = cell_vect[cell]
+        l2 = np.sqrt((v ** 2).sum())
+        u = v / l2
+        coords2, coords1 = data2 @ u, data1 @ u
+        dd2 = data2[cell] - data2
+        dd2 = dd2 - np.outer(dd2 @ u, u)
+        lw2 = -(dd2 ** 2).sum(1) / sigma
+        dd1 = data2[cell] - data1
+        dd1 = dd1 - np.outer(dd1 @ u, u)
+        lw1 = -(dd1 ** 2).sum(1) / sigma
+        rank2 = np.empty(len(coords2), int)
+        rank2[np.argsort(coords2, kind="stable")] = np.arange(len(coords2))
+        lp2 = logsumexp(lw2[rank2 <= rank2[cell]]) - logsumexp(lw2)
+        ord1 = np.argsort(coords1, kind="stable")
+        lecdf = np.array([logsumexp(lw1[ord1[:i + 1]]) for i in range(len(ord1))]) - logsumexp(lw1)
+        quan1 = coords1[ord1[np.min(np.flatnonzero(lecdf >= lp2))]]
+        scaling[cell] = (quan1 - coords2[cell]) / l2
+    return scaling
+
+
+def test_shift_variance_in_the_underflow_regime_matches_log_space_reference():
+    # Log-expression scale (no cosine normalisation): every orthogonal squared
+    # distance is far above 745·sigma, so exp(-d/sigma) underflows to 0 for all
+    # cells but the query itself; a linear-space ECDF would be NaN there.
+    rng = np.random.default_rng(7)
+    data1 = rng.normal(loc=3.0, scale=4.0, size=(120, 40))
+    data2 = rng.normal(loc=2.0, scale=4.0, size=(90, 40))
+    corvect = rng.normal(size=(90, 40))
+    sigma = 0.1
+    for c in range(90):                     # orthogonal squared distances: the regime of the issue
+        u = corvect[c] / np.linalg.norm(corvect[c])
+        for other in (data1, np.delete(data2, c, axis=0)):
+            dd = data2[c] - other
+            dd -= np.outer(dd @ u, u)
+            assert ((dd ** 2).sum(1) / sigma).min() > 745
+    ref = ref_shift_variance_log(data1, data2, corvect, sigma)
+    assert np.all(np.isfinite(ref))
+    got = mnn.shift_variance_scaling(data1, data2, corvect, sigma=sigma, chunk_size=32)
+    np.testing.assert_allclose(got, ref, atol=1e-8)
+    assert np.mean(got > 1) > 0.1           # the adjustment is not silently switched off
+
+
+def test_variance_adjustment_refuses_large_batches_and_names_the_alternative():
+    x, _ = clusters(200, d=10)
+    b = np.r_[np.zeros(100), np.ones(100)]
+    with pytest.raises(ValueError, match="var_adj=False.*fastmnn_correct"):
+        mnn.mnn_correct(x, b, max_cell_pairs=100 * 99)
+    with pytest.raises(ValueError, match="max_cell_pairs"):
+        mnn.shift_variance_scaling(x[:100], x[100:], x[100:], max_cell_pairs=10)
+    mnn.mnn_correct(x, b, max_cell_pairs=100 * 100)  # at the limit: runs
+
+
+def test_auto_merge_searches_each_pair_of_groups_once(monkeypatch):
+    import scnotes.mnn._merge as merge
+
+    x, lab = clusters(5 * 150, d=10, n_clusters=3, seed=3)
+    b = np.repeat(np.arange(5), 150)
+    x = x + np.repeat(np.random.default_rng(0).normal(size=(5, 10)), 150, axis=0)
+    calls = []
+    real = merge.find_mutual_nn
+
+    def counting(d1, d2, *args, **kwargs):
+        key = tuple(sorted([(d1.shape[0], round(float(np.asarray(d1).sum()), 6)),
+                            (d2.shape[0], round(float(np.asarray(d2).sum()), 6))]))
+        calls.append(key)
+        return real(d1, d2, *args, **kwargs)
+
+    monkeypatch.setattr(merge, "find_mutual_nn", counting)
+    for f in (mnn.fastmnn_correct, lambda *a, **kw: mnn.mnn_correct(*a, var_adj=False, **kw)):
+        calls.clear()
+        res = f(x, b, auto_merge=True)
+        assert len(calls) == len(set(calls))            # no pair of groups searched twice
+        assert len(calls) == 10 + 3 + 2 + 1             # C(5,2), then the merged group × the rest
+        assert len(res.steps) == 4
+    # Same pairs as searching the chosen pair afresh (no stale or flipped pairs).
+    monkeypatch.setattr(merge, "find_mutual_nn", real)
+    st = res.steps[0]
+    lc = np.flatnonzero(np.isin(b, st.left))
+    rc = np.flatnonzero(np.isin(b, st.right))
+    xn = mnn.cosine_normalize(x)[0]
+    f1, s1 = mnn.find_mutual_nn(xn[lc], xn[rc], 20)
+    np.testing.assert_array_equal(lc[f1], st.left_cells)
+    np.testing.assert_array_equal(rc[s1], st.right_cells)
+
+
+def test_float32_embedding_stays_float32_and_matches_float64():
+    x1, _ = clusters(300, d=20, seed=1)
+    x2, _ = clusters(300, d=20, seed=2, shift=1.5)
+    x = np.vstack([x1, x2])
+    b = np.r_[np.zeros(300), np.ones(300)]
+    r32 = mnn.fastmnn_correct(x.astype(np.float32), b)
+    r64 = mnn.fastmnn_correct(x, b)
+    assert r32.corrected.dtype == np.float32 and r64.corrected.dtype == np.float64
+    np.testing.assert_allclose(r32.corrected, r64.corrected, atol=1e-4)
+    with pytest.raises(ValueError, match="n_candidates"):
+        mnn.knn_query(x1, x2, 20, backend="pynndescent", n_candidates=5)
+
+
+def test_faiss_backend_recalls_exact_pairs_across_a_strong_shift():
+    pytest.importorskip("faiss")
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_mnn", pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_mnn.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # The benchmark's simulation: 50 dims, 10 types, batches apart by a strong shift.
+    x, b, lab = bench.simulate_embedding(20000, 2, seed=3)
+    d1, d2 = x[b == 0], x[b == 1]
+    exact = mnn.find_mutual_nn(d1, d2, 20)
+    approx = mnn.find_mutual_nn(d1, d2, 20, backend="faiss", seed=0)
+    assert len(exact[0]) > 500
+    assert mnn.pair_recall(approx, exact) >= 0.95
+    # Fewer candidates: a lower recall (the parameter is what trades it).
+    low = mnn.find_mutual_nn(d1, d2, 20, backend="faiss", n_candidates=128)
+    assert mnn.pair_recall(low, exact) < mnn.pair_recall(approx, exact)
+    # The whole correction: float32 throughout, pairs as label-pure as the exact ones,
+    # batches brought together.
+    res = mnn.fastmnn_correct(x, b, backend="faiss")
+    assert res.corrected.dtype == np.float32
+    st = res.steps[0]
+    l1, l2 = lab[b == 0], lab[b == 1]
+    pure_exact = np.mean(l1[exact[0]] == l2[exact[1]])
+    assert np.mean(lab[st.left_cells] == lab[st.right_cells]) > pure_exact - 0.02
+    def gap(z):  # batch difference within cell types (compositions differ by batch)
+        return np.mean([np.linalg.norm(z[(b == 0) & (lab == t)].mean(0) - z[(b == 1) & (lab == t)].mean(0))
+                        for t in np.unique(lab)])
+    assert gap(res.corrected) < 0.35 * gap(x)  # the exact backend: 0.31 here
+    # Wide sparse rows: projected candidates re-ranked exactly, as with pynndescent.
+    xs = sp.random(600, 300, density=0.2, random_state=1, format="csr")
+    e2 = mnn.find_mutual_nn(xs[:300], xs[300:], 10)
+    a2 = mnn.find_mutual_nn(xs[:300], xs[300:], 10, backend="faiss")
+    assert mnn.pair_recall(a2, e2) >= 0.95

@@ -9,8 +9,13 @@ fixed effects, donor random effects, the cell's total count as offset.
   :func:`fit_lmm`: the Gaussian LMM closed forms the seed derives
 - :class:`PoissonGLMMVEB`, :func:`fit_veb`: variational empirical Bayes (factorised,
   full-rank or low-rank guide; minibatch or full batch; MC or exact expectation; save/load)
+- :class:`NBGLMMVEB`, :func:`fit_nb_veb`, :func:`fit_genes_nb`, :func:`simulate_nb_glmm`: the
+  negative-binomial GLMM (per-gene θ, optional donor × condition sample effect), batched VEB
 - :func:`fit_nuts`: NUTS (pyro) with R-hat and ESS
 - :func:`fit_genes`, :func:`agreement`: batched fit of many genes, tidy table
+- :func:`pseudobulk`: counts summed per donor × cell type × condition (AnnData in, AnnData out)
+- :func:`fit_glmmtmb`, :func:`fit_edger`, :func:`fit_deseq2`, :func:`r_package_available`: live R
+  references (glmmTMB NB GLMM; pseudobulk edgeR QL and DESeq2)
 - :func:`fit_lme4`, :func:`lme4_available`, :func:`r_versions`: lme4 ``glmer`` through ``Rscript``
 - :func:`tidy_effects`: the shared tidy table (effects and condition contrasts)
 - :func:`compare_to_reference`, :func:`simulate_from_fit`, :func:`calibration_table`,
@@ -24,8 +29,12 @@ from ._design import (GLMMData, GLMMDesign, SufficientStats, complete_cell_types
                       glmm_data_from_adata)
 from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available, r_versions
 from ._lmm import fit_lmm, gls_fixed_effects, lmm_marginal_loglik, random_effects_posterior
+from ._nb import NBGLMMVEB, fit_genes_nb, fit_nb_veb, simulate_nb_glmm
 from ._nuts import NUTSResult, fit_nuts
-from ._tidy import TIDY_COLUMNS, tidy_effects
+from ._pseudobulk import pseudobulk
+from ._rrefs import (R_INSTALL_HINTS, GlmmTMBResult, fit_deseq2, fit_edger, fit_glmmtmb,
+                     r_package_available)
+from ._tidy import TIDY_COLUMNS, bh_qvalues, tidy_effects
 from ._veb import PoissonGLMMVEB, fit_veb
 
 __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_from_adata",
@@ -33,4 +42,6 @@ __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_
            "PoissonGLMMVEB", "fit_veb", "fit_nuts", "NUTSResult", "fit_genes", "agreement",
            "fit_lme4", "lme4_available", "Lme4Result", "INSTALL_HINT", "r_versions",
            "tidy_effects", "TIDY_COLUMNS", "compare_to_reference", "simulate_from_fit",
-           "calibration_table", "interval_coverage"]
+           "calibration_table", "interval_coverage", "NBGLMMVEB", "fit_nb_veb", "fit_genes_nb",
+           "simulate_nb_glmm", "bh_qvalues", "pseudobulk", "fit_glmmtmb", "fit_edger", "fit_deseq2",
+           "GlmmTMBResult", "r_package_available", "R_INSTALL_HINTS"]

@@ -72,7 +72,7 @@ class NUTSResult:
         flat = self.b.reshape(-1, self.b.shape[-1])
         return tidy_effects(self.data, flat.mean(0)[None], cov=np.cov(flat.T)[None],
                             method=f"NUTS ({self.prior} prior)", sigma_u=np.array([self.sigma_u.mean()]),
-                            level=level)
+                            level=level, inference="posterior", legacy_wald=True)
 
 
 def _helmert(D):

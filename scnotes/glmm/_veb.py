@@ -505,11 +505,16 @@ class PoissonGLMMVEB:
         """Tidy DataFrame (see :func:`scnotes.glmm.tidy_effects`) of b and condition contrasts.
 
         Contrast intervals use the full q covariance of b (zero off-diagonal
-        for the factorised guide).
+        for the factorised guide). ``estimate``/``sd`` are the posterior mean and sd,
+        ``lfsr`` the local false sign rate; ``z``/``p`` are kept in their older form
+        (posterior mean / sd against a normal, i.e. 2 lfsr) for the GLMM chapter: they
+        are not a frequentist test, and on overdispersed counts they are far from
+        uniform under the null (see :class:`scnotes.glmm.NBGLMMVEB` for a calibrated one).
         """
         name = method or f"VEB ({self.guide})"
         return tidy_effects(self.design_, self.b_mean_, cov=self.b_cov_, method=name,
-                            sigma_u=self.sigma_u_, level=level)
+                            sigma_u=self.sigma_u_, level=level,
+                            inference="posterior", legacy_wald=True)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path):

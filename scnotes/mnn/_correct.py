@@ -48,7 +48,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
-from ._merge import MergeStep, check_batches, run_merges
+from ._merge import MergeStep, _resolve_order as _merge_order_codes, check_batches, run_merges
 from ._neighbors import BACKENDS, check_matrix, find_mutual_nn, knn_query, resolve_n_neighbors
 
 __all__ = [
@@ -127,13 +127,19 @@ def average_pair_vectors(data1, data2, first, second):
         raise ValueError("no MNN pairs were found: the batches share no population at this k "
                          "(try a larger k, or check that the batches overlap)")
     mnn_cells, inverse, npairs = np.unique(second, return_inverse=True, return_counts=True)
-    # Sum per MNN cell through a sparse indicator, never a dense pair × gene copy of sparse data.
-    g = sp.csr_matrix((np.ones(first.size), (inverse, np.arange(first.size))),
-                      shape=(mnn_cells.size, first.size))
-    s1 = g @ (data1[first])
-    s2 = g @ (data2[second])
-    vec = _dense(s1) - _dense(s2)
-    return vec / npairs[:, None], mnn_cells
+    # mean_p data1[first_p] − data2[cell] through a sparse (n_mnn × n1) pair-count matrix:
+    # memory O(n_pairs), never a pair × feature copy.
+    dt = np.float32 if _dtype(data1) == np.float32 and _dtype(data2) == np.float32 else np.float64
+    g = sp.csr_matrix((np.ones(first.size, dtype=dt), (inverse, first)),
+                      shape=(mnn_cells.size, data1.shape[0]))
+    vec = _dense(g @ data1)
+    vec /= npairs[:, None].astype(dt)
+    vec -= _dense(data2[mnn_cells])
+    return vec, mnn_cells
+
+
+def _dtype(x):
+    return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
 def smooth_gaussian_kernel(averaged, mnn_cells, data, sigma: float = 0.1, chunk_size: int = 1024,
@@ -146,9 +152,10 @@ def smooth_gaussian_kernel(averaged, mnn_cells, data, sigma: float = 0.1, chunk_
         log w_ij = -‖x_i − x_j‖² / sigma − log ρ_j,   ρ_j = Σ_{j'} exp(−‖x_j − x_j'‖² / sigma)
         correction_i = Σ_j w_ij v_j / Σ_j w_ij
 
-    ``sigma`` is a squared bandwidth (0.1 ≈ 10 % of the radius of the unit
-    sphere after cosine normalisation). Weights are normalised in log space,
-    so a cell far from every MNN cell still gets a proper weighted average.
+    ``sigma`` is a squared bandwidth: the kernel falls to 1/e at the distance
+    √sigma (≈ 0.32 for batchelor's 0.1; cosine-normalised cells lie on the unit
+    sphere, where distances range from 0 to 2). Weights are normalised in log
+    space, so a cell far from every MNN cell still gets a proper weighted average.
 
     Parameters
     ----------
@@ -263,7 +270,24 @@ def compute_correction_vectors(data1, data2, first, second, kernel_data=None, si
     return smooth_gaussian_kernel(averaged, mnn_cells, kernel_data, sigma=sigma, **smooth_kwargs)
 
 
-def shift_variance_scaling(data1, data2, correction, sigma: float = 0.1, chunk_size: int = 256):
+#: Largest n_ref × n_target for which :func:`shift_variance_scaling` runs by default
+#: (its cost is O(n_ref · n_target · n_features)); ~ 30k × 30k cells.
+MAX_VAR_ADJ_PAIRS = 10 ** 9
+
+
+def _check_var_adj_size(n1, n2, max_cell_pairs):
+    if max_cell_pairs is not None and n1 * n2 > max_cell_pairs:
+        raise ValueError(
+            f"variance adjustment (var_adj) compares every cell of the batch being corrected "
+            f"with every cell of both batches: {n1} × {n2} = {n1 * n2:.3g} cell pairs exceeds "
+            f"max_cell_pairs = {max_cell_pairs:.3g} (cost O(n1·n2·n_features)). Pass "
+            f"var_adj=False, or correct a low-dimensional embedding instead with "
+            f"scnotes.mnn.fastmnn_correct / scnotes.tl.mnn(adata, batch_key, use_rep='X_pca'), "
+            f"which needs no variance adjustment; or raise max_cell_pairs to run it anyway.")
+
+
+def shift_variance_scaling(data1, data2, correction, sigma: float = 0.1, chunk_size: int = 256,
+                           max_cell_pairs: int | None = MAX_VAR_ADJ_PAIRS):
     """Per-cell scale of the correction vector that matches quantiles along it (batchelor ``adjust_shift_variance``).
 
     For cell ``c`` of batch 2 with unit correction direction ``u``: project
@@ -271,6 +295,12 @@ def shift_variance_scaling(data1, data2, correction, sigma: float = 0.1, chunk_s
     distance from ``c`` orthogonal to ``u``; find ``c``'s weighted quantile
     among batch 2 and the batch-1 coordinate at that weighted quantile; the
     scale is ``(q1 − coord_c) / ‖correction_c‖``. The caller floors it at 1.
+
+    Weights, the quantile and the weighted ECDF are computed in log space
+    (``logsumexp`` and a log-cumsum, as batchelor's C++ does with
+    ``logspace_add``), so they stay exact when every ``r²/sigma`` exceeds
+    ~745 (where ``exp`` underflows to 0: uncosine-normalised log-expression,
+    the ``cos_norm_out=False`` block).
 
     Parameters
     ----------
@@ -280,42 +310,65 @@ def shift_variance_scaling(data1, data2, correction, sigma: float = 0.1, chunk_s
         Batch to correct (before correction).
     correction : ndarray, shape (n2, n_features)
     sigma : float
+        Squared bandwidth (> 0).
     chunk_size : int
         Batch-2 cells per block; memory is O((n1 + n2) × chunk_size).
+    max_cell_pairs : int or None
+        Refuse when ``n1 × n2`` exceeds it (default :data:`MAX_VAR_ADJ_PAIRS`,
+        about 30,000 × 30,000 cells); ``None`` removes the limit. The cost is
+        O(n1 · n2 · n_features) time (as batchelor's): every cell of batch 2 is
+        compared with every cell of both batches.
 
     Returns
     -------
     ndarray, shape (n2,)
         Raw scale factors (1 for a zero correction vector).
+
+    Raises
+    ------
+    ValueError
+        If ``n1 × n2 > max_cell_pairs`` (the message names the alternatives:
+        ``var_adj=False``, or :func:`scnotes.mnn.fastmnn_correct` on an embedding)
+        or ``sigma`` is not positive.
     """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
     correction = np.asarray(correction, dtype=np.float64)
     n1, n2 = data1.shape[0], data2.shape[0]
+    _check_var_adj_size(n1, n2, max_cell_pairs)
     n_1 = _sq_norms(data1)
     n_2 = _sq_norms(data2)
     scaling = np.ones(n2)
     ar2 = np.arange(n2)
     for s in range(0, n2, chunk_size):
         cells = np.arange(s, min(s + chunk_size, n2))
+        cols = np.arange(len(cells))
         cv = correction[cells]
         l2 = np.linalg.norm(cv, axis=1)
         ok = l2 > 0
         u = np.where(ok[:, None], cv / np.where(ok, l2, 1.0)[:, None], 0.0)
         c2 = _cross(data2, u)                    # (n2, b)
         c1 = _cross(data1, u)                    # (n1, b)
-        own = c2[cells, np.arange(len(cells))]   # (b,)
+        own = c2[cells, cols]                    # (b,)
         xc = data2[cells]
         d2 = n_2[:, None] + n_2[cells][None, :] - 2.0 * _cross(data2, xc) - (c2 - own) ** 2
         d1 = n_1[:, None] + n_2[cells][None, :] - 2.0 * _cross(data1, xc) - (c1 - own) ** 2
-        w2 = np.exp(-np.maximum(d2, 0.0) / sigma)
-        w1 = np.exp(-np.maximum(d1, 0.0) / sigma)
+        logw2 = np.maximum(d2, 0.0) / -sigma     # log weights, never exponentiated alone
+        logw1 = np.maximum(d1, 0.0) / -sigma
+        del d1, d2
+        # The cell itself (orthogonal distance 0, log weight 0) is always among
+        # those below it, so both log sums are finite.
+        logw2[cells, cols] = 0.0
         # Ranks with ties broken by cell order ("first"), as in batchelor.
         below = (c2 < own) | ((c2 == own) & (ar2[:, None] <= cells[None, :]))
-        prob2 = (w2 * below).sum(axis=0) / w2.sum(axis=0)
+        log_prob2 = (logsumexp(np.where(below, logw2, -np.inf), axis=0)
+                     - logsumexp(logw2, axis=0))
         order = np.argsort(c1, axis=0, kind="stable")
-        w1s = np.take_along_axis(w1, order, axis=0)
-        ecdf1 = np.cumsum(w1s, axis=0) / w1s.sum(axis=0)
-        pos = np.minimum((ecdf1 < prob2[None, :]).sum(axis=0), n1 - 1)
-        q1 = c1[order[pos, np.arange(len(cells))], np.arange(len(cells))]
+        lw1 = np.take_along_axis(logw1, order, axis=0)
+        log_ecdf1 = np.logaddexp.accumulate(lw1, axis=0)
+        log_ecdf1 -= log_ecdf1[-1]
+        pos = np.minimum((log_ecdf1 < log_prob2[None, :]).sum(axis=0), n1 - 1)
+        q1 = c1[order[pos, cols], cols]
         scaling[cells] = np.where(ok, (q1 - own) / np.where(ok, l2, 1.0), 1.0)
     return scaling
 
@@ -437,7 +490,8 @@ def mnn_correct(x, batch, n_neighbors: int | None = None, sigma: float = 0.1, co
                 cos_norm_out: bool = True, var_adj: bool = True, merge_order=None,
                 auto_merge: bool = False, backend: str = "exact", smooth_neighbors: int | None = None,
                 seed: int = 0, n_jobs: int = 1, chunk_size: int = 1024, dtype=np.float64,
-                k: int | None = None) -> MNNResult:
+                k: int | None = None, n_candidates: int | None = None,
+                max_cell_pairs: int | None = None) -> MNNResult:
     """MNN batch correction of expression values (batchelor ``mnnCorrect``).
 
     Parameters
@@ -456,8 +510,14 @@ def mnn_correct(x, batch, n_neighbors: int | None = None, sigma: float = 0.1, co
         Cosine-normalise the values used for distances / the values corrected.
         With ``cos_norm_out=False`` the output is on the log-expression scale.
     var_adj : bool
-        Variance adjustment along the correction vectors (cost grows with
-        n_ref × n_target; turn off for very large batches).
+        Variance adjustment along the correction vectors (cost O(n_ref ×
+        n_target × n_genes); refused above ``max_cell_pairs``, see
+        :func:`shift_variance_scaling`; turn off for very large batches).
+    max_cell_pairs : int, optional
+        Limit of n_ref × n_target for the variance adjustment (default
+        :data:`MAX_VAR_ADJ_PAIRS`; checked for every merge step before any work).
+    n_candidates : int, optional
+        Candidates per query of the approximate search (:func:`scnotes.mnn.knn_query`).
     merge_order : list, optional
         Batch labels (or category positions) in merge order; the first is the
         reference. Default: category order.
@@ -492,14 +552,22 @@ def mnn_correct(x, batch, n_neighbors: int | None = None, sigma: float = 0.1, co
     ValueError
         NaN/inf in ``x``, wrong number of labels, missing labels, a single
         batch, a batch with fewer than ``n_neighbors`` cells, no MNN pairs
-        found, or an invalid merge order / backend.
+        found, an invalid merge order / backend, or ``var_adj`` on batches
+        larger than ``max_cell_pairs`` allows.
     """
     k = resolve_n_neighbors(n_neighbors, k)
+    max_cell_pairs = MAX_VAR_ADJ_PAIRS if max_cell_pairs is None else max_cell_pairs
     x = check_matrix(x, "x")
     if backend not in BACKENDS:
         raise ValueError(f"unknown neighbour backend {backend!r}; choose one of {BACKENDS}")
     categories, codes = check_batches(batch, x.shape[0], k)
     cells = [np.flatnonzero(codes == b) for b in range(len(categories))]
+    if var_adj and not auto_merge:
+        # Fail before any search (with auto_merge the order is unknown: checked at each step).
+        sizes = [len(cells[i]) for i in _merge_order_codes(merge_order, categories)]
+        n_left, n_right = max(((sum(sizes[:i]), sizes[i]) for i in range(1, len(sizes))),
+                              key=lambda t: t[0] * t[1])
+        _check_var_adj_size(n_left, n_right, max_cell_pairs)
     same_set = cos_norm_in == cos_norm_out
     blocks = []
     for c in cells:
@@ -519,22 +587,23 @@ def mnn_correct(x, batch, n_neighbors: int | None = None, sigma: float = 0.1, co
                   backend=backend, seed=seed,
                   dtype=np.float64 if backend == "exact" else np.float32)
 
-    def step(left, right):
-        first, second = find_mutual_nn(left[0], right[0], k, k, backend=backend, seed=seed,
-                                       n_jobs=n_jobs)
+    def step(left, right, pairs):
+        first, second = pairs
         new_right = []
         for j in range(len(right)):
             corr = compute_correction_vectors(left[j], right[j], first, second,
                                               kernel_data=right[0], **smooth)
             if var_adj:
-                scale = np.maximum(shift_variance_scaling(left[j], right[j], corr, sigma=sigma), 1.0)
+                scale = np.maximum(shift_variance_scaling(left[j], right[j], corr, sigma=sigma,
+                                                          max_cell_pairs=max_cell_pairs), 1.0)
                 corr *= scale[:, None]
             corr += _dense(right[j])
             new_right.append(corr)
-        return left, tuple(new_right), (first, second)
+        return left, tuple(new_right)
 
     blocks, steps = run_merges(blocks, cells, categories, step, merge_order=merge_order,
-                               auto_merge=auto_merge, k=k, backend=backend, seed=seed, n_jobs=n_jobs)
+                               auto_merge=auto_merge, k=k, backend=backend, seed=seed, n_jobs=n_jobs,
+                               n_candidates=n_candidates)
     out = np.empty(x.shape, dtype=dtype)
     for c, blk in zip(cells, blocks):
         out[c] = _dense(blk[-1])

@@ -83,6 +83,8 @@ def score_methods(adata, batch_key: str, label_key: str | None = None, embedding
     against the labels kept, and the ARI and NMI of that clustering. They are
     optimistic: the labels choose the resolution. For a graph, LISI and kBET use
     the 90 nearest cells by shortest path through it (:func:`scnotes.metrics.knn_graph`).
+    With ``label_key``, kBET is computed within each label and averaged
+    (:func:`scnotes.metrics.kbet_acceptance` with ``labels``, as scIB).
 
     Raises
     ------
@@ -103,7 +105,9 @@ def score_methods(adata, batch_key: str, label_key: str | None = None, embedding
         x, graph = rep.get("x"), rep.get("graph")
         knn = metrics.knn_graph(x, k=int(3 * perplexity), graph=graph)
         row = {"method": method, "ilisi": metrics.ilisi_score(b, knn=knn, perplexity=perplexity),
-               "kbet": metrics.kbet_acceptance(b, knn=knn, seed=seed)}
+               # kBET within each label when there are labels (scIB's way), so batches of
+               # different composition are not scored as poorly mixed.
+               "kbet": metrics.kbet_acceptance(b, x=x, graph=graph, knn=knn, seed=seed, labels=lab)}
         if lab is None:
             row.update(clisi=np.nan, silhouette=np.nan, ari=np.nan, nmi=np.nan, resolution=np.nan)
         else:

@@ -101,7 +101,7 @@ def _resolve_order(merge_order, categories):
 
 
 def run_merges(blocks, cells, categories, step, merge_order=None, auto_merge=False,
-               k=20, backend="exact", seed=0, n_jobs=1):
+               k=20, backend="exact", seed=0, n_jobs=1, n_candidates=None):
     """Drive the merge steps.
 
     Parameters
@@ -112,17 +112,26 @@ def run_merges(blocks, cells, categories, step, merge_order=None, auto_merge=Fal
     cells : list of ndarray
         Per batch, the original row indices of its cells.
     step : callable
-        ``step(left_tuple, right_tuple) -> (left_tuple, right_tuple, (first, second))``
-        returns the updated (stacked) data of both sides and the MNN pairs.
+        ``step(left_tuple, right_tuple, (first, second)) -> (left_tuple, right_tuple)``
+        gets both sides (stacked) and their MNN pairs and returns the updated data.
+    n_candidates
+        As :func:`scnotes.mnn.find_mutual_nn`.
 
     Returns
     -------
     blocks : list of tuples
         Corrected per-batch blocks (same order as the input).
     steps : list of MergeStep
+
+    Every pair of groups is searched for MNN pairs at most once per step, and
+    only once in all: with ``auto_merge`` the pairs of two groups that a step
+    leaves unchanged are kept for the next step (only the new merged group is
+    searched against the others), and the chosen pair's search is the one the
+    step corrects with. With B batches that is B(B−1)/2 + (B−2)(B−1)/2
+    searches instead of B(B²−1)/6 + B − 1 (batchelor searches every pair of
+    groups again at each step).
     """
     blocks = list(blocks)
-    groups = None
     if auto_merge:
         if merge_order is not None:
             raise ValueError("give either merge_order or auto_merge=True, not both")
@@ -134,30 +143,46 @@ def run_merges(blocks, cells, categories, step, merge_order=None, auto_merge=Fal
     def stacked(group, j):
         return stack_rows([blocks[b][j] for b in group])
 
+    def search(g1, g2):
+        return find_mutual_nn(stacked(g1, 0), stacked(g2, 0), k, k, backend=backend, seed=seed,
+                              n_jobs=n_jobs, n_candidates=n_candidates)
+
+    found = {}  # (tuple(group a), tuple(group c)) -> pairs (rows of a, rows of c)
     steps = []
     while len(groups) > 1:
         if auto_merge:
             best = None
             for a in range(len(groups)):
                 for c in range(a + 1, len(groups)):
-                    f, _ = find_mutual_nn(stacked(groups[a], 0), stacked(groups[c], 0), k, k,
-                                          backend=backend, seed=seed, n_jobs=n_jobs)
-                    if best is None or len(f) > best[0]:
-                        best = (len(f), a, c)
+                    key = (tuple(groups[a]), tuple(groups[c]))
+                    if key not in found:
+                        found[key] = search(groups[a], groups[c])
+                    n_pairs = len(found[key][0])
+                    if best is None or n_pairs > best[0]:
+                        best = (n_pairs, a, c)
             _, a, c = best
+            f, s = found[(tuple(groups[a]), tuple(groups[c]))]
             size = [sum(len(cells[b]) for b in groups[g]) for g in (a, c)]
-            li, ri = (a, c) if size[0] >= size[1] else (c, a)
+            if size[0] >= size[1]:
+                li, ri, first, second = a, c, f, s
+            else:  # the larger side is the reference: flip the pairs, sorted by the new first
+                o = np.lexsort((f, s))
+                li, ri, first, second = c, a, s[o], f[o]
+            found = {key: v for key, v in found.items()
+                     if not set(key[0] + key[1]) & set(groups[a] + groups[c])}
         else:
             li, ri = 0, 1
+            first, second = search(groups[0], groups[1])
         lg, rg = groups[li], groups[ri]
         n_parts = len(blocks[lg[0]])
         left = tuple(stacked(lg, j) for j in range(n_parts))
         right = tuple(stacked(rg, j) for j in range(n_parts))
-        left, right, (first, second) = step(left, right)
+        left, right = step(left, right, (first, second))
         for group, data in ((lg, left), (rg, right)):
             offs = np.cumsum([0] + [len(cells[b]) for b in group])
             for i, b in enumerate(group):
                 blocks[b] = tuple(d[offs[i]:offs[i + 1]] for d in data)
+        del left, right
         lcells = np.concatenate([cells[b] for b in lg])
         rcells = np.concatenate([cells[b] for b in rg])
         steps.append(MergeStep([categories[b] for b in lg], [categories[b] for b in rg],

@@ -4,16 +4,24 @@
 with cell-group fixed effects ``b``, donor random effects ``u ~ N(0, σ_u²)`` and
 the cell's library size ``s_i`` as offset (see :mod:`scnotes.glmm`), by
 variational empirical Bayes (``"veb"``), NUTS (``"nuts"``) or lme4 (``"lme4"``),
-and returns one tidy table for every method.
+and returns one tidy table for every method. ``method="nb"`` fits the
+negative-binomial GLMM (:class:`scnotes.glmm.NBGLMMVEB`: per-gene dispersion and a
+random effect per sample, donor × condition) and ``"glmmtmb"`` its R reference.
+
+:func:`pseudobulk` (the same function as :func:`scnotes.glmm.pseudobulk`) sums
+counts per donor × cell type × condition for edgeR / DESeq2
+(:func:`scnotes.glmm.fit_edger`, :func:`scnotes.glmm.fit_deseq2`).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["glmm"]
+__all__ = ["glmm", "pseudobulk"]
 
-_METHODS = ("veb", "nuts", "lme4")
+_METHODS = ("veb", "nuts", "lme4", "nb", "glmmtmb")
+
+from ..glmm._pseudobulk import pseudobulk  # noqa: E402  (re-exported: scnotes.tl.pseudobulk)
 
 
 def _top_genes_by_mean(adata, layer, n):
@@ -54,7 +62,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         size only if ``adata`` holds all genes; after subsetting genes pass the
         totals of the full file (``scnotes.pp.prepare`` stores them in
         ``obs["total_counts"]``).
-    method : {"veb", "nuts", "lme4"}
+    method : {"veb", "nuts", "lme4", "nb", "glmmtmb"}
         ``"veb"``: :class:`scnotes.glmm.PoissonGLMMVEB`, by default the full-rank
         guide with the exact expected log-likelihood on the sufficient statistics,
         all genes in one batched optimisation (kwargs: ``guide``, ``max_epochs``,
@@ -62,7 +70,11 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         per gene (kwargs: ``num_samples``, ``warmup_steps``, ``num_chains``,
         ``prior``). ``"lme4"``: :func:`scnotes.glmm.fit_lme4` (R; kwargs
         ``aggregate`` (default True: the per (group, donor) sums, same estimates),
-        ``nAGQ``).
+        ``nAGQ``). ``"nb"``: :class:`scnotes.glmm.NBGLMMVEB`, the NB GLMM with a
+        sample effect (kwargs ``sample_effect``, ``max_epochs``, ``n_quad``, …); its
+        contrasts carry posterior mean / sd, lfsr, the t test stated in
+        :class:`scnotes.glmm.NBGLMMVEB`'s notes (``p``) and BH ``q``. ``"glmmtmb"``:
+        :func:`scnotes.glmm.fit_glmmtmb` (R; kwarg ``sample_effect``, default True).
     n_top_genes : int
         Genes tested when ``genes`` is None.
     min_cells : int
@@ -157,6 +169,12 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         kw.update(kwargs)
         model = G.PoissonGLMMVEB(seed=seed, device=device, progress=progress, **kw).fit(data)
         table = model.summary(level=level, method=f"VEB ({model.guide})")
+    elif method == "nb":
+        model = G.NBGLMMVEB(seed=seed, device=device, progress=progress, **kwargs).fit(data)
+        table = model.summary(level=level)
+    elif method == "glmmtmb":
+        model = G.fit_glmmtmb(data, **kwargs)
+        table = model.summary(level=level)
     elif method == "lme4":
         kw = dict(aggregate=True)
         kw.update(kwargs)

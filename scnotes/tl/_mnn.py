@@ -50,7 +50,10 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
     backend, merge_order, auto_merge, seed
         Passed to the correction; ``**kwargs`` too (e.g. ``sigma``,
         ``var_adj``, ``cos_norm_out`` for ``mnn_correct``; ``ndist``,
-        ``cos_norm`` for ``fastmnn``). ``seed`` seeds the approximate search
+        ``cos_norm`` for ``fastmnn``; ``n_candidates`` for an approximate
+        backend). ``backend``: ``"exact"``, ``"pynndescent"`` or ``"faiss"``
+        (inverted-file search, the fast one for an embedding of 10^5-10^6
+        cells; see :func:`scnotes.mnn.knn_query`). ``seed`` seeds the approximate search
         only; the caller's global random state is never touched.
     copy : bool
         Work on a copy of ``adata`` and return ``(adata_copy, result)``; the

@@ -1,0 +1,177 @@
+"""NB GLMM (VEB), pseudobulk sums, BH q-values, and the live R references (glmmTMB, edgeR, DESeq2)."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse, stats
+
+from scnotes import glmm
+import scnotes.tl
+
+
+def _hint(pkg):
+    return f"R package {pkg} not found (Rscript); install: {glmm.R_INSTALL_HINTS[pkg]}"
+
+
+needs_glmmtmb = pytest.mark.skipif(not glmm.r_package_available("glmmTMB"), reason=_hint("glmmTMB"))
+needs_pseudobulk_r = pytest.mark.skipif(
+    not (glmm.r_package_available("edgeR") and glmm.r_package_available("DESeq2")),
+    reason=_hint("edgeR") + "; " + _hint("DESeq2"))
+
+
+def _data(a):
+    return glmm.glmm_data_from_adata(a, donor_key="donor", total_key="total_counts", cell_type_key="cell_type",
+                                     condition_key="condition")
+
+
+# ----------------------------------------------------------------- pseudobulk and q-values
+@pytest.mark.parametrize("as_sparse", [True, False])
+def test_pseudobulk_sums_equal_groupby(as_sparse):
+    a = glmm.simulate_nb_glmm(n_donors=3, n_cells=20, n_genes=7, n_cell_types=2, seed=3)
+    if not as_sparse:
+        a.X = a.X.toarray()
+    pb = scnotes.tl.pseudobulk(a, layer=None)
+    assert sparse.issparse(pb.X) == as_sparse
+    dense = a.X.toarray() if sparse.issparse(a.X) else a.X
+    ref = pd.DataFrame(dense, columns=a.var_names).groupby(
+        [a.obs["donor"].astype(str).values, a.obs["cell_type"].astype(str).values,
+         a.obs["condition"].astype(str).values]).sum()
+    got = pb.X.toarray() if sparse.issparse(pb.X) else pb.X
+    for k, name in enumerate(pb.obs_names):
+        np.testing.assert_allclose(got[k], ref.loc[tuple(name.split("|"))].to_numpy())
+    tot = a.obs.groupby(["donor", "cell_type", "condition"], observed=True)["total_counts"].sum()
+    for name, row in pb.obs.iterrows():
+        assert row["total_counts"] == pytest.approx(tot.loc[tuple(name.split("|"))])
+    assert pb.obs["n_cells"].sum() == a.n_obs
+    assert glmm.pseudobulk is scnotes.tl.pseudobulk
+
+
+def test_pseudobulk_errors():
+    a = glmm.simulate_nb_glmm(n_donors=2, n_cells=5, n_genes=3, seed=0)
+    with pytest.raises(KeyError, match="nope"):
+        glmm.pseudobulk(a, donor_key="nope")
+    with pytest.raises(ValueError, match="min_cells"):
+        glmm.pseudobulk(a, min_cells=10_000)
+
+
+def test_bh_qvalues_match_scipy():
+    p = np.random.default_rng(0).uniform(size=50) ** 2
+    p[[3, 7]] = np.nan
+    q = glmm.bh_qvalues(p)
+    ok = np.isfinite(p)
+    np.testing.assert_allclose(q[ok], stats.false_discovery_control(p[ok], method="bh"))
+    assert np.isnan(q[~ok]).all()
+
+
+# ----------------------------------------------------------------- NB GLMM VEB
+def test_nb_glmm_input_errors():
+    a = glmm.simulate_nb_glmm(n_donors=2, n_cells=5, n_genes=2, seed=0)
+    with pytest.raises(ValueError, match="sample_effect"):
+        glmm.NBGLMMVEB(sample_effect="donor")
+    with pytest.raises(ValueError, match="theta"):
+        glmm.NBGLMMVEB(theta=-1.0)
+    obs = a.obs.assign(grp=a.obs["condition"].astype(str))
+    d = glmm.glmm_data(obs, a.X, donor_key="donor", total_key="total_counts", group_key="grp")
+    with pytest.raises(ValueError, match="cell type × condition"):
+        glmm.NBGLMMVEB(sample_effect="condition", max_epochs=2).fit(d)
+    with pytest.raises(TypeError, match="GLMMData"):
+        glmm.NBGLMMVEB().fit(a)
+
+
+@pytest.mark.slow
+def test_nb_theta_infinite_matches_poisson_glmm():
+    """θ → ∞: the NB GLMM without a sample effect and with the Poisson VEB's shared prior is the
+    Poisson GLMM VEB — the same ELBO per gene at the optimum and the same contrasts — and the NB
+    quadrature path at θ = 1e7 agrees with the exact Poisson expectation at θ = ∞."""
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=60, n_genes=6, theta=np.inf, sigma_w=0.0,
+                              mean_range=(0.5, 5.0), seed=2)
+    d = _data(a)
+    pois = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=1500, lr=0.05).fit(d)
+    kw = dict(sample_effect=None, prior_b="shared", max_epochs=1000)
+    inf = glmm.NBGLMMVEB(theta=np.inf, **kw).fit(d)
+    big = glmm.NBGLMMVEB(theta=1e7, **kw).fit(d)
+    c = np.array([-1.0, 1.0])  # the contrast stim − ctrl
+    for m in (inf, big):
+        np.testing.assert_allclose(m.elbo_, pois.elbo(d), atol=0.05)
+        np.testing.assert_allclose(m.b_mean_ @ c, pois.b_mean_ @ c, atol=0.01)
+        np.testing.assert_allclose(m.sigma_u_, pois.sigma_u_, rtol=0.05, atol=0.01)
+    np.testing.assert_allclose(big.elbo_, inf.elbo_, atol=1e-3)
+    np.testing.assert_allclose(big.b_mean_, inf.b_mean_, atol=1e-3)
+
+
+def test_nb_glmm_recovers_theta_effects_and_sigma_u():
+    """On NB-GLMM simulations: θ near the truth, 95% contrast intervals cover at ≈ the nominal
+    rate, σ_u's median near the truth (8 donors)."""
+    J = 80
+    rng = np.random.default_rng(5)
+    lfc = rng.normal(0, 0.5, J)
+    a = glmm.simulate_nb_glmm(n_donors=8, n_cells=40, n_genes=J, sigma_u=0.4, sigma_w=0.1, theta=3.0,
+                              mean_range=(0.5, 5.0), log_fold_change=lfc, seed=7)
+    m = glmm.NBGLMMVEB().fit(_data(a))
+    assert np.median(np.abs(np.log(m.theta_ / 3.0))) < 0.15
+    tab = m.summary()
+    con = tab[tab.kind == "contrast"].set_index("gene").loc[a.var_names]
+    cover = np.mean((con["lower"] <= lfc) & (lfc <= con["upper"]))
+    assert cover >= 0.85, cover
+    assert np.corrcoef(con["estimate"], lfc)[0, 1] > 0.9
+    assert 0.3 < np.median(m.sigma_u_) < 0.5
+    assert {"lfsr", "q", "theta", "sigma_w"} <= set(tab.columns)
+    assert tab.loc[tab.kind == "contrast", "z"].isna().all()  # a posterior has no Wald z
+    assert m.df_ == {"type0": 7.0}  # paired design: n_donors − 1
+
+
+@pytest.mark.slow
+def test_paired_null_nb_calibrated_poisson_not():
+    """The issue's paired null: 4 donors × (150 ctrl + 150 stim) cells, donor sd 0.3, donor ×
+    condition sd 0.15, θ = 2, 200 genes, no condition effect."""
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=150, n_genes=200, sigma_u=0.3, sigma_w=0.15, theta=2.0,
+                              seed=11)
+    d = _data(a)
+    nb = glmm.NBGLMMVEB().fit(d).summary()
+    pois = glmm.PoissonGLMMVEB(guide="full", expectation="analytic").fit(d).summary()
+    p_nb = nb.loc[nb.kind == "contrast", "p"].to_numpy()
+    p_pois = pois.loc[pois.kind == "contrast", "p"].to_numpy()
+    assert len(p_nb) >= 200
+    assert np.mean(p_nb < 0.05) <= 0.08, np.mean(p_nb < 0.05)
+    assert np.mean(p_pois < 0.05) > 0.15, np.mean(p_pois < 0.05)
+
+
+# ----------------------------------------------------------------- R references
+def test_missing_r_gives_install_hint(monkeypatch):
+    monkeypatch.setenv("RSCRIPT", "/nonexistent/Rscript")
+    a = glmm.simulate_nb_glmm(n_donors=2, n_cells=5, n_genes=2, seed=0)
+    with pytest.raises(RuntimeError, match="apt-get install r-cran-glmmtmb"):
+        glmm.fit_glmmtmb(_data(a))
+    with pytest.raises(RuntimeError, match="r-bioc-edger"):
+        glmm.fit_edger(glmm.pseudobulk(a))
+    assert not glmm.r_package_available("glmmTMB")
+
+
+@pytest.mark.slow
+@needs_glmmtmb
+def test_nb_glmm_agrees_with_glmmtmb():
+    """Fixed effects of the NB GLMM VEB within one glmmTMB standard error (same model)."""
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=50, n_genes=5, sigma_u=0.3, sigma_w=0.15, theta=2.0,
+                              mean_range=(0.5, 5.0), seed=4)
+    d = _data(a)
+    m = glmm.NBGLMMVEB().fit(d)
+    ref = glmm.fit_glmmtmb(d)
+    ok = np.isfinite(ref.b)
+    assert ok.mean() > 0.9
+    assert glmm.agreement(m.b_mean_, ref.b, ref.b_se) >= 0.9
+    np.testing.assert_allclose(np.median(m.theta_ / ref.theta), 1.0, atol=0.15)
+
+
+@pytest.mark.slow
+@needs_pseudobulk_r
+def test_pseudobulk_edger_deseq2_null_and_signal():
+    rng = np.random.default_rng(1)
+    lfc = np.where(np.arange(60) < 10, 1.5, 0.0) * rng.choice([-1, 1], 60)
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=60, n_genes=60, sigma_u=0.3, sigma_w=0.15, theta=2.0,
+                              mean_range=(0.5, 5.0), log_fold_change=lfc, seed=9)
+    pb = glmm.pseudobulk(a)
+    for fit in (glmm.fit_edger, glmm.fit_deseq2):
+        tab = fit(pb).set_index("gene").loc[a.var_names]
+        assert tab["p"].notna().all()
+        assert (tab["q"].iloc[:10] < 0.05).mean() >= 0.8          # the DE genes are found
+        assert (tab["p"].iloc[10:] < 0.05).mean() <= 0.15        # nulls are not
+        assert np.corrcoef(tab["estimate"].iloc[:10], lfc[:10])[0, 1] > 0.9
