@@ -390,6 +390,18 @@ def _dense_counts(x):
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
 
+def _counts_and_means(x, mean):
+    """Dense float64 counts and predicted means of the same shape, checked (the held-out
+    scorers' shared input check). Raises ValueError on shape mismatch or negative/non-finite means."""
+    x = _dense_counts(x)
+    mu = np.asarray(mean, dtype=np.float64)
+    if mu.shape != x.shape:
+        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
+    if np.any(mu < 0) or not np.all(np.isfinite(mu)):
+        raise ValueError("predicted means must be finite and non-negative")
+    return x, mu
+
+
 def poisson_loglik(x, mean, mask=None, per: str = "entry", floor: float = 0.0):
     """Poisson log-likelihood of counts ``x`` under predicted means ``mean``
     (both n_cells × n_genes), in nats.
@@ -404,12 +416,7 @@ def poisson_loglik(x, mean, mask=None, per: str = "entry", floor: float = 0.0):
     """
     from scipy.special import gammaln, xlogy
 
-    x = _dense_counts(x)
-    mu = np.asarray(mean, dtype=np.float64)
-    if mu.shape != x.shape:
-        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
-    if np.any(mu < 0) or not np.all(np.isfinite(mu)):
-        raise ValueError("predicted means must be finite and non-negative")
+    x, mu = _counts_and_means(x, mean)
     if floor > 0:
         mu = np.maximum(mu, floor)
     ll = xlogy(x, mu) - mu - gammaln(x + 1)
@@ -511,12 +518,7 @@ def zinb_loglik(x, mean, theta, logodds, mask=None, per: str = "entry"):
 
     from .likelihoods import zinb_log_pmf
 
-    x = _dense_counts(x)
-    mu = np.asarray(mean, dtype=np.float64)
-    if mu.shape != x.shape:
-        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
-    if np.any(mu < 0) or not np.all(np.isfinite(mu)):
-        raise ValueError("predicted means must be finite and non-negative")
+    x, mu = _counts_and_means(x, mean)
     p = x.shape[1]
     th = torch.as_tensor(np.broadcast_to(np.asarray(theta, dtype=np.float64), (p,)).copy())
     eta = torch.as_tensor(np.broadcast_to(np.asarray(logodds, dtype=np.float64), (p,)).copy())
