@@ -262,10 +262,8 @@ def test_nuts_recovers_truth_at_expected_rate():
 
 # ----------------------------------------------------------------- lme4
 def test_lme4_missing_says_how_to_install(monkeypatch):
-    import scnotes.glmm._lme4 as L
-
     data, _, _ = simulate(n_cells=100)
-    monkeypatch.setattr(L.shutil, "which", lambda *_: None)
+    monkeypatch.setenv("RSCRIPT", "/nonexistent/Rscript")
     with pytest.raises(RuntimeError, match="apt-get install r-base-core r-cran-lme4"):
         glmm.fit_lme4(data)
 
@@ -398,9 +396,7 @@ def test_nuts_leaves_global_rng_untouched_and_repeats():
 
 
 def test_r_versions_frame_shape(monkeypatch):
-    import scnotes.glmm._lme4 as L
-
-    monkeypatch.setattr(L.shutil, "which", lambda *_: None)
+    monkeypatch.setenv("RSCRIPT", "/nonexistent/Rscript")
     v = glmm.r_versions()
     assert list(v.index) == ["R", "lme4"] and list(v.columns) == ["version"]
     assert (v.version == "not installed").all()

@@ -16,18 +16,15 @@ r-base-core r-cran-lme4``; elsewhere ``install.packages("lme4")`` in R).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ._design import GLMMData
+from ._rscript import r_package_available, rscript_path, run_r_script
 from ._tidy import tidy_effects
 
 __all__ = ["lme4_available", "fit_lme4", "Lme4Result", "INSTALL_HINT", "r_versions"]
@@ -83,22 +80,9 @@ writeLines(format(total, digits = 10), file.path(dir, "loop_seconds.txt"))
 """
 
 
-def _rscript(rscript: str | None):
-    exe = rscript or os.environ.get("RSCRIPT", "Rscript")
-    return shutil.which(exe)
-
-
 def lme4_available(rscript: str | None = None) -> bool:
     """Whether ``Rscript`` is on the PATH and can load ``lme4``."""
-    exe = _rscript(rscript)
-    if exe is None:
-        return False
-    try:
-        r = subprocess.run([exe, "-e", 'quit(status = !requireNamespace("lme4", quietly = TRUE))'],
-                           capture_output=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
+    return r_package_available("lme4", rscript)
 
 
 def r_versions(packages=("lme4",), rscript: str | None = None):
@@ -110,7 +94,7 @@ def r_versions(packages=("lme4",), rscript: str | None = None):
     """
     names = ["R", *packages]
     out = dict.fromkeys(names, "not installed")
-    exe = _rscript(rscript)
+    exe = rscript_path(rscript)
     if exe is not None:
         pk = ", ".join(f'"{p}"' for p in packages)
         code = ('cat(paste0("R=", paste(R.version$major, R.version$minor, sep = "."), "\\n")); '
@@ -194,36 +178,23 @@ def fit_lme4(data: GLMMData, nAGQ: int = 1, aggregate: bool = False, rscript: st
     """
     if not isinstance(data, GLMMData):
         raise TypeError("data must be a GLMMData (see scnotes.glmm.glmm_data)")
-    exe = _rscript(rscript)
-    if exe is None:
-        raise RuntimeError(f"Rscript not found on the PATH; {INSTALL_HINT}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        tmp = Path(tmp)
-        if aggregate:
-            st = data.stats()
-            gi, di = np.nonzero(st.n)
-            cells = pd.DataFrame({"cell_group": gi, "donor": np.asarray(data.donors)[di],
-                                  "total": st.S[gi, di]})
-            y = st.Y[:, gi, di].T
-        else:
-            cells = pd.DataFrame({"cell_group": data.group, "donor": np.asarray(data.donors)[data.donor],
-                                  "total": data.total})
-            y = data.counts
-        cells.to_csv(tmp / "cells.csv", index=False)
-        pd.DataFrame(y.astype(np.int64), columns=[f"g{j}" for j in range(data.n_genes)]).to_csv(
-            tmp / "counts.csv", index=False)
-        (tmp / "n_groups.txt").write_text(str(data.n_groups))
-        (tmp / "fit.R").write_text(_R_SCRIPT)
-        try:
-            r = subprocess.run([exe, "--vanilla", str(tmp / "fit.R"), str(tmp), str(int(nAGQ))],
-                               capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise RuntimeError(f"lme4 timed out after {timeout} s") from e
-        if r.returncode != 0:
-            if "lme4" in r.stderr and ("no package" in r.stderr.lower() or "there is no package" in r.stderr):
-                raise RuntimeError(f"R package lme4 is not installed; {INSTALL_HINT}")
-            raise RuntimeError(f"Rscript failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    if aggregate:
+        st = data.stats()
+        gi, di = np.nonzero(st.n)
+        cells = pd.DataFrame({"cell_group": gi, "donor": np.asarray(data.donors)[di],
+                              "total": st.S[gi, di]})
+        y = st.Y[:, gi, di].T
+    else:
+        cells = pd.DataFrame({"cell_group": data.group, "donor": np.asarray(data.donors)[data.donor],
+                              "total": data.total})
+        y = data.counts
+    counts = pd.DataFrame(y.astype(np.int64), columns=[f"g{j}" for j in range(data.n_genes)])
+    tmp_obj, tmp = run_r_script(_R_SCRIPT, "lme4", {"cells.csv": cells, "counts.csv": counts,
+                                                    "n_groups.txt": data.n_groups},
+                                f"R package lme4 is not installed; {INSTALL_HINT}", args=(int(nAGQ),),
+                                rscript=rscript, timeout=timeout, workdir=workdir)
+    with tmp_obj:
         pars = pd.read_csv(tmp / "pars.csv", keep_default_na=False, na_values=["NA"])
         J, G, D = data.n_genes, data.n_groups, data.n_donors
         b = np.full((J, G), np.nan)

@@ -27,17 +27,14 @@ Requires R with ``glmmTMB``, ``edgeR``, ``DESeq2`` (Debian/Ubuntu:
 """
 from __future__ import annotations
 
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ._design import GLMMData
-from ._lme4 import _rscript
+from ._rscript import r_package_available, run_r_script
 from ._tidy import TIDY_COLUMNS, bh_qvalues, tidy_effects
 
 __all__ = ["fit_glmmtmb", "fit_edger", "fit_deseq2", "r_package_available", "GlmmTMBResult",
@@ -50,49 +47,14 @@ R_INSTALL_HINTS = {
 }
 
 
-def r_package_available(package: str, rscript: str | None = None) -> bool:
-    """Whether ``Rscript`` is on the PATH and can load the R ``package``."""
-    exe = _rscript(rscript)
-    if exe is None:
-        return False
-    try:
-        r = subprocess.run([exe, "-e", f'quit(status = !requireNamespace("{package}", quietly = TRUE))'],
-                           capture_output=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
 def _hint(package):
     return (f"R package {package} is not installed; install it with {R_INSTALL_HINTS[package]} "
             "(or `bash scripts/install_r.sh` in the scnotes repository)")
 
 
 def _run(script: str, package: str, files: dict, args=(), rscript=None, timeout=3600.0, workdir=None):
-    """Write ``files`` (name → DataFrame or text) and run ``script``; returns (dir contents reader, wall s)."""
-    exe = _rscript(rscript)
-    if exe is None:
-        raise RuntimeError(f"Rscript not found on the PATH; {_hint(package)}")
-    tmp_obj = tempfile.TemporaryDirectory(dir=workdir)
-    tmp = Path(tmp_obj.name)
-    for name, obj in files.items():
-        if isinstance(obj, pd.DataFrame):
-            obj.to_csv(tmp / name, index=False)
-        else:
-            (tmp / name).write_text(str(obj))
-    (tmp / "fit.R").write_text(script)
-    try:
-        r = subprocess.run([exe, "--vanilla", str(tmp / "fit.R"), str(tmp), *map(str, args)],
-                           capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        tmp_obj.cleanup()
-        raise RuntimeError(f"{package} timed out after {timeout} s") from e
-    if r.returncode != 0:
-        tmp_obj.cleanup()
-        if "there is no package" in r.stderr or "no package called" in r.stderr:
-            raise RuntimeError(_hint(package))
-        raise RuntimeError(f"Rscript ({package}) failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-    return tmp_obj, tmp
+    return run_r_script(script, package, files, _hint(package), args=args, rscript=rscript,
+                        timeout=timeout, workdir=workdir)
 
 
 # ----------------------------------------------------------------------------- glmmTMB

@@ -295,7 +295,6 @@ class PoissonGLMMVEB:
 
     def _eta_moments(self, g, d):
         """Mean and variance of η = b_g + u_d under q for index vectors g, d (each (K,)): (J, K)."""
-        p = self._p
         G = self._G
         mean = self._mean()
         m = mean[:, g] + mean[:, G + d]
