@@ -1,11 +1,11 @@
-"""What a chapter's closing cell prints: the versions of the packages it ran with."""
+"""What a chapter reports: numbers glued into its prose, and the package versions it ran with."""
 from __future__ import annotations
 
 import platform
 import sys
 from importlib import metadata
 
-__all__ = ["package_versions"]
+__all__ = ["package_versions", "glue"]
 
 _DEFAULT = ("scnotes", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn",
             "pynndescent", "pyro-ppl", "matplotlib", "umap-learn", "leidenalg")
@@ -25,3 +25,23 @@ def package_versions(extra=()):
         except metadata.PackageNotFoundError:
             rows[name] = "not installed"
     return pd.DataFrame({"version": rows})
+
+
+def glue(name: str, value, display: bool = False):
+    """Store ``value`` under ``name`` for a chapter's prose (myst-nb's ``glue``, by
+    default without displaying it), numpy scalars first turned into Python numbers.
+
+    Why: under numpy ≥ 2 the text form of ``np.float64(0.5)`` is
+    ``"np.float64(0.5)"``, which myst-nb cannot read back as a number, so a
+    ``{glue:text}`key:.3f``` role fails the ``-W`` build. Needs ``myst-nb`` (the
+    ``book`` extra); raises ``ImportError`` naming it otherwise.
+    """
+    import numpy as np
+
+    try:
+        from myst_nb import glue as _glue
+    except ImportError as e:  # pragma: no cover - only without the book extra
+        raise ImportError("scnotes.report.glue needs myst-nb: pip install 'scnotes[book]'") from e
+    if isinstance(value, np.generic):
+        value = value.item()
+    _glue(name, value, display=display)

@@ -101,3 +101,20 @@ def test_every_chapter_is_in_the_toc():
             assert f"book/{p.stem}" not in toc, f"{p.name} is in _toc.yml: remove it from DRAFTS"
             continue
         assert f"book/{p.stem}" in toc, f"{p.name} is not in _toc.yml"
+
+
+def test_report_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
+    """myst-nb reads a glued number back from its text form; numpy 2 writes np.float64(…)."""
+    import myst_nb
+    import numpy as np
+
+    import scnotes.report
+
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: seen.update({name: (value, display)}))
+    scnotes.report.glue("a", np.float64(0.25))
+    scnotes.report.glue("b", np.int64(3), display=True)
+    scnotes.report.glue("c", "text")
+    assert repr(seen["a"][0]) == "0.25" and seen["a"][1] is False
+    assert type(seen["b"][0]) is int and seen["b"][1] is True
+    assert seen["c"] == ("text", False)
