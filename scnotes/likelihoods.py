@@ -96,6 +96,19 @@ def _log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def _log_gamma_ratio64(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """A(x, θ) at the broadcast shape of (x, θ), evaluated only where x > 0.
+
+    A(0, θ) = 0 exactly, and UMI count matrices are mostly zeros (80–95 %), so the
+    float64 lgamma, its digamma in the backward pass and the series run on the
+    non-zero entries alone; the result and its gradient in θ are unchanged.
+    """
+    x, theta = torch.broadcast_tensors(x, theta)
+    nz = x > 0
+    out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, theta.dtype), device=x.device)
+    return out.masked_scatter(nz, _log_gamma_ratio64_dense(x[nz], theta[nz]))
+
+
+def _log_gamma_ratio64_dense(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     direct = torch.lgamma(x + theta) - torch.lgamma(theta) - x * torch.log(theta)
     # Clamped so the branch not taken stays finite (torch.where back-propagates
     # through both branches, and inf * 0 would poison the gradient).
