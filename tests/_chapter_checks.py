@@ -79,6 +79,10 @@ def check_executed(path, chapter: str | None = None) -> dict:
                 glued[sb["name"]] = "".join(txt[0]) if txt else None
     missing = sorted(used - set(glued))
     assert not missing, f"glue keys used but never glued: {missing}"
+    # numpy 2 writes a numpy scalar as "np.float64(…)", which myst-nb cannot format
+    # ({glue:text}`key:.3f` then fails the -W build): glue Python numbers.
+    numpy_text = sorted(k for k, v in glued.items() if v and v.startswith("np."))
+    assert not numpy_text, f"numpy scalars glued (use scnotes.report.glue): {numpy_text}"
     return glued
 
 
