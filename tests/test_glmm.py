@@ -229,7 +229,9 @@ def test_batched_fit_matches_single_gene_fits():
 # ----------------------------------------------------------------- NUTS
 def test_nuts_reports_rhat_ess_and_tracks_truth():
     data, b, u = simulate(n_cells=1500, n_types=1, n_donors=6, sigma_u=0.5, seed=10)
-    r = glmm.fit_nuts(data, num_samples=100, warmup_steps=100, num_chains=2, prior="shared")
+    # 100 + 100 draws per chain gave R-hat 1.118 on one machine (pinned packages): too few
+    # draws for a 1.1 threshold to be a property rather than luck; 200 + 200 give 1.05.
+    r = glmm.fit_nuts(data, num_samples=200, warmup_steps=200, num_chains=2, prior="shared")
     d = r.diagnostics
     assert {"r_hat", "ess", "mean", "sd"} <= set(d.columns)
     assert len(d) == data.n_groups + data.n_donors + 2
