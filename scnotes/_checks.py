@@ -26,6 +26,24 @@ def _values(x):
     return x.data if sp.issparse(x) else np.asarray(x)
 
 
+_CHUNK = 1 << 22  # values per check: temporaries of a few MB, not copies of the data
+
+
+def _check_values(v, name):
+    """Finite, non-negative, integer, checked in chunks so that a 10⁸-value matrix
+    gets no full-size temporaries (``np.round`` alone would copy it)."""
+    for i in range(0, v.size, _CHUNK):
+        c = v[i:i + _CHUNK]
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"{name} contains NaN or infinite values; counts must be finite")
+        if np.any(c < 0):
+            raise ValueError(f"{name} contains negative values; expected raw UMI counts")
+        if np.any(c != np.round(c)):
+            raise ValueError(
+                f"{name} contains non-integer values; expected raw UMI counts "
+                "(pass the raw counts layer, not normalised or log data)")
+
+
 def is_backed(x) -> bool:
     """True for a matrix that lives on disk: the ``X`` of an AnnData opened with
     ``backed="r"`` (an anndata CSR/CSC dataset) or an h5py dataset."""
@@ -145,15 +163,7 @@ def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
         raise TypeError(f"{name} must be a 2-d cells × genes matrix, got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {x.shape})")
-    v = _values(x)
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} contains NaN or infinite values; counts must be finite")
-    if np.any(v < 0):
-        raise ValueError(f"{name} contains negative values; expected raw UMI counts")
-    if np.any(v != np.round(v)):
-        raise ValueError(
-            f"{name} contains non-integer values; expected raw UMI counts "
-            "(pass the raw counts layer, not normalised or log data)")
+    _check_values(_values(x).reshape(-1), name)
     if not allow_empty_cells:
         n_empty = int(np.sum(np.asarray(x.sum(axis=1)).ravel() == 0))
         if n_empty:

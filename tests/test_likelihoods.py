@@ -4,8 +4,8 @@ import pytest
 import scipy.stats as st
 import torch
 
-from scnotes.likelihoods import (nb_log_pmf, normal_kl, poisson_log_pmf, zinb_log_pmf,
-                                 zinb_nonzero_posterior)
+from scnotes.likelihoods import (nb_log_pmf, normal_kl, poisson_log_lik_rows, poisson_log_pmf,
+                                 zinb_log_pmf, zinb_nonzero_posterior)
 
 D = torch.float64
 
@@ -24,6 +24,17 @@ def test_poisson_matches_scipy():
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
     # x = 0 at rate 0 has probability 1.
     assert poisson_log_pmf(t(0.0), t(0.0)).item() == 0.0
+
+
+def test_poisson_row_sums_match_scipy_over_monte_carlo_draws():
+    # S × B × p log rates against B × p counts: the per-row sum, log x! counted once per draw.
+    rng = np.random.default_rng(0)
+    x = rng.poisson(3.0, (4, 7)).astype(float)
+    log_rate = rng.normal(1.0, 1.0, (3, 4, 7))
+    got = poisson_log_lik_rows(t(x), t(log_rate)).numpy()
+    ref = st.poisson(np.exp(log_rate)).logpmf(x[None]).sum(-1)
+    assert got.shape == (3, 4)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
 
 
 @pytest.mark.parametrize("theta", [1e-2, 0.3, 1.0, 7.5, 100.0, 1e4])

@@ -205,6 +205,41 @@ def test_covariates_enter_the_decoder(sim):
     np.testing.assert_array_equal(m.latent(x, covariates=c), m.latent(x, covariates=c[:, ::-1]))
 
 
+def test_decoder_without_batch_norm_is_scmodes_decoder_and_round_trips(sim, tmp_path):
+    x, _ = sim
+    m = small(decoder_batch_norm=False).fit(x, max_epochs=20, **FAST)
+    kinds = [type(layer).__name__ for layer in m.module.decoder.net]
+    assert kinds == ["Linear", "ReLU", "Linear", "ReLU"]
+    assert any(isinstance(layer, torch.nn.BatchNorm1d) for layer in m.module.encoder.net)
+    # Without BatchNorm the decoder is the same function in train and eval mode.
+    z = torch.randn(5, m.n_latent)
+    m.module.decoder.train()
+    a = m.module.decoder(z)
+    m.module.decoder.eval()
+    torch.testing.assert_close(a, m.module.decoder(z))
+    m.save(tmp_path / "m")
+    back = type(m).load(tmp_path / "m")
+    assert not any(isinstance(layer, torch.nn.BatchNorm1d) for layer in back.module.decoder.net)
+    np.testing.assert_allclose(back.predict(x), m.predict(x), rtol=1e-6)
+
+
+def test_decoder_log_mean_stays_finite_where_softplus_underflows():
+    from scnotes.vae import MLPDecoder
+
+    dec = MLPDecoder(2, 3, 4)
+    with torch.no_grad():
+        dec.out.weight.zero_()
+        dec.out.bias.copy_(torch.tensor([-200.0, -20.0, 5.0]))
+    a = torch.zeros(6, 2, requires_grad=True)
+    log_mu = dec(a)
+    assert torch.isfinite(log_mu).all()
+    # Above the float32 floor log softplus(a) ≈ a for very negative a, and exact otherwise.
+    torch.testing.assert_close(log_mu[0, 1], torch.tensor(-20.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_mu[0, 2], torch.log(torch.nn.functional.softplus(torch.tensor(5.0))))
+    (torch.tensor([1.0, 1.0, 1.0]) * log_mu).sum().backward()
+    assert torch.isfinite(dec.out.bias.grad).all()
+
+
 # --- reproducibility, sparse, minibatches ------------------------------------
 def test_same_seed_same_result_and_different_seed_differs(sim):
     x, _ = sim

@@ -66,6 +66,11 @@ __all__ = ["PoissonNMF", "poisson_nmf", "poisson_loglik"]
 _METHODS = ("mu", "scd")
 
 
+def _sum_gammaln1(v, chunk=1 << 22):
+    """Σ log Γ(v + 1) in chunks (no temporaries the size of the data)."""
+    return float(sum(gammaln(v[i:i + chunk] + 1.0).sum() for i in range(0, v.size, chunk)))
+
+
 class _Problem:
     """The data of one (weighted) fit in the layout the kernels want."""
 
@@ -79,7 +84,7 @@ class _Problem:
         if w is None:
             self.w = None
             d = xs
-            self.const = -float(gammaln(xs.data + 1.0).sum())
+            self.const = -_sum_gammaln1(xs.data)
         else:
             self.w = w
             d = sp.csr_matrix(xs.multiply(w))

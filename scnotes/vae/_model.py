@@ -599,6 +599,10 @@ class PVAE(_CountVAE):
     encoder_input : "raw" (default, as the seed) or "log1p": what the encoder sees
     n_batches : int, the first ``n_batches`` covariate columns are a batch one-hot
         (set by ``scnotes.tl``; used by ``normalized_expression(batch=...)``)
+    decoder_batch_norm : bool, BatchNorm in the decoder's hidden layers (default True).
+        False is scmodes' decoder (Linear → ReLU): on the seed simulation (latent 10,
+        3,000 epochs) 1.03× scmodes' CPU time instead of 1.27×, but a held-out
+        log-likelihood per entry of −3.86 instead of −2.94 (scmodes −3.89)
 
     Fitted attributes: ``history_`` (training record, see :meth:`fit`), ``trace_``
     (its loss summed over cells, the older record), ``fit_time_`` (s).

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..likelihoods import nb_log_pmf, normal_kl, poisson_log_pmf, zinb_log_pmf, zinb_nonzero_posterior
+from ..likelihoods import (nb_log_pmf, normal_kl, poisson_log_lik_rows, poisson_log_pmf, zinb_log_pmf,
+                           zinb_nonzero_posterior)
 
 __all__ = ["CountVAEModule", "MLPDecoder", "LinearDecoder", "LIKELIHOODS"]
 
@@ -39,8 +40,9 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def _mlp(input_dim: int, hidden_dim: int, n_layers: int = 2, dropout: float = 0.0,
-         bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> nn.Sequential:
-    """``n_layers`` hidden layers, Linear → BatchNorm → ReLU (→ Dropout if ``dropout`` > 0).
+         bn_eps: float = 1e-5, bn_momentum: float = 0.1, batch_norm: bool = True) -> nn.Sequential:
+    """``n_layers`` hidden layers, Linear → BatchNorm → ReLU (→ Dropout if ``dropout`` > 0);
+    Linear → ReLU with ``batch_norm=False``.
 
     Two layers without dropout is the seed's architecture; one layer with
     dropout 0.1, BatchNorm eps 1e-3 and momentum 0.01 is scvi-tools' default
@@ -48,8 +50,10 @@ def _mlp(input_dim: int, hidden_dim: int, n_layers: int = 2, dropout: float = 0.
     """
     layers, d = [], input_dim
     for _ in range(n_layers):
-        layers += [nn.Linear(d, hidden_dim), nn.BatchNorm1d(hidden_dim, eps=bn_eps, momentum=bn_momentum),
-                   nn.ReLU()]
+        layers.append(nn.Linear(d, hidden_dim))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden_dim, eps=bn_eps, momentum=bn_momentum))
+        layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         d = hidden_dim
@@ -89,26 +93,33 @@ class Encoder(nn.Module):
         return self.mean(h), F.softplus(self.scale(h)) + self.scale_floor
 
 
+def _log_softplus(a):
+    """log softplus(a), with softplus floored at the smallest normal float (1.2e-38 in
+    float32, log ≥ −87.3): softplus underflows to exactly 0 below about −103 in
+    float32, and log 0 would turn the Poisson term x log μ and its gradient into
+    NaN. Three elementwise kernels; an exact branch for a < −15
+    (``where``/``clamp``) cost 6 % of a small full-batch step."""
+    return torch.log(F.softplus(a) + torch.finfo(a.dtype).tiny)
+
+
 class MLPDecoder(nn.Module):
     """[z, c] (… × (K + C)) → log μ (… × p), μ = softplus(·) the expected count per
     unit size factor.
 
-    Returned on the log scale because softplus underflows to exactly 0 below
-    about −103 in float32, and the Poisson term x log μ then turns the
-    gradient into NaN; log softplus(a) = a + O(e^a) for a < −15 never underflows.
+    Returned on the log scale (see :func:`_log_softplus` for the floor that keeps
+    it finite). ``batch_norm=False`` drops the BatchNorm of the hidden layers:
+    Linear → ReLU twice, scmodes' decoder (the seed's ``PVAE``).
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int):
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int, batch_norm: bool = True):
         super().__init__()
-        self.net = _mlp(input_dim, hidden_dim)
+        self.net = _mlp(input_dim, hidden_dim, batch_norm=batch_norm)
         self.out = nn.Linear(hidden_dim, output_dim)
 
     def forward(self, zc):
         lead = zc.shape[:-1]
         h = self.net(zc.reshape(-1, zc.shape[-1]))
-        a = self.out(h)
-        log_mu = torch.where(a > -15, torch.log(F.softplus(a.clamp(min=-15))), a)
-        return log_mu.reshape(*lead, -1)
+        return _log_softplus(self.out(h)).reshape(*lead, -1)
 
 
 Decoder = MLPDecoder  # the seed's decoder, under its older name
@@ -176,6 +187,8 @@ class CountVAEModule(nn.Module):
         variance of the log total counts of batch b, set with :meth:`set_library_prior`).
     n_batches : int, the first ``n_batches`` covariate columns are the batch one-hot
         (used only by ``library="latent"``).
+    decoder_batch_norm : bool, BatchNorm in the MLP decoder's hidden layers (True);
+        False is scmodes' decoder, about 20 % faster per step on the seed's simulation.
 
     Tensor shapes below: B cells, S Monte Carlo samples, p genes.
     ``x``: B × p, ``w``: B × p or None (all observed), ``s``: B, ``c``: B × C or None.
@@ -186,7 +199,8 @@ class CountVAEModule(nn.Module):
                  theta_by_gene: bool = True, logodds_by_gene: bool = True,
                  scale_floor: float = 1e-4, encoder_input: str = "raw",
                  n_layers: int = 2, dropout: float = 0.0, decoder: nn.Module | None = None,
-                 latent_distribution: str = "normal", library: str = "observed", n_batches: int = 0):
+                 latent_distribution: str = "normal", library: str = "observed", n_batches: int = 0,
+                 decoder_batch_norm: bool = True):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
@@ -203,7 +217,8 @@ class CountVAEModule(nn.Module):
         bn = dict(bn_eps=1e-3, bn_momentum=0.01) if dropout > 0 else {}
         self.encoder = Encoder(input_dim, latent_dim, hidden_dim, scale_floor, encoder_input,
                                n_layers=n_layers, dropout=dropout, **bn)
-        self.decoder = (MLPDecoder(latent_dim + n_covariates, input_dim, hidden_dim)
+        self.decoder = (MLPDecoder(latent_dim + n_covariates, input_dim, hidden_dim,
+                                   batch_norm=decoder_batch_norm)
                         if decoder is None else decoder)
         if likelihood in ("nb", "zinb"):
             # log θ = 0: θ = 1 at the start, a moderately overdispersed NB.
@@ -272,6 +287,8 @@ class CountVAEModule(nn.Module):
 
         ``log_s`` (S × B, sampled library) replaces log ``s`` when given."""
         log_s = torch.log(s)[:, None] if log_s is None else log_s[..., None]
+        if w is None and self.likelihood == "poisson":
+            return poisson_log_lik_rows(x, log_s + log_mu)
         ll = self.log_lik_entries(x, log_s + log_mu)
         if w is not None:
             ll = torch.where(w > 0, w * ll, torch.zeros_like(ll))
