@@ -74,6 +74,17 @@ def write_h5ad(path: Path, n_cells: int, n_genes: int, seed: int = 0, chunk: int
         f.attrs["encoding-version"] = "0.1.0"
 
 
+def _peak_rss_gb() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: on Linux that keeps
+    the parent's RSS at fork across exec, so a child started after the parent wrote a
+    large file reported the parent's 2.5 GB as its own."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
 def _child(mode: str, path: str, threads: int):
     import anndata as ad
     import torch
@@ -99,7 +110,7 @@ def _child(mode: str, path: str, threads: int):
         t1, c1 = time.perf_counter(), time.process_time()
         m.fit(x, max_epochs=1, batch_size=128, n_samples=1, progress=False)
         per, cpu = time.perf_counter() - t1, time.process_time() - c1
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    rss_gb = _peak_rss_gb()
     print(json.dumps({"seconds": per, "cpu": cpu, "rss_gb": rss_gb, "total": time.perf_counter() - t0, **extra}))
 
 

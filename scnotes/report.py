@@ -1,11 +1,11 @@
-"""What a chapter reports: numbers glued into its prose, and the package versions it ran with."""
+"""What a chapter reports: numbers glued into its prose, its tables, and the package versions it ran with."""
 from __future__ import annotations
 
 import platform
 import sys
 from importlib import metadata
 
-__all__ = ["package_versions", "glue"]
+__all__ = ["package_versions", "glue", "glues", "table"]
 
 _DEFAULT = ("scnotes", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn",
             "pynndescent", "pyro-ppl", "matplotlib", "umap-learn", "leidenalg")
@@ -45,3 +45,32 @@ def glue(name: str, value, display: bool = False):
     if isinstance(value, np.generic):
         value = value.item()
     _glue(name, value, display=display)
+
+
+def glues(**values):
+    """:func:`glue` each keyword (name = value) without displaying it."""
+    for name, value in values.items():
+        glue(name, value)
+
+
+def table(df, decimals: int = 3, na_rep: str = "–"):
+    """A results table for display: floats shown with ``decimals`` decimals, and cells
+    that do not apply (NaN: the sd of a single fit, an interval a method does not
+    give) shown as ``na_rep`` instead of "NaN". ±inf stays visible as ∞.
+
+    Returns a new DataFrame of strings with the same index and columns; ``df`` is
+    not changed. Only for display: compute on ``df``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    def cell(v):
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)) or v is pd.NA:
+            return na_rep
+        if isinstance(v, (float, np.floating)):
+            if np.isinf(v):
+                return "∞" if v > 0 else "−∞"
+            return f"{v:.{decimals}f}"
+        return v
+
+    return df.map(cell) if hasattr(df, "map") and isinstance(df, pd.DataFrame) else df.apply(cell)
