@@ -85,6 +85,14 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _rss_now_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
 def _child(mode: str, path: str, threads: int):
     import anndata as ad
     import torch
@@ -105,6 +113,9 @@ def _child(mode: str, path: str, threads: int):
         from scnotes.vae import PVAE
 
         a = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
+        # What opening the file costs before any fit (in backed mode: obs, i.e. the cell
+        # names, which anndata holds in memory, ~100 MB at 1M cells).
+        extra = dict(open_gb=_rss_now_gb())
         x = a.X
         m = PVAE(x.shape[1], n_latent=10, seed=0)
         t1, c1 = time.perf_counter(), time.process_time()
@@ -120,6 +131,7 @@ def main(argv=None):
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--modes", nargs="+", default=["memory", "backed", "nmf"], choices=["memory", "backed", "nmf"])
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -141,7 +153,7 @@ def main(argv=None):
         with h5py.File(path, "r") as f:
             nnz = f["X/data"].shape[0]
         print(f"{n:>8} cells: {nnz:,} non-zeros, {100 * (1 - nnz / (n * a.genes)):.1f} % zeros", flush=True)
-        modes = ["memory", "backed"] + (["nmf"] if n == max(a.sizes) else [])
+        modes = [m for m in a.modes if m != "nmf" or n == max(a.sizes)]
         for mode in modes:
             env = dict(os.environ)
             if mode == "backed":
@@ -162,15 +174,19 @@ def main(argv=None):
             r_ = res[(n, mode)]
             line = (f"{n:>8} cells  {mode:>6}: {r_['seconds']:8.1f} {u} (CPU {r_['cpu']:.1f} s), peak RSS "
                     f"{r_['rss_gb']:.2f} GB")
+            if "open_gb" in r_:
+                line += f" (after opening the file, before fitting: {r_['open_gb']:.2f} GB)"
             if mode == "nmf":
                 line += (f"; the CSR itself {r_['csr_gb']:.2f} GB, a dense float64 copy would be "
                          f"{r_['dense_gb']:.1f} GB ({'not densified' if r_['rss_gb'] < r_['dense_gb'] else 'DENSIFIED?'})")
             print(line, flush=True)
     lo, hi = min(a.sizes), max(a.sizes)
-    if (lo, "backed") in res and hi > lo:
+    if (lo, "backed") in res and (hi, "backed") in res and hi > lo:
         b_lo, b_hi = res[(lo, "backed")], res[(hi, "backed")]
+        fit_lo, fit_hi = b_lo["rss_gb"] - b_lo["open_gb"], b_hi["rss_gb"] - b_hi["open_gb"]
         print(f"targets: backed peak RSS at {hi} cells {b_hi['rss_gb']:.2f} GB (target ≤ 2 GB at 1M), "
-              f"{b_hi['rss_gb'] / b_lo['rss_gb']:.2f}× its value at {lo} (target ≤ 1.2×); "
+              f"{b_hi['rss_gb'] / b_lo['rss_gb']:.2f}× its value at {lo} (target ≤ 1.2×); above the opened "
+              f"file: {fit_hi:.2f} vs {fit_lo:.2f} GB ({fit_hi / fit_lo:.2f}×); "
               f"s/epoch {b_hi['seconds'] / b_lo['seconds']:.1f}× (CPU s {b_hi['cpu'] / b_lo['cpu']:.1f}×) "
               f"for {hi / lo:.0f}× the cells (target ≤ {1.1 * hi / lo:.0f}×)")
 
