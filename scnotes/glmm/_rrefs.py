@@ -70,17 +70,18 @@ cells$donor <- factor(cells$donor); cells$sample <- factor(cells$sample)
 form <- if (use_sample) y ~ 0 + cell_group + offset(log(total)) + (1 | donor) + (1 | sample) else
   y ~ 0 + cell_group + offset(log(total)) + (1 | donor)
 fe <- list(); vc <- list(); pars <- list()
-t0 <- proc.time()[["elapsed"]]
+cpu <- function() { pt <- proc.time(); pt[["user.self"]] + pt[["sys.self"]] }
+t0 <- proc.time()[["elapsed"]]; c0 <- cpu()
 for (j in seq_len(ncol(y))) {
   cells$y <- y[, j]
   msgs <- character(0)
-  tj <- proc.time()[["elapsed"]]
+  tj <- proc.time()[["elapsed"]]; cj <- cpu()
   fit <- withCallingHandlers(
     tryCatch(glmmTMB(form, data = cells, family = nbinom2),
              error = function(e) { msgs <<- c(msgs, paste("error:", conditionMessage(e))); NULL }),
     warning = function(w) { msgs <<- c(msgs, conditionMessage(w)); invokeRestart("muffleWarning") },
     message = function(m) { msgs <<- c(msgs, conditionMessage(m)); invokeRestart("muffleMessage") })
-  secs <- proc.time()[["elapsed"]] - tj
+  secs <- proc.time()[["elapsed"]] - tj; cpu_secs <- cpu() - cj
   su <- NA; sw <- NA; th <- NA; ll <- NA
   if (!is.null(fit)) {
     cf <- summary(fit)$coefficients$cond
@@ -94,9 +95,10 @@ for (j in seq_len(ncol(y))) {
     th <- sigma(fit); ll <- as.numeric(logLik(fit))
   }
   pars[[j]] <- data.frame(gene = j - 1, sigma_u = su, sigma_w = sw, theta = th, loglik = ll, seconds = secs,
+                          cpu_seconds = cpu_secs,
                           messages = paste(gsub("[\r\n]", " ", msgs), collapse = " | "))
 }
-total <- proc.time()[["elapsed"]] - t0
+total <- proc.time()[["elapsed"]] - t0; total_cpu <- cpu() - c0
 fe <- do.call(rbind, fe); vc <- do.call(rbind, vc)
 if (is.null(fe)) { fe <- data.frame(gene = integer(0), group = integer(0), estimate = numeric(0), se = numeric(0))
                    vc <- data.frame(gene = integer(0), row = integer(0), col = integer(0), value = numeric(0)) }
@@ -104,6 +106,7 @@ write.csv(fe, file.path(dir, "fixef.csv"), row.names = FALSE)
 write.csv(vc, file.path(dir, "vcov.csv"), row.names = FALSE)
 write.csv(do.call(rbind, pars), file.path(dir, "pars.csv"), row.names = FALSE)
 writeLines(format(total, digits = 10), file.path(dir, "loop_seconds.txt"))
+writeLines(format(total_cpu, digits = 10), file.path(dir, "loop_cpu_seconds.txt"))
 """
 
 
@@ -115,7 +118,10 @@ class GlmmTMBResult:
     ----------
     b, b_se : (n_genes, n_groups); b_cov : (n_genes, n_groups, n_groups)  (NaN where a fit failed)
     sigma_u, sigma_w, theta, loglik : (n_genes,)   donor sd, sample sd (NaN without), NB θ, log-lik
-    messages : list of str; gene_seconds : (n_genes,); loop_seconds (R loop), wall_seconds (whole call)
+    messages : list of str; gene_seconds : (n_genes,) wall seconds per fit; loop_seconds (R loop, wall),
+    wall_seconds (whole call, R start-up and CSV I/O included); gene_cpu_seconds : (n_genes,),
+    loop_cpu_seconds: process CPU time of the R loop (``proc.time()`` user + sys), which unlike wall
+    time does not grow when other processes share the cores
     """
 
     data: GLMMData
@@ -131,6 +137,8 @@ class GlmmTMBResult:
     loop_seconds: float
     wall_seconds: float
     sample_effect: bool = True
+    gene_cpu_seconds: np.ndarray | None = None
+    loop_cpu_seconds: float = float("nan")
 
     def summary(self, level: float = 0.95) -> pd.DataFrame:
         """Tidy DataFrame (:data:`scnotes.glmm.TIDY_COLUMNS` plus ``sigma_w``, ``theta``): MLEs,
@@ -193,10 +201,12 @@ def fit_glmmtmb(data: GLMMData, sample_effect: bool = True, rscript: str | None 
             cov[vc.gene, vc.row, vc.col] = vc.value
         pars = pd.read_csv(tmp / "pars.csv", keep_default_na=False, na_values=["NA"])
         loop = float((tmp / "loop_seconds.txt").read_text())
+        loop_cpu = float((tmp / "loop_cpu_seconds.txt").read_text())
     return GlmmTMBResult(data, b, se, cov, pars.sigma_u.to_numpy(float), pars.sigma_w.to_numpy(float),
                          pars.theta.to_numpy(float), pars.loglik.to_numpy(float),
                          [str(m) for m in pars.messages.fillna("")], pars.seconds.to_numpy(float), loop,
-                         time.perf_counter() - t0, bool(sample_effect))
+                         time.perf_counter() - t0, bool(sample_effect), pars.cpu_seconds.to_numpy(float),
+                         loop_cpu)
 
 
 # ----------------------------------------------------------------------------- pseudobulk
