@@ -160,11 +160,13 @@ def fastmnn_correct(x, batch, n_neighbors: int | None = None, ndist: float = 3.0
     merge_order, auto_merge, backend, seed, n_jobs
         As :func:`scnotes.mnn.mnn_correct`.
     n_candidates : int, optional
-        Candidates per query of the approximate search (default 2,048 reference
-        rows scanned with ``backend="faiss"``, ``2 × n_neighbors`` with
-        ``"pynndescent"``; see :func:`scnotes.mnn.knn_query`). ``backend="faiss"``
-        is the one for 10^5-10^6 cells: on the benchmark's 100k cells it found
-        99.5 % of the exact MNN pairs in 8 s where pynndescent found 72 %.
+        Candidates per query of the approximate search (with ``backend="faiss"``
+        the reference rows scanned: by default the larger of 2,048 and 1/12 of
+        the reference; ``2 × n_neighbors`` with ``"pynndescent"``; see
+        :func:`scnotes.mnn.knn_query`). ``backend="faiss"`` is the one for
+        10^5-10^6 cells: pynndescent's graph search finds 55-72 % of the exact
+        MNN pairs across a strong batch shift. Lower it to trade recall for
+        time (the search cost is linear in it).
 
     Returns
     -------

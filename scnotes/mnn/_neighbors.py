@@ -138,8 +138,11 @@ def knn_query(ref, query, n_neighbors: int | None = None, backend: str = "exact"
         Larger = higher recall, slower. Default
         ``DIRECT_CANDIDATES_PER_K × n_neighbors`` on rows searched directly
         (embeddings, at most :data:`PROJECT_ABOVE` features) and
-        ``CANDIDATES_PER_K × n_neighbors`` in the projected search; see
-        :func:`default_candidates`.
+        ``CANDIDATES_PER_K × n_neighbors`` in the projected search; with
+        ``backend="faiss"`` the reference rows scanned per query, by default
+        the larger of :data:`IVF_CANDIDATES` (2,048) and :data:`IVF_FRACTION`
+        (1/12) of the reference: recall of far queries follows the share
+        scanned; see :func:`default_candidates`.
 
     Returns
     -------
@@ -282,12 +285,19 @@ def _exact_rerank(ref, query, cand, k):
 
 
 #: FAISS backend: reference rows per inverted list, default rows scanned per
-#: query, k-means training rows per list and iterations (the training rows are
-#: a seeded random subset). On the 100k-cell
-#: simulated embedding (2 batches, strong shift) 2,048 candidates gave a kNN
-#: recall of 0.999 in 2.9 s for 50k queries (1,024: 0.975 in 1.4 s).
+#: query (at least :data:`IVF_CANDIDATES`, and :data:`IVF_FRACTION` of the
+#: reference), k-means training rows per list and iterations (the training rows
+#: are a seeded random subset). A fixed number of scanned rows is not enough for
+#: queries far from the reference: the lists nearest to a far query all lie on
+#: the face of the reference turned to it, and the share of that face a fixed
+#: scan covers shrinks as the reference grows. On the simulated embeddings of
+#: ``benchmarks/bench_mnn.py`` (2 batches, a strong shift in a random direction)
+#: the recall of the exact MNN pairs follows the scanned share, not the count:
+#: 50k-row reference: 4.1 % scanned 0.90, 8.2 % 0.99, 16 % 1.00; 150k rows:
+#: 2.7 % 0.79, 5.5 % 0.97, 8.2 % 1.00. The cost is linear in that share.
 IVF_LIST_SIZE = 128
 IVF_CANDIDATES = 2048
+IVF_FRACTION = 1 / 12
 IVF_TRAIN_PER_LIST = 32
 IVF_NITER = 10
 #: At most this many rows train the k-means (its cost is n_train × n_lists × d per iteration).
@@ -295,8 +305,11 @@ IVF_MAX_TRAIN = 65536
 
 
 def default_candidates(k: int, n_features: int, n_candidates: int | None = None,
-                       backend: str = "pynndescent") -> int:
+                       backend: str = "pynndescent", n_ref: int = 0) -> int:
     """Candidates per query of the approximate search for ``k`` neighbours (see :func:`knn_query`).
+
+    ``backend="faiss"`` on rows searched directly: the larger of
+    :data:`IVF_CANDIDATES` and ``IVF_FRACTION × n_ref`` reference rows.
 
     Raises ValueError if ``n_candidates`` is given and smaller than ``k``.
     """
@@ -306,7 +319,7 @@ def default_candidates(k: int, n_features: int, n_candidates: int | None = None,
                              f"{n_candidates!r}")
         return int(n_candidates)
     if backend == "faiss" and n_features <= PROJECT_ABOVE:
-        return max(IVF_CANDIDATES, k)
+        return max(IVF_CANDIDATES, k, int(np.ceil(IVF_FRACTION * n_ref)))
     per_k = CANDIDATES_PER_K if n_features > PROJECT_ABOVE else DIRECT_CANDIDATES_PER_K
     return int(round(per_k * k))
 
@@ -337,7 +350,7 @@ def _faiss_knn(ref, query, k, n_candidates=None, seed=0, n_jobs=1, chunk_size=65
                           "or use backend='exact' or 'pynndescent'") from e
     ref = _dense32(ref)
     n_ref, d = ref.shape
-    n_cand = default_candidates(k, d, n_candidates, backend="faiss")
+    n_cand = default_candidates(k, d, n_candidates, backend="faiss", n_ref=n_ref)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(max(1, int(n_jobs)) if n_jobs and n_jobs > 0 else threads)
     try:
