@@ -468,8 +468,23 @@ def emb_worker(method, n, n_batches, recall=False, n_sub=20000, backend="faiss",
     c0 = _cpu_s()
     t = time.perf_counter()
     if method == "mnn":
-        res = fastmnn_correct(x, b, backend=backend)
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile(time.process_time)  # CPU seconds; a few hundred Python calls
+        res = prof.runcall(fastmnn_correct, x, b, backend=backend)
         z = res.corrected
+        st = pstats.Stats(prof).stats
+        wanted = {"find_mutual_nn": "mnn_pairs", "tricube_weighted_correction": "smoothing",
+                  "average_pair_vectors": "pair_vectors", "center_along_batch_vector": "centring",
+                  "_faiss_knn": "faiss_all", "replacement_train": "faiss_train",
+                  "replacement_add": "faiss_add", "replacement_search": "faiss_search",
+                  "stack_rows": "stacking", "run_merges": "merges_total"}
+        row["profile_cpu_s"] = {}
+        for (_, _, fn), (_, _, _, cum, _) in st.items():
+            if fn in wanted:
+                key = wanted[fn]
+                row["profile_cpu_s"][key] = row["profile_cpu_s"].get(key, 0.0) + cum
     elif method == "harmony":
         import logging
 
@@ -617,6 +632,14 @@ def emb_main(args):
     print("\nagainst the targets (CPU time: the machine is shared, so wall time includes others' load):")
     for line in emb_summary(rows):
         print(line, flush=True)
+    prof = [r for r in rows if "profile_cpu_s" in r]
+    if prof:
+        print("\nwhere MNN's CPU seconds go (cProfile, cumulative: faiss_* are inside mnn_pairs and "
+              "smoothing):")
+        for r in prof:
+            print(f"{r['cells']:>8} cells, {r['batches']} batches: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(r["profile_cpu_s"].items(), key=lambda kv: -kv[1])),
+                flush=True)
 
 
 def main(argv=None):

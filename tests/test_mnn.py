@@ -686,3 +686,38 @@ def test_faiss_backend_recalls_exact_pairs_across_a_strong_shift():
     e2 = mnn.find_mutual_nn(xs[:300], xs[300:], 10)
     a2 = mnn.find_mutual_nn(xs[:300], xs[300:], 10, backend="faiss")
     assert mnn.pair_recall(a2, e2) >= 0.95
+
+
+def _bench_module():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_mnn", pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_mnn.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_faiss_default_candidates_follow_the_reference_size():
+    from scnotes.mnn._neighbors import IVF_CANDIDATES, IVF_FRACTION, default_candidates
+
+    assert default_candidates(20, 50, backend="faiss", n_ref=1000) == IVF_CANDIDATES
+    big = 500_000
+    assert default_candidates(20, 50, backend="faiss", n_ref=big) == int(np.ceil(IVF_FRACTION * big))
+    assert default_candidates(20, 50, 300, backend="faiss", n_ref=big) == 300   # given: kept
+    assert default_candidates(20, 50) == 40                                     # pynndescent: 2 k
+
+
+def test_sampled_pair_recall_equals_the_full_recall_when_every_cell_is_sampled():
+    pytest.importorskip("faiss")
+    bench = _bench_module()
+    x, b, _ = bench.simulate_embedding(4000, 2, seed=5)
+    d1, d2 = x[b == 0], x[b == 1]
+    exact = mnn.find_mutual_nn(d1, d2, 20)
+    approx = mnn.find_mutual_nn(d1, d2, 20, backend="faiss", n_candidates=64)
+    full = mnn.pair_recall(approx, exact)
+    assert full < 1.0                                    # a search that misses some pairs
+    rec, n_pairs = bench.sampled_pair_recall(d1, d2, approx, n_sample=d1.shape[0])
+    assert n_pairs == len(exact[0])
+    assert rec == pytest.approx(full)
