@@ -175,3 +175,48 @@ def test_pseudobulk_edger_deseq2_null_and_signal():
         assert (tab["q"].iloc[:10] < 0.05).mean() >= 0.8          # the DE genes are found
         assert (tab["p"].iloc[10:] < 0.05).mean() <= 0.15        # nulls are not
         assert np.corrcoef(tab["estimate"].iloc[:10], lfc[:10])[0, 1] > 0.9
+
+
+def test_nb_expected_loglik_is_the_quadrature_of_the_library_pmf():
+    """The VEB's expected NB log-likelihood (block sums, A(y, θ) on non-zero counts, one softplus
+    quadrature per cell) equals Gauss–Hermite quadrature of scnotes.likelihoods.nb_log_pmf at
+    every node, in value and in its gradients, from θ = 0.5 to θ = 1e6."""
+    import math
+
+    import torch
+
+    from scnotes.glmm._nb import _ExpectedNBLogLik
+    from scnotes.likelihoods import nb_log_pmf
+
+    rng = np.random.default_rng(0)
+    J, N, B, Q = 4, 60, 5, 7
+    y = torch.as_tensor(rng.negative_binomial(2, 0.3, size=(J, N)).astype(float))
+    logs = torch.as_tensor(rng.normal(0.0, 0.3, N))
+    cblock = torch.as_tensor(rng.integers(0, B, N))
+    m = torch.as_tensor(rng.normal(0.5, 1.0, (J, B)), dtype=torch.float64).requires_grad_(True)
+    v = torch.as_tensor(rng.uniform(1e-4, 0.5, (J, B)), dtype=torch.float64).requires_grad_(True)
+    log_th = torch.log(torch.tensor([[0.5], [3.0], [200.0], [1e6]], dtype=torch.float64)).requires_grad_(True)
+    got = _ExpectedNBLogLik(y, logs, cblock, B, Q)(m, v, log_th)
+    xq, wq = np.polynomial.hermite.hermgauss(Q)
+    ref = sum(w / math.sqrt(math.pi) * nb_log_pmf(
+        y, torch.exp(logs + m[:, cblock] + torch.sqrt(v[:, cblock]) * x * math.sqrt(2.0)), torch.exp(log_th)).sum(1)
+        for x, w in zip(xq, wq))
+    np.testing.assert_allclose(got.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-8)
+    g_got = torch.autograd.grad(got.sum(), (m, v, log_th))
+    g_ref = torch.autograd.grad(ref.sum(), (m, v, log_th))
+    for a, b in zip(g_got, g_ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-8, atol=1e-8)
+
+
+def test_nb_contrast_degrees_of_freedom():
+    """Paired cell types test against the whole sample-level design (σ_w is one per gene, pooled
+    over cell types); donors nested in conditions keep n_donors − 2 per cell type."""
+    paired = _data(glmm.simulate_nb_glmm(n_donors=3, n_cells=5, n_genes=2, n_cell_types=4, seed=0))
+    # donor × cell type × condition samples: 3 · 4 · 2 = 24, rank([8 cell groups, 3 donors]) = 10
+    assert glmm.NBGLMMVEB(sample_effect="group", max_epochs=1).fit(paired).df_ == {f"type{c}": 14.0
+                                                                                    for c in range(4)}
+    # donor × condition samples: 6, rank([2 conditions, 3 donors]) = 4: the paired t test's n_donors − 1
+    assert glmm.NBGLMMVEB(sample_effect="condition", max_epochs=1).fit(paired).df_ == {f"type{c}": 2.0
+                                                                                        for c in range(4)}
+    nested = _data(glmm.simulate_nb_glmm(n_donors=6, n_cells=5, n_genes=2, n_cell_types=2, paired=False, seed=0))
+    assert glmm.NBGLMMVEB(sample_effect="group", max_epochs=1).fit(nested).df_ == {"type0": 4.0, "type1": 4.0}
