@@ -41,6 +41,13 @@ def batch_indices(n: int, batch_size: int | None, rng: np.random.Generator | Non
     return pieces
 
 
+def _is_all_rows(idx: np.ndarray, n: int) -> bool:
+    """idx is 0, 1, …, n − 1 (checked without an ``np.arange(n)`` copy)."""
+    idx = np.asarray(idx)
+    return (len(idx) == n and n > 0 and idx[0] == 0 and idx[-1] == n - 1
+            and bool(np.all(idx[1:] > idx[:-1])))
+
+
 class _Rows:
     """Row access to one n × m matrix (dense → device tensor, sparse → CSR on host,
     backed → CSR on disk, each minibatch's rows read from the file)."""
@@ -66,7 +73,7 @@ class _Rows:
             part = part.toarray() if sp.issparse(part) else np.asarray(part)
             return torch.as_tensor(part.astype(np.float32, copy=False), device=self.device)
         if self.dense is not None:
-            if len(idx) == self.dense.shape[0] and np.array_equal(idx, np.arange(len(idx))):
+            if _is_all_rows(idx, self.dense.shape[0]):
                 return self.dense
             return self.dense[torch.as_tensor(idx, device=self.device)]
         return torch.as_tensor(self.sparse[idx].toarray(), device=self.device)
@@ -98,7 +105,7 @@ class CountData:
             # Rows of a file are read in increasing order; a minibatch is a set of
             # cells, so sorting it changes no bound (only the summation order).
             idx = np.sort(idx)
-        full = len(idx) == self.n and np.array_equal(idx, np.arange(self.n))
+        full = _is_all_rows(idx, self.n)
         if full and self._cache is not None:
             return self._cache
         hit = self._subset_cache.get(id(idx))
@@ -132,7 +139,7 @@ class CountData:
         A full batch of a proper subset (``batch_size=None``) is the same array
         object every epoch and its tensors are kept, like the full data's.
         """
-        if len(subset) == self.n and np.array_equal(subset, np.arange(self.n)):
+        if _is_all_rows(subset, self.n):
             return batch_indices(self.n, batch_size, rng)
         pieces = batch_indices(len(subset), batch_size, rng)
         if len(pieces) == 1:
