@@ -220,3 +220,47 @@ def test_nb_contrast_degrees_of_freedom():
                                                                                         for c in range(4)}
     nested = _data(glmm.simulate_nb_glmm(n_donors=6, n_cells=5, n_genes=2, n_cell_types=2, paired=False, seed=0))
     assert glmm.NBGLMMVEB(sample_effect="group", max_epochs=1).fit(nested).df_ == {"type0": 4.0, "type1": 4.0}
+
+
+# ----------------------------------------------------------------- NUTS with a prior on θ
+def _nuts_data(seed=1, n_cells=40):
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=n_cells, n_genes=2, theta=2.0, sigma_u=0.3, sigma_w=0.15,
+                              mean_range=(2.0, 3.0), log_fold_change=[0.0, 0.5], seed=seed)
+    return _data(a)
+
+
+def test_nb_nuts_shapes_labels_errors_and_reproducibility():
+    import torch
+
+    d = _nuts_data(n_cells=10)
+    kw = dict(gene=1, num_samples=4, warmup_steps=5, max_tree_depth=3)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    r = glmm.fit_nb_nuts(d, seed=2, **kw)
+    assert torch.rand(1) == before  # the caller's global RNG is untouched
+    assert r.b.shape == (2, 4, 2) and r.u.shape == (2, 4, 4) and r.w.shape == (2, 4, 8)
+    assert r.theta.shape == (2, 4) and (r.theta > 0).all()
+    assert {"theta", "sigma_u", "sigma_w", "b[type0|stim]", "w[d3/stim]"} <= set(r.diagnostics.index)
+    np.testing.assert_array_equal(glmm.fit_nb_nuts(d, seed=2, **kw).theta, r.theta)
+    with pytest.raises(ValueError, match="num_chains"):
+        glmm.fit_nb_nuts(d, num_chains=1)
+    with pytest.raises(ValueError, match="prior"):
+        glmm.fit_nb_nuts(d, theta_prior_sd=0)
+    with pytest.raises(TypeError, match="GLMMData"):
+        glmm.fit_nb_nuts(np.zeros((3, 3)))
+
+
+@pytest.mark.slow
+def test_nb_nuts_recovers_theta_and_the_contrast_and_agrees_with_veb():
+    d = _nuts_data(seed=1, n_cells=60)
+    r = glmm.fit_nb_nuts(d, gene=1, num_samples=200, warmup_steps=200, seed=0)
+    assert r.diagnostics["r_hat"].max() < 1.1
+    lo, hi = np.quantile(r.theta, [0.005, 0.995])
+    assert lo < 2.0 < hi  # true θ
+    c = r.contrast("type0|stim", "type0|ctrl", level=0.99)
+    assert c["lower"] < 0.5 < c["upper"]  # true log fold change
+    veb = glmm.NBGLMMVEB(sample_effect="condition").fit(d.subset_genes(1)).summary()
+    v = veb[veb["kind"] == "contrast"].iloc[0]
+    assert abs(v["estimate"] - c["mean"]) < 2 * c["sd"]  # the two inferences of one model agree
+    assert abs(float(veb["theta"].iloc[0]) - np.median(r.theta)) < 0.25 * np.median(r.theta)

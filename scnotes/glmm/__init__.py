@@ -11,7 +11,8 @@ fixed effects, donor random effects, the cell's total count as offset.
   full-rank or low-rank guide; minibatch or full batch; MC or exact expectation; save/load)
 - :class:`NBGLMMVEB`, :func:`fit_nb_veb`, :func:`fit_genes_nb`, :func:`simulate_nb_glmm`: the
   negative-binomial GLMM (per-gene θ, optional donor × condition sample effect), batched VEB
-- :func:`fit_nuts`: NUTS (pyro) with R-hat and ESS
+- :func:`fit_nuts`: NUTS (pyro) with R-hat and ESS; :func:`fit_nb_nuts`: the NB GLMM of one
+  gene by NUTS, with a prior on θ (:class:`NBNUTSResult`)
 - :func:`fit_genes`, :func:`agreement`: batched fit of many genes, tidy table
 - :func:`pseudobulk`: counts summed per donor × cell type × condition (AnnData in, AnnData out)
 - :func:`fit_glmmtmb`, :func:`fit_edger`, :func:`fit_deseq2`, :func:`r_package_available`: live R
@@ -30,6 +31,7 @@ from ._design import (GLMMData, GLMMDesign, SufficientStats, complete_cell_types
 from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available, r_versions
 from ._lmm import fit_lmm, gls_fixed_effects, lmm_marginal_loglik, random_effects_posterior
 from ._nb import NBGLMMVEB, fit_genes_nb, fit_nb_veb, simulate_nb_glmm
+from ._nb_nuts import NBNUTSResult, fit_nb_nuts
 from ._nuts import NUTSResult, fit_nuts
 from ._pseudobulk import pseudobulk
 from ._rrefs import (R_INSTALL_HINTS, GlmmTMBResult, fit_deseq2, fit_edger, fit_glmmtmb,
@@ -39,7 +41,7 @@ from ._veb import PoissonGLMMVEB, fit_veb
 
 __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_from_adata",
            "complete_cell_types", "gls_fixed_effects", "random_effects_posterior", "lmm_marginal_loglik", "fit_lmm",
-           "PoissonGLMMVEB", "fit_veb", "fit_nuts", "NUTSResult", "fit_genes", "agreement",
+           "PoissonGLMMVEB", "fit_veb", "fit_nuts", "NUTSResult", "fit_nb_nuts", "NBNUTSResult", "fit_genes", "agreement",
            "fit_lme4", "lme4_available", "Lme4Result", "INSTALL_HINT", "r_versions",
            "tidy_effects", "TIDY_COLUMNS", "compare_to_reference", "simulate_from_fit",
            "calibration_table", "interval_coverage", "NBGLMMVEB", "fit_nb_veb", "fit_genes_nb",
