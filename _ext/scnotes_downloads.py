@@ -12,6 +12,23 @@ import shutil
 from pathlib import Path
 
 
+def _rerun_hint(source: Path) -> str:
+    """The rerun command with the chapter's own data parameter (``dataset``, or the first
+    ``[required]`` ``*_dataset``); a simulation chapter has none, so point at its parameters."""
+    chapter = source.stem
+    try:
+        from scnotes.cli import describe_parameters
+
+        params = describe_parameters(str(source))
+    except Exception:  # no parameters cell: no hint
+        return ""
+    data = [p for p in params if p.name == "dataset" or p.name.endswith("_dataset")]
+    data = [p for p in data if p.required] or data
+    if data:
+        return (f"rerun it on your data: <code>scnotes run {chapter} -p {data[0].name} your.h5ad</code>")
+    return f"rerun it with other settings: <code>scnotes list {chapter}</code> lists its parameters"
+
+
 def _inject(app, pagename, templatename, context, doctree):
     if app.builder.format != "html" or "body" not in context:
         return
@@ -23,8 +40,7 @@ def _inject(app, pagename, templatename, context, doctree):
     shutil.copyfile(src, dest)
     rel = os.path.relpath(dest, Path(app.outdir) / os.path.dirname(pagename)).replace(os.sep, "/")
     link = (f'<p class="scnotes-download"><a href="{rel}" download>Download the executed notebook '
-            f'(.ipynb)</a> · rerun it on your data: <code>scnotes run {Path(pagename).name} -p dataset '
-            f'your.h5ad</code></p>\n')
+            f'(.ipynb)</a> · {_rerun_hint(Path(app.srcdir) / f"{pagename}.md")}</p>\n')
     context["body"] = link + context["body"]
 
 
