@@ -26,14 +26,14 @@ def _values(x):
     return x.data if sp.issparse(x) else np.asarray(x)
 
 
-_CHUNK = 1 << 22  # values per check: temporaries of a few MB, not copies of the data
+_VALUE_CHUNK = 1 << 22  # values per check: temporaries of a few MB, not copies of the data
 
 
 def _check_values(v, name):
     """Finite, non-negative, integer, checked in chunks so that a 10⁸-value matrix
     gets no full-size temporaries (``np.round`` alone would copy it)."""
-    for i in range(0, v.size, _CHUNK):
-        c = v[i:i + _CHUNK]
+    for i in range(0, v.size, _VALUE_CHUNK):
+        c = v[i:i + _VALUE_CHUNK]
         if not np.all(np.isfinite(c)):
             raise ValueError(f"{name} contains NaN or infinite values; counts must be finite")
         if np.any(c < 0):
@@ -74,15 +74,7 @@ def _check_backed(x, name, allow_empty_cells, allow_empty_genes):
     cell_empty, gene_tot = 0, np.zeros(p)
     for start in range(0, n, _CHUNK):
         part = x[start:min(n, start + _CHUNK)]
-        v = part.data
-        where = f"{name} (rows {start}–{start + part.shape[0] - 1})"
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{where} contains NaN or infinite values; counts must be finite")
-        if np.any(v < 0):
-            raise ValueError(f"{where} contains negative values; expected raw UMI counts")
-        if np.any(v != np.round(v)):
-            raise ValueError(f"{where} contains non-integer values; expected raw UMI counts "
-                             "(pass the raw counts layer, not normalised or log data)")
+        _check_values(part.data, f"{name} (rows {start}–{start + part.shape[0] - 1})")
         cell_empty += int(np.sum(np.asarray(part.sum(axis=1)).ravel() == 0))
         gene_tot += np.asarray(part.sum(axis=0)).ravel()
     if cell_empty and not allow_empty_cells:
