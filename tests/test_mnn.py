@@ -721,3 +721,26 @@ def test_sampled_pair_recall_equals_the_full_recall_when_every_cell_is_sampled()
     rec, n_pairs = bench.sampled_pair_recall(d1, d2, approx, n_sample=d1.shape[0])
     assert n_pairs == len(exact[0])
     assert rec == pytest.approx(full)
+
+
+def test_faiss_search_returns_exact_distances_and_ignores_query_order():
+    """Codes only rank candidates: returned distances are the true ones, and the
+    internal reordering of queries (by nearest list) does not change any result."""
+    pytest.importorskip("faiss")
+    bench = _bench_module()
+    x, b, _ = bench.simulate_embedding(30000, 2, seed=7)
+    ref, query = x[b == 0], x[b == 1][:3000]
+    idx, dist = mnn.knn_query(ref, query, 15, backend="faiss", seed=0)
+    true = np.linalg.norm(query[:, None, :] - ref[idx], axis=2)
+    np.testing.assert_allclose(dist, true, rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(dist, axis=1) >= -1e-5)                 # nearest first
+    perm = np.random.default_rng(0).permutation(len(query))
+    i2, d2 = mnn.knn_query(ref, query[perm], 15, backend="faiss", seed=0)
+    np.testing.assert_array_equal(i2, idx[perm])
+    # Scanning every row is the exact search.
+    ie, de = mnn.knn_query(ref, query, 15)
+    ia, da = mnn.knn_query(ref, query, 15, backend="faiss", n_candidates=len(ref))
+    np.testing.assert_allclose(da, de, rtol=1e-4)   # float32 vs float64: near-ties may swap
+    assert np.mean(ia == ie) > 0.99
+    # Against the exact neighbours, the default scan keeps nearly all of them.
+    assert np.mean([len(set(a) & set(e)) / 15 for a, e in zip(idx, ie)]) >= 0.95
