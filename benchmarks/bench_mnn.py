@@ -65,11 +65,14 @@ rescaled to [0, 1], higher is better, on a 20k-cell subsample). Targets
 
 ``harmony010`` is harmonypy 0.0.10 (pure numpy) in its own interpreter
 (``--harmony010-python``, e.g. ``python -m venv /tmp/h010 && /tmp/h010/bin/pip install
-harmonypy==0.0.10 numpy pandas scikit-learn``): harmonypy 2.1.0 barely corrects a strong shift
-(iLISI 0.012 against 0.891 for 0.0.10 on cellbench_3cl, 30 PCs), so the older release is shown
-next to it. The cause is 2.x's default ridge penalty: ``lamb=None`` estimates lambda per
-batch (``alpha=0.2``), where 0.0.10 fixed it at 1; ``harmony_lamb1`` is 2.1.0 with ``lamb=1``
-(iLISI 0.809 on the 20k-cell simulation, as 0.0.10, against 0.032 at the default). Times are wall and CPU (user + system) seconds of the method's call in its
+harmonypy==0.0.10 numpy pandas scikit-learn``): harmonypy 2.1.0 at its defaults barely corrects
+the simulation's shift, for two reasons that differ by data. Here it is the ridge penalty:
+``lamb=None`` estimates lambda per batch (``alpha=0.2``) where 0.0.10 fixed it at 1;
+``harmony_lamb1`` is 2.1.0 with ``lamb=1`` (iLISI 0.662 at 100k cells, 2 batches, against 0.000),
+while 0.0.10's tolerance ``epsilon_harmony=1e-4`` changes nothing (9 and 10 rounds, iLISI 0.000
+both). On the chapter's cellbench_3cl PCs it is the stopping rule: 2.1.0's
+``epsilon_harmony=1e-2`` ends after one round (iLISI 0.037; 0.547 with 1e-4, 0.829 with 1e-4 and
+``lamb=1``; 0.851 for 0.0.10). Times are wall and CPU (user + system) seconds of the method's call in its
 one-thread worker; on a shared machine the targets are judged on CPU time.
 """
 from __future__ import annotations
