@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _procstatus import status_gb
 
 
 def write_h5ad(path: Path, n_cells: int, n_genes: int, seed: int = 0, chunk: int = 50000):
@@ -73,18 +74,6 @@ def write_h5ad(path: Path, n_cells: int, n_genes: int, seed: int = 0, chunk: int
         f.attrs["encoding-version"] = "0.1.0"
 
 
-def _status_gb(key: str) -> float:
-    """A memory line of /proc/self/status in GB: ``VmHWM`` (peak resident set) or ``VmRSS``
-    (now). Not ``ru_maxrss`` for the peak: on Linux that keeps the parent's RSS at fork
-    across exec, so a child started after the parent wrote a large file reported the
-    parent's 2.5 GB as its own."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
-
-
 def _child(mode: str, path: str, threads: int):
     import anndata as ad
     import torch
@@ -107,13 +96,13 @@ def _child(mode: str, path: str, threads: int):
         a = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
         # What opening the file costs before any fit (in backed mode: obs, i.e. the cell
         # names, which anndata holds in memory, ~100 MB at 1M cells).
-        extra = dict(open_gb=_status_gb("VmRSS"))
+        extra = dict(open_gb=status_gb("VmRSS"))
         x = a.X
         m = PVAE(x.shape[1], n_latent=10, seed=0)
         t1, c1 = time.perf_counter(), time.process_time()
         m.fit(x, max_epochs=1, batch_size=128, n_samples=1, progress=False)
         per, cpu = time.perf_counter() - t1, time.process_time() - c1
-    rss_gb = _status_gb("VmHWM")
+    rss_gb = status_gb("VmHWM")
     print(json.dumps({"seconds": per, "cpu": cpu, "rss_gb": rss_gb, "total": time.perf_counter() - t0, **extra}))
 
 

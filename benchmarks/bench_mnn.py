@@ -44,7 +44,7 @@ part) with 2 and 8 batches at 100k, 300k and 1M cells, against Harmony
 (``harmonypy.run_harmony``, its compiled 2.x backend, one thread), harmonypy
 0.0.10 (``harmony010``, see below) and Scanorama (``scanorama.assemble``) on
 the same embedding. Each (method, size, batches) runs in its own subprocess
-with one thread, so that the peak RSS (``ru_maxrss``, input included; the
+with one thread, so that the peak RSS (``VmHWM``, input included; the
 input alone is the ``data MB`` column) is that method's. MNN's first call
 (library loading) is a warm-up on 5k cells, reported apart. The pynndescent
 backend is not in this table: on the earlier (aligned-shift) simulation it found 55 % (20 candidates per
@@ -417,14 +417,10 @@ def sampled_pair_recall(d1, d2, pairs, k=20, n_sample=1000, seed=0):
 
 
 def _rss_mb():
-    """Peak RSS of this process in MB (``VmHWM``: ``ru_maxrss`` would carry a forking parent's)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource  # pragma: no cover - not Linux
+    """Peak RSS of this process in MB (``VmHWM``; see ``_procstatus.status_gb``)."""
+    from _procstatus import status_gb  # the workers run as scripts, with benchmarks/ on sys.path
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return status_gb("VmHWM") * 1024
 
 
 def _cpu_s(who=None):

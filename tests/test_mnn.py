@@ -744,3 +744,21 @@ def test_faiss_search_returns_exact_distances_and_ignores_query_order():
     assert np.mean(ia == ie) > 0.99
     # Against the exact neighbours, the default scan keeps nearly all of them.
     assert np.mean([len(set(a) & set(e)) / 15 for a, e in zip(idx, ie)]) >= 0.95
+
+
+def test_faiss_long_scans_rank_by_codes_and_return_exact_distances():
+    """Scans of at least IVF_PQ_ABOVE rows take the coded path (PQ fast-scan, exact re-ranking)."""
+    pytest.importorskip("faiss")
+    from scnotes.mnn._neighbors import IVF_PQ_ABOVE, _faiss_index
+
+    bench = _bench_module()
+    x, b, _ = bench.simulate_embedding(130000, 2, seed=11)
+    ref, query = x[b == 0], x[b == 1][:2000]
+    assert _faiss_index(ref[:1000], IVF_PQ_ABOVE // 2, 0)[2] is False   # short scan: full rows
+    n_cand = IVF_PQ_ABOVE
+    assert _faiss_index(ref, n_cand, 0)[2] is True
+    idx, dist = mnn.knn_query(ref, query, 20, backend="faiss", n_candidates=n_cand)
+    np.testing.assert_allclose(dist, np.linalg.norm(query[:, None, :] - ref[idx], axis=2),
+                               rtol=1e-4, atol=1e-4)
+    ie, _ = mnn.knn_query(ref, query, 20)
+    assert np.mean([len(set(a) & set(e)) / 20 for a, e in zip(idx, ie)]) >= 0.9

@@ -379,8 +379,9 @@ def _faiss_index(ref, n_cand, seed):
         index = faiss.IndexFlatL2(d)
         index.add(ref)
         return index, None, False
-    codes = f"PQ{d}x4fs,RFlat" if n_cand >= IVF_PQ_ABOVE else "Flat"
-    index = faiss.index_factory(d, f"IVF{n_list},{codes}")
+    refine = n_cand >= IVF_PQ_ABOVE
+    lists = f"PQ{d}x4fs,RFlat" if refine else "Flat"
+    index = faiss.index_factory(d, f"IVF{n_list},{lists}")
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = int(seed)
     ivf.cp.niter = IVF_NITER
@@ -392,7 +393,7 @@ def _faiss_index(ref, n_cand, seed):
     index.train(np.ascontiguousarray(train))
     index.add(ref)
     ivf.nprobe = int(min(n_list, -(-n_cand // IVF_LIST_SIZE)))
-    return index, ivf, n_cand >= IVF_PQ_ABOVE
+    return index, ivf, refine
 
 
 def _faiss_knn(ref, query, k, n_candidates=None, seed=0, n_jobs=1, chunk_size=65536):
