@@ -26,14 +26,18 @@ The AnnData front is :func:`scnotes.tl.glmm`.
 """
 from ._batched import agreement, fit_genes
 from ._calibration import calibration_table, compare_to_reference, interval_coverage, simulate_from_fit
-from ._design import (GLMMData, GLMMDesign, SufficientStats, complete_cell_types, glmm_data,
+from ._contrasts import contrast_variance_shares, residual_df, satterthwaite_df
+from ._design import (GLMMData, GLMMDesign, SufficientStats, code_covariates, complete_cell_types, glmm_data,
                       glmm_data_from_adata)
 from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available, r_versions
 from ._lmm import fit_lmm, gls_fixed_effects, lmm_marginal_loglik, random_effects_posterior
-from ._nb import NBGLMMVEB, fit_genes_nb, fit_nb_veb, simulate_nb_glmm
+from ._evaluate import null_calibration, p_qq_points, power_fdr, qq_points, roc_pr
+from ._nb import NBGLMMVEB, fit_genes_nb, fit_nb_veb
+from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_matched_sd
 from ._nb_nuts import NBNUTSResult, fit_nb_nuts
 from ._nuts import NUTSResult, fit_nuts
 from ._pseudobulk import pseudobulk
+from ._simulate import paired_fake_conditions, simulate_nb_glmm, split_donor_designs, split_donors, thin_de
 from ._rrefs import (R_INSTALL_HINTS, GlmmTMBResult, fit_deseq2, fit_edger, fit_glmmtmb,
                      r_package_available)
 from ._tidy import TIDY_COLUMNS, bh_qvalues, tidy_effects
@@ -46,4 +50,7 @@ __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_
            "tidy_effects", "TIDY_COLUMNS", "compare_to_reference", "simulate_from_fit",
            "calibration_table", "interval_coverage", "NBGLMMVEB", "fit_nb_veb", "fit_genes_nb",
            "simulate_nb_glmm", "bh_qvalues", "pseudobulk", "fit_glmmtmb", "fit_edger", "fit_deseq2",
-           "GlmmTMBResult", "r_package_available", "R_INSTALL_HINTS"]
+           "GlmmTMBResult", "r_package_available", "R_INSTALL_HINTS", "code_covariates", "residual_df",
+           "satterthwaite_df", "contrast_variance_shares", "fit_f_dist", "squeeze_var", "dispersion_trend",
+           "ash_normal", "t_matched_sd", "thin_de", "split_donors", "split_donor_designs", "paired_fake_conditions",
+           "null_calibration", "power_fdr", "roc_pr", "qq_points", "p_qq_points"]

@@ -28,7 +28,7 @@ from scipy.special import gammaln
 from .._checks import check_counts, check_obs_key
 
 __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_from_adata",
-           "complete_cell_types"]
+           "complete_cell_types", "code_covariates"]
 
 
 @dataclass
@@ -61,6 +61,7 @@ class GLMMDesign:
     donors: list
     group_table: pd.DataFrame
     keys: dict = field(default_factory=dict)
+    covariate_names: list = field(default_factory=list)
 
     @property
     def n_genes(self):
@@ -91,19 +92,20 @@ class GLMMDesign:
                 "group_table": {"index": list(self.group_table.index),
                                 "cell_type": list(self.group_table["cell_type"]),
                                 "condition": list(self.group_table["condition"])},
-                "keys": dict(self.keys)}
+                "keys": dict(self.keys), "covariate_names": list(self.covariate_names)}
 
     @classmethod
     def from_dict(cls, d):
         t = d["group_table"]
         table = pd.DataFrame({"cell_type": t["cell_type"], "condition": t["condition"]},
                              index=pd.Index(t["index"], name="cell_group"))
-        return cls(list(d["genes"]), list(d["groups"]), list(d["donors"]), table, dict(d.get("keys", {})))
+        return cls(list(d["genes"]), list(d["groups"]), list(d["donors"]), table, dict(d.get("keys", {})),
+                   list(d.get("covariate_names", [])))
 
     def check(self, data, what="the model"):
         """Raise ValueError unless ``data`` has the same genes (same order), cell groups
         and donors as this design; the message names the first difference."""
-        for name in ("genes", "groups", "donors"):
+        for name in ("genes", "groups", "donors", "covariate_names"):
             a, b = list(getattr(self, name)), list(getattr(data, name))
             if a != b:
                 k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -127,6 +129,10 @@ class GLMMData:
     groups, donors, genes : list of str
     group_table : DataFrame indexed by group name with columns ``cell_type`` and
         ``condition`` (``None`` entries when the groups were given directly).
+    covariates : ndarray (n_cells, n_covariates) or None
+        Sample-level fixed-effect covariates, coded by :func:`glmm_data` (numeric columns
+        centred; categorical ones as treatment-coded indicators, first level dropped).
+    covariate_names : list of str, one per column of ``covariates``
     """
 
     counts: np.ndarray
@@ -139,6 +145,8 @@ class GLMMData:
     group_table: pd.DataFrame
     _stats: SufficientStats | None = field(default=None, repr=False)
     keys: dict = field(default_factory=dict)
+    covariates: np.ndarray | None = None
+    covariate_names: list = field(default_factory=list)
 
     @property
     def n_cells(self):
@@ -159,7 +167,7 @@ class GLMMData:
     def design(self) -> GLMMDesign:
         """Genes, groups, donors and keys without the counts (what a fitted model keeps)."""
         return GLMMDesign(list(self.genes), list(self.groups), list(self.donors), self.group_table.copy(),
-                          dict(self.keys))
+                          dict(self.keys), list(self.covariate_names))
 
     def X(self):
         """One-hot cell-group design, ndarray (n_cells, n_groups)."""
@@ -190,7 +198,8 @@ class GLMMData:
             if not 0 <= i < self.n_genes:
                 raise IndexError(f"gene {g!r} out of range (n_genes={self.n_genes})")
         return GLMMData(self.counts[:, idx], self.total, self.group, self.donor, self.groups,
-                        self.donors, [self.genes[i] for i in idx], self.group_table, keys=dict(self.keys))
+                        self.donors, [self.genes[i] for i in idx], self.group_table, keys=dict(self.keys),
+                        covariates=self.covariates, covariate_names=list(self.covariate_names))
 
     def naive_estimates(self, pseudo: float = 0.5):
         """Point-mass (no donor effect) estimates ln(Σy / Σs) per group, ndarray (n_genes, n_groups).
@@ -226,7 +235,7 @@ def _categorical(obs, key, what):
 def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | None = None,
               group_key: str | None = None, cell_type_key: str | None = None,
               condition_key: str | None = None, genes=None, reference: str | None = None,
-              total=None) -> GLMMData:
+              total=None, covariate_keys=None) -> GLMMData:
     """Validate and code the inputs of the Poisson GLMM.
 
     Parameters
@@ -250,6 +259,10 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
         Gene names (default ``gene0, gene1, ...`` or the counts' columns).
     reference : str, optional
         Reference condition for contrasts (default: the first level).
+    covariate_keys : list of str, optional
+        ``obs`` columns of sample-level covariates to adjust for as fixed effects (sex, batch,
+        age: :func:`code_covariates`). Each must be constant within a donor × cell group (the
+        NB GLMM puts them on the (group, donor) blocks).
 
     Returns
     -------
@@ -262,7 +275,8 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
     ValueError
         Missing, zero or negative totals; missing labels; a cell group or donor
         level with no cells; fewer than two donors; counts that are negative,
-        non-integer or not finite; a gene with no counts at all; mismatched lengths.
+        non-integer or not finite; a gene with no counts at all; mismatched lengths; a
+        covariate with missing values or one that varies within a donor × cell group.
     """
     if not isinstance(obs, pd.DataFrame):
         raise TypeError(f"obs must be a pandas DataFrame, got {type(obs).__name__}")
@@ -343,16 +357,67 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
         raise ValueError(f"{len(genes)} gene names for {counts.shape[1]} count columns")
     keys = {"donor_key": donor_key, "group_key": group_key, "cell_type_key": cell_type_key,
             "condition_key": condition_key, "total_key": total_key}
-    return GLMMData(np.asarray(counts, dtype=float), total, np.asarray(gcode, dtype=int),
-                    donor.cat.codes.to_numpy().astype(int), groups,
+    dcode = donor.cat.codes.to_numpy().astype(int)
+    cov, cov_names = None, []
+    if covariate_keys:
+        cov, cov_names = code_covariates(obs, covariate_keys)
+        block = np.asarray(gcode, dtype=np.int64) * len(donor.cat.categories) + dcode
+        for q, name in enumerate(cov_names):
+            col = pd.Series(cov[:, q])
+            spread = col.groupby(block).agg(lambda v: v.max() - v.min())
+            if (spread > 1e-12).any():
+                raise ValueError(f"covariate {name!r} varies within a donor × cell group; covariate_keys take "
+                                 "sample-level covariates only (one value per donor, or per donor × condition)")
+        keys["covariate_keys"] = list(covariate_keys)
+    return GLMMData(np.asarray(counts, dtype=float), total, np.asarray(gcode, dtype=int), dcode, groups,
                     [str(d) for d in donor.cat.categories], genes, table,
-                    keys={k: v for k, v in keys.items() if v is not None})
+                    keys={k: v for k, v in keys.items() if v is not None}, covariates=cov,
+                    covariate_names=cov_names)
+
+
+def code_covariates(obs: pd.DataFrame, covariate_keys):
+    """Fixed-effect columns for ``obs[covariate_keys]``: numeric columns centred at their mean,
+    categorical / string columns as treatment-coded indicators (first level dropped, as R's
+    ``model.matrix``), constant columns dropped.
+
+    Returns
+    -------
+    (ndarray (n_cells, n_columns), list of column names ``key`` or ``key[level]``)
+
+    Raises
+    ------
+    KeyError : a key is not a column of ``obs``. ValueError : missing values in a covariate.
+    """
+    keys = [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys)
+    cols, names = [], []
+    for key in keys:
+        if key not in obs.columns:
+            raise KeyError(f"covariate column {key!r} not found in obs (parameter `covariate_keys`); "
+                           f"obs columns: {list(obs.columns)}")
+        v = obs[key]
+        if v.isna().any():
+            raise ValueError(f"covariate {key!r} has {int(v.isna().sum())} missing values; drop those cells "
+                             "or fill them")
+        if pd.api.types.is_numeric_dtype(v) and not isinstance(v.dtype, pd.CategoricalDtype):
+            x = v.to_numpy(dtype=float)
+            if np.ptp(x) > 0:
+                cols.append(x - x.mean())
+                names.append(str(key))
+        else:
+            levels = list(pd.unique(v.astype(str))) if not isinstance(v.dtype, pd.CategoricalDtype) else [
+                str(c) for c in v.cat.categories if (v == c).any()]
+            for lv in levels[1:]:
+                cols.append((v.astype(str) == lv).to_numpy(dtype=float))
+                names.append(f"{key}[{lv}]")
+    if not cols:
+        return np.zeros((len(obs), 0)), []
+    return np.column_stack(cols), names
 
 
 def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_key: str = "donor",
                          total_key: str | None = "total_counts", cell_type_key: str | None = "cell_type",
                          condition_key: str | None = "condition", group_key: str | None = None,
-                         reference: str | None = None) -> GLMMData:
+                         reference: str | None = None, covariate_keys=None) -> GLMMData:
     """:func:`glmm_data` from an AnnData (cells × genes), for the named ``genes`` (default all).
 
     The offset is ``adata.obs[total_key]`` — ideally the exact per-cell total over
@@ -384,14 +449,18 @@ def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_k
         cell_type_key = condition_key = None
     return glmm_data(adata.obs, x, donor_key=donor_key, total_key=total_key, group_key=group_key,
                      cell_type_key=cell_type_key, condition_key=condition_key, genes=genes,
-                     reference=reference, total=total)
+                     reference=reference, total=total, covariate_keys=covariate_keys)
 
 
-def complete_cell_types(obs: pd.DataFrame, cell_type_key: str, condition_key: str, min_cells: int = 1):
-    """Cell types with at least ``min_cells`` cells in every condition, and the others.
+def complete_cell_types(obs: pd.DataFrame, cell_type_key: str, condition_key: str, min_cells: int = 1,
+                        donor_key: str | None = None):
+    """Cell types that can be tested, and the others.
 
-    A (cell type, condition) group without cells has no likelihood, so
-    :func:`glmm_data` refuses it; this says which cell types to keep.
+    A cell type is kept when it has at least ``min_cells`` cells in every condition (a cell group
+    without cells has no likelihood) and, with ``donor_key``, when its condition contrast has
+    sample-level residual degrees of freedom: the (donor, condition) samples with at least
+    ``min_cells`` cells, against [condition, donor in both conditions] indicators, leave n − rank ≥ 1
+    (a paired design needs ≥ 2 donors in both conditions, donors split between conditions ≥ 3).
 
     Returns
     -------
@@ -402,10 +471,22 @@ def complete_cell_types(obs: pd.DataFrame, cell_type_key: str, condition_key: st
     ------
     KeyError : a key is not a column of ``obs``.
     """
-    for key in (cell_type_key, condition_key):
+    for key in (cell_type_key, condition_key) + ((donor_key,) if donor_key else ()):
         if key not in obs.columns:
             raise KeyError(f"obs column {key!r} not found; obs columns: {list(obs.columns)}")
     ct = obs[cell_type_key].astype(str)
     tab = pd.crosstab(ct, obs[condition_key].astype(str))
     dropped = [str(t) for t in tab.index[(tab < int(min_cells)).any(axis=1)]]
+    if donor_key is not None:
+        cnt = pd.crosstab([ct, obs[donor_key].astype(str)], obs[condition_key].astype(str))
+        for t in tab.index:
+            if t in dropped or t not in cnt.index.get_level_values(0):
+                continue
+            sub = cnt.loc[t] >= max(int(min_cells), 1)
+            pairs = [(d, c) for d in sub.index for c in sub.columns if sub.loc[d, c]]
+            conds = sorted({c for _, c in pairs})
+            both = [d for d in sub.index if sub.loc[d].sum() >= 2]
+            X = np.array([[c == lv for lv in conds] + [d == b for b in both] for d, c in pairs], float)
+            if len(conds) < 2 or len(pairs) - np.linalg.matrix_rank(X) < 1:
+                dropped.append(str(t))
     return ~ct.isin(dropped).to_numpy(), dropped

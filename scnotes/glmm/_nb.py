@@ -1,67 +1,61 @@
 """Negative-binomial GLMM, fitted by variational empirical Bayes for every gene at once.
 
-Model, per gene ``j`` and cell ``i`` (Poisson GLMM of :mod:`scnotes.glmm` with
-cell-level overdispersion and an optional sample effect)::
+Model, per gene ``j`` and cell ``i``::
 
     y_ij ~ NB(s_i λ_ij, θ_j)            (mean s_i λ_ij, variance μ + μ²/θ_j)
-    ln λ_ij = b_{j,g(i)} + u_{j,d(i)} + w_{j,k(i)}
-    b_jg ~ N(μ_j, τ_j²),  u_jd ~ N(0, σ_uj²),  w_jk ~ N(0, σ_wj²)
+    ln λ_ij = b_{j,g(i)} + x_iᵀγ_j + u_{j,d(i)} + w_{j,k(i)}
+    u_jd ~ N(0, σ_uj²),  w_jk ~ N(0, σ²_{w,j,c(k)})
 
-``g(i)`` the cell group (cell type × condition), ``d(i)`` the donor and ``k(i)``
-the *sample*: donor × condition (``sample_effect="condition"``, the unit that
-Kang et al.'s paired design replicates), donor × cell group (``"group"``: the
-pseudobulk unit, donor × cell type × condition) or none (``None``). Without a
-sample effect a design where every donor gives both conditions treats cells as
-replicates of the condition contrast, and its intervals are far too narrow
-(Squair et al. 2021, Nat Commun 12:5692; Zimmerman et al. 2021, Nat Commun 12:738).
+``g(i)`` the cell group (cell type × condition), ``x_i`` sample-level covariates (fixed
+effects: sex, batch, age), ``d(i)`` the donor and ``k(i)`` the *sample*: donor × cell group
+(``sample_effect="group"``, the default: the pseudobulk unit, donor × cell type ×
+condition), donor × condition (``"condition"``) or none (``None``). σ_w is one per gene
+**and cell type** ``c(k)``: donor × condition variation differs between cell types (the
+interferon response does), and one σ_w pooled over cell types makes the noisiest cell type's
+test anti-conservative. Without a sample effect, cells act as replicates of the condition
+contrast (Squair et al. 2021, Nat Commun 12:5692; Zimmerman et al. 2021, Nat Commun 12:738).
 
-Inference: a full-rank Gaussian q(b, u, w) per gene; σ_u, σ_w and the
-inverse dispersion θ_j are point estimates maximising the ELBO (empirical
-Bayes; Wang et al. 2020 VEB). b has a vague fixed prior by default (see
-``prior_b``): an EB prior shared by the groups would shrink the very contrasts
-being tested. The prior hyperparameters have closed-form
-maximisers given q (each variance is the mean second moment of its effects
-under q, as in the M-step of VBEM; Beal 2003), so they are profiled out: the
-objective Adam climbs is the ELBO at the best prior for the current q, and
-only q and θ are optimised (σ's gradient path is otherwise very slow). The expected NB log-likelihood has no closed
-form; under q the linear predictor of a (group, donor) block is Gaussian,
-η ~ N(m, v), and
+Inference
+---------
+A full-rank Gaussian q(b, γ, u, w) per gene, σ_u, σ_w and θ_j point estimates (empirical
+Bayes; Wang et al. 2020 VEB). b and γ have a vague fixed prior by default (``prior_b``): an EB
+prior shared by the groups would shrink the very contrasts being tested. The expected NB
+log-likelihood uses one Gauss–Hermite quadrature of a softplus per cell
+(:mod:`scnotes.glmm._nb_lik`); every step is one full batch over cells × genes.
 
-    ln NB(y; s e^η, θ) = A(y, θ) + y (ln s + η) − ln y! − (θ + y) softplus(z),
-    z = ln s + η − ln θ,  A(y, θ) = lnΓ(y + θ) − lnΓ(θ) − y ln θ,
+Two stages, as limma's ``squeezeVar`` after ``lmFit`` (Smyth 2004, Stat Appl Genet Mol
+Biol 3:3), because a gene's σ_w rests on a handful of samples (3 residual df with 4 paired
+donors) and a test with so few df has little power:
 
-so only the softplus needs a one-dimensional Gauss–Hermite quadrature
-(``n_quad`` nodes) per cell; the terms linear in η reduce to block sums of the
-counts, and A is evaluated on the non-zero counts (as in
-:func:`scnotes.likelihoods.nb_log_pmf`, whose value it equals at v = 0). Every
-step is one full batch over cells × genes (× nodes for the softplus). With
-θ = ∞ the Poisson expectation is exact.
-
-The covariance of q is parameterised in an orthonormal basis of the block
-design (its row space, then its null space), so the directions the likelihood
-does not see (a common shift between b, u and w) are separate coordinates,
-pinned by the priors only; this shortens Adam's path as in
-:class:`scnotes.glmm.PoissonGLMMVEB`'s shift basis.
+1. **Per gene.** Each prior variance is profiled at its closed-form maximiser given q (the
+   VBEM M-step, Beal 2003: σ² = mean of E_q[effect²]; REML-like, since b is integrated out under
+   its vague prior). This gives each gene's own σ̂²_{w,jc} (d_c residual df, :attr:`sample_df_`)
+   and σ̂²_uj (d_u df), and an unshrunk θ̂_j.
+2. **Shared across genes.** Per cell type, a scaled inverse-χ² prior σ²_{w,jc} ~ s₀² d₀/χ²_{d₀} is
+   fitted to the σ̂²_{w,jc} of every gene (limma's ``fitFDist``; ``robust`` as
+   ``fitFDistRobustly``; ``trend`` on log mean expression), and each gene's variance is moderated
+   to σ̃² = (d₀ s₀² + d σ̂²)/(d₀ + d) (the same for σ_u over all genes). θ_j gets a prior
+   log θ_j ~ N(trend(mean_j), τ²) around the mean–dispersion trend of the stage-1 θ̂ (as edgeR and
+   DESeq2 shrink dispersions; ``shrink_theta``), so sparse genes do not keep wild θ. q and θ are
+   then refitted with σ fixed at σ̃ (``moderated_epochs`` steps, warm started).
+   The shared prior is fitted once, to the stage-1 estimates, not re-estimated inside stage 2:
+   q fitted under the moderated prior pulls every gene's E_q[w²] towards s₀², which would make the
+   genes look alike and drive d₀ to infinity.
 
 The condition contrast and its test
 -----------------------------------
-For a cell type c with reference condition r, the contrast is
-``δ_c = b_{c|k} − b_{c|r}`` (log fold change of the rate per unit of library
-size). :meth:`NBGLMMVEB.summary` reports its posterior mean and sd, the
-local false sign rate, and an approximate frequentist test of ``δ_c = 0`` under
-the NB GLMM: ``T = posterior mean / posterior sd`` referred to Student's t with
-``df_c = n_samples_c − rank([condition, paired donor] indicators)`` degrees of
-freedom (n_donors − 1 in a paired design, n_donors − 2 with donors nested in
-conditions): the residual degrees of freedom of the sample-level design,
-which is what T's denominator estimates σ_u, σ_w from (a paired / two-sample t
-test on the samples when cell-level noise is small). In a paired cell type the
-sample-level noise of the contrast is w alone, and σ_w is one per gene,
-estimated from the samples of every cell type (``sample_effect="group"``: one
-sample per donor × cell type × condition): the test then takes the residual
-degrees of freedom of that whole design, ``n_samples − rank([sample label, donor]
-indicators)``, when larger (3 donors × 8 cell types × 2 conditions: 48 − 18 = 30
-instead of 2). That assumes σ_w is shared by the cell types, as the model does. Its calibration is measured,
-not proven: see the chapter "Is the GLMM calibrated?".
+For a cell type with reference condition r the contrast is δ = b_{c|k} − b_{c|r} (log fold
+change per unit of library size). :meth:`NBGLMMVEB.summary` reports its posterior mean and sd,
+``T = mean / sd`` referred to Student's t with a per-gene Satterthwaite ν
+(:mod:`scnotes.glmm._contrasts`): V = V_cell + V_w (+ V_u), and only V_w, V_u rest on estimated
+variances, with d + d₀ degrees of freedom each. Paired cell types (every donor in both
+conditions): ν = V² / (V_w²/(d_c + d₀) + V_u²/(d_u + d₀u)); donors split between conditions:
+u and w are confounded within the cell type and enter as one component, ν = V² / ((V_u + V_w)²/
+(d_c + min(d₀, d₀u))). p, the interval (estimate ± t_ν quantile × sd) and the flat-prior sign
+probability all use t_ν. The table's ``lfsr`` is the local false sign rate under an adaptive-
+shrinkage prior on the contrasts of each cell type (Stephens 2017, Biostatistics 18:275), fitted
+to the estimates with the t_ν-matched standard errors: a posterior probability that borrows the
+genes' distribution of effects, unlike p.
 """
 from __future__ import annotations
 
@@ -71,19 +65,19 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from ..likelihoods import _log_gamma_ratio64_dense, poisson_log_pmf
-from ._design import GLMMData
-from ._tidy import tidy_effects
-from ._veb import _descend
+from ..likelihoods import poisson_log_pmf
+from ._common import VAR_FLOOR, descend
+from ._contrasts import contrast_variance_shares, residual_df, satterthwaite_df
+from ._design import GLMMData, GLMMDesign
+from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_matched_sd
+from ._nb_lik import ExpectedNBLogLik, moment_theta
+from ._tidy import contrast_terms, tidy_effects
 
-__all__ = ["NBGLMMVEB", "fit_nb_veb", "fit_genes_nb", "simulate_nb_glmm"]
+__all__ = ["NBGLMMVEB", "fit_nb_veb", "fit_genes_nb"]
 
 _SAMPLE_EFFECTS = (None, "condition", "group")
-# Smallest prior variance (sd 1e-3 on the log scale): keeps ln σ² finite when the data
-# support no donor or sample variation at all (σ → 0, the boundary lme4 calls singular).
-_VAR_FLOOR = 1e-6
+_ALL = "all"  # the one variance class of sample effects not tied to a cell type
 
 
 class NBGLMMVEB:
@@ -91,31 +85,35 @@ class NBGLMMVEB:
 
     Parameters
     ----------
-    sample_effect : {"condition", "group", None}
-        Random effect per donor × condition (default), per donor × cell group, or none.
-        ``"condition"`` needs cell type × condition groups (``glmm_data(...,
-        cell_type_key=, condition_key=)``).
+    sample_effect : {"group", "condition", None}
+        Random effect per donor × cell group (default: the pseudobulk unit), per donor ×
+        condition, or none. ``"condition"`` needs cell type × condition groups.
     theta : float or None
-        Fixed inverse dispersion for every gene (``np.inf``: the Poisson GLMM, used to
-        check the limit); None (default) learns θ_j per gene.
+        Fixed inverse dispersion for every gene (``np.inf``: the Poisson GLMM); None (default)
+        learns θ_j per gene.
+    moderate : bool
+        Moderate σ_w² (per cell type) and σ_u² across genes (stage 2 of the module notes).
+        Needs at least 3 genes; with fewer it is skipped (``prior_df_w_`` = 0).
+    robust : bool
+        Robust prior fit (limma ``robust=TRUE``): outlying genes do not shrink everybody's prior df.
+    trend : bool
+        Prior scale s₀² trended on log mean expression (limma ``trend=TRUE``).
+    shrink_theta : bool
+        Prior on log θ_j around the mean–dispersion trend in stage 2 (learned θ only).
     n_quad : int
         Gauss–Hermite nodes of the expected log-likelihood (per cell).
     max_epochs : int
-        Full-batch Adam steps (``optimizer="lbfgs"``: the most L-BFGS iterations).
+        Full-batch optimiser steps of stage 1 (``optimizer="lbfgs"``: the most L-BFGS iterations).
+    moderated_epochs : int or None
+        Steps of stage 2 (default ``max(50, max_epochs // 3)``).
     optimizer : {"adam", "lbfgs"}
-        Adam (per-parameter steps; the default) or L-BFGS with a strong-Wolfe line search on
-        the sum over genes (measured on 200 simulated genes: about the same ELBO per evaluation).
     lr, lr_decay : float
-        Adam learning rate, decayed exponentially to ``lr * lr_decay`` by the last step.
+        Adam learning rate, decayed exponentially to ``lr * lr_decay`` by the last step of a stage.
     prior_b : {"vague", "shared"}
-        Prior on the cell-group effects. ``"vague"`` (default): b_g ~ N(μ₀, prior_sd_b²) with
-        μ₀ the mean naive estimate, fixed — the contrasts are then driven by the data, as
-        fixed effects are in glmmTMB / lme4. ``"shared"``: the Poisson VEB's empirical-Bayes
-        N(μ, τ²) with μ, τ estimated; it shrinks the groups towards each other, and with two
-        groups and no difference τ̂ → 0, so its contrasts are shrunk to 0 (conservative,
-        and slow to converge). Kept for comparison with :class:`PoissonGLMMVEB`.
+        Prior on the cell-group effects: fixed N(μ₀, prior_sd_b²) (default), or the Poisson
+        VEB's empirical-Bayes N(μ, τ²) (shrinks contrasts to 0; kept for comparison).
     prior_sd_b : float
-        The vague prior's sd (log scale).
+        The vague prior's sd (log scale), also the prior sd of covariate effects γ.
     seed : int
         Unused by the (deterministic) objective; kept for the contract.
     device, dtype, progress
@@ -124,42 +122,60 @@ class NBGLMMVEB:
     Attributes (after fit)
     ----------------------
     b_mean_, b_sd_ : (n_genes, n_groups)   posterior mean / sd of b (log scale)
-    b_cov_ : (n_genes, n_groups, n_groups)
-    u_mean_ : (n_genes, n_donors);  w_mean_ : (n_genes, n_samples)
-    sigma_u_, sigma_w_ (NaN without a sample effect), theta_ : (n_genes,)
-    samples_ : DataFrame, one row per sample (donor, condition or group)
-    df_ : dict cell type → degrees of freedom of the contrast test
-    history_ : DataFrame ``epoch``, ``loss`` (−ELBO), ``elbo``, ``reconstruction``, ``kl`` (nats, summed over genes)
+    b_cov_ : (n_genes, n_groups, n_groups);  cov_ : (n_genes, P, P) over (b, γ, u, w)
+    gamma_mean_ : (n_genes, n_covariates);  u_mean_ : (n_genes, n_donors);  w_mean_ : (n_genes, n_samples)
+    sigma_u_ : (n_genes,);  sigma_w_ : (n_genes, n_classes), the moderated sds used by the test
+        (columns ``w_classes_``: cell types with ``sample_effect="group"``, else ``["all"]``)
+    sigma_u_raw_, sigma_w_raw_ : the stage-1 per-gene estimates
+    theta_, theta_raw_ : (n_genes,) inverse dispersion after / before shrinkage
+    sample_df_ : dict class → residual df d_c of σ̂_w²;  donor_df_ : d_u
+    prior_df_w_, prior_scale_w_ : dict class → d₀, s₀ (s₀ an array over genes when trended)
+    prior_df_u_, prior_scale_u_ : float
+    contrast_df_ : dict term → (n_genes,) Satterthwaite ν of the contrast test
+    paired_ : dict cell type → whether every donor gives every condition
+    samples_ : DataFrame, one row per sample (donor, condition or group, class)
+    history_ : DataFrame ``stage``, ``epoch``, ``loss``, ``elbo``, ``reconstruction``, ``kl`` (nats, all genes)
     var_names_, design_, covariate_registry_, fit_time_ (seconds)
 
     Raises
     ------
-    ValueError : bad argument; ``sample_effect="condition"`` on groups without conditions.
+    ValueError : bad argument; ``sample_effect="condition"`` on groups without conditions; a cell
+        type whose contrast has no sample-level residual df (too few donors).
     RuntimeError : the loss became NaN (lower ``lr``).
     """
 
-    def __init__(self, sample_effect: str | None = "condition", theta: float | None = None, n_quad: int = 5,
-                 max_epochs: int = 300, optimizer: str = "adam", lr: float = 0.05, lr_decay: float = 0.01,
-                 prior_b: str = "vague", prior_sd_b: float = 10.0,
+    def __init__(self, sample_effect: str | None = "group", theta: float | None = None, moderate: bool = True,
+                 robust: bool = True, trend: bool = False, shrink_theta: bool = True, n_quad: int = 5,
+                 max_epochs: int = 300, moderated_epochs: int | None = None, optimizer: str = "adam",
+                 lr: float = 0.05, lr_decay: float = 0.01, prior_b: str = "vague", prior_sd_b: float = 10.0,
                  seed: int = 0, device: str = "cpu", dtype=torch.float64, progress: bool = False):
         if prior_b not in ("vague", "shared"):
             raise ValueError(f"prior_b must be 'vague' or 'shared', got {prior_b!r}")
         if not prior_sd_b > 0:
             raise ValueError(f"prior_sd_b must be > 0, got {prior_sd_b!r}")
-        self.prior_b, self.prior_sd_b = prior_b, float(prior_sd_b)
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
-        self.optimizer = optimizer
         if sample_effect not in _SAMPLE_EFFECTS:
             raise ValueError(f"sample_effect must be one of {_SAMPLE_EFFECTS}, got {sample_effect!r}")
         if theta is not None and not (theta > 0):
             raise ValueError(f"theta must be > 0 (np.inf for Poisson) or None, got {theta!r}")
         if int(n_quad) < 1 or int(max_epochs) < 1:
             raise ValueError("n_quad and max_epochs must be >= 1")
+        if moderated_epochs is not None and int(moderated_epochs) < 1:
+            raise ValueError("moderated_epochs must be >= 1 or None")
         self.sample_effect, self.theta, self.n_quad = sample_effect, theta, int(n_quad)
+        self.moderate, self.robust, self.trend, self.shrink_theta = (bool(moderate), bool(robust), bool(trend),
+                                                                     bool(shrink_theta))
         self.max_epochs, self.lr, self.lr_decay = int(max_epochs), float(lr), float(lr_decay)
+        self.moderated_epochs = None if moderated_epochs is None else int(moderated_epochs)
+        self.optimizer, self.prior_b, self.prior_sd_b = optimizer, prior_b, float(prior_sd_b)
         self.seed, self.device, self.dtype, self.progress = seed, device, dtype, bool(progress)
         self.history_ = None
+
+    def _init_kwargs(self):
+        keys = ("sample_effect", "theta", "moderate", "robust", "trend", "shrink_theta", "n_quad", "max_epochs",
+                "moderated_epochs", "optimizer", "lr", "lr_decay", "prior_b", "prior_sd_b", "seed", "progress")
+        return {k: getattr(self, k) for k in keys}
 
     # ---------------------------------------------------------------- design
     def _blocks(self, data: GLMMData):
@@ -168,7 +184,6 @@ class NBGLMMVEB:
         gi, di = np.nonzero(st.n)
         tab = data.group_table
         if self.sample_effect is None:
-            ki = np.zeros(0, dtype=int)
             samples = pd.DataFrame(columns=["donor", "condition", "group"])
             return gi, di, None, samples
         if self.sample_effect == "condition":
@@ -184,280 +199,449 @@ class NBGLMMVEB:
         samples = pd.DataFrame(uniq, columns=["donor", col])
         return gi, di, ki, samples
 
-    def _contrast_df(self, data, gi, di, ki=None, samples=None):
-        """Degrees of freedom of each cell type's contrast test (see the module notes).
+    def _classes(self, data, gi, ki, samples):
+        """Variance class of each sample: its cell type (``"group"`` with cell types), else "all"."""
+        tab = data.group_table
+        if ki is None:
+            return [], np.zeros(0, dtype=int)
+        if self.sample_effect == "group" and tab["cell_type"].notna().all():
+            first_block = np.array([np.flatnonzero(ki == k)[0] for k in range(len(samples))])
+            ct = tab["cell_type"].to_numpy()[gi[first_block]].astype(str)
+            classes = [str(c) for c in pd.unique(tab["cell_type"].astype(str))]
+            return classes, np.array([classes.index(c) for c in ct], dtype=int)
+        return [_ALL], np.zeros(len(samples), dtype=int)
 
-        Per cell type: ``n_samples_c − rank([condition, paired donor] indicators)``. Where every
-        donor of the cell type gives both conditions (paired) the contrast's sample-level noise is
-        the sample effect w alone, whose variance σ_w² is one per gene, estimated from every sample
-        of the gene; its degrees of freedom are then those of the whole sample-level design,
-        ``n_samples − rank([sample label, donor with ≥ 2 samples] indicators)``, if larger.
+    @staticmethod
+    def _block_covariates(data, gi, di):
+        """Covariate values of each block (constant within a block, checked by glmm_data)."""
+        if data.covariates is None or not data.covariate_names:
+            return np.zeros((len(gi), 0))
+        first = {}
+        for i, key in enumerate(zip(data.group.tolist(), data.donor.tolist())):
+            first.setdefault(key, i)
+        return data.covariates[[first[(g, d)] for g, d in zip(gi.tolist(), di.tolist())]]
+
+    def _sample_df(self, data, gi, di, Cb, classes, cls_of_sample, ki):
+        """Residual df of each variance class, of each cell type's contrast, and of the donors.
+
+        Per cell type: the (donor, condition) pairs of its blocks, against [condition, paired donor,
+        covariate] columns (n − rank). For the σ_w of a class of ``"condition"`` / group-only
+        designs: the whole sample table against [sample label, donor with ≥ 2 samples, covariates].
+        Donors: n_donors − rank([groups present, donor-level covariates]).
         """
         tab = data.group_table
-        out = {}
-        if not tab["cell_type"].notna().all():
-            return out
-        pooled = 0.0
-        if ki is not None and samples is not None and len(samples):
-            lab = samples.iloc[:, 1].astype(str).to_numpy()
-            don = samples["donor"].astype(str).to_numpy()
-            multi = [d for d in pd.unique(don) if (don == d).sum() >= 2]
-            levels = list(pd.unique(lab))
-            Xs = np.array([[x == lv for lv in levels] + [d == m for m in multi] for x, d in zip(lab, don)], float)
-            pooled = float(len(samples) - np.linalg.matrix_rank(Xs))
-        for ct in pd.unique(tab["cell_type"]):
-            sel = (tab["cell_type"].to_numpy()[gi] == ct)
-            conds = tab["condition"].to_numpy()[gi[sel]]
-            donors = di[sel]
-            pairs = sorted(set(zip(donors.tolist(), conds.tolist())))
-            cond_lv = sorted(set(c for _, c in pairs))
-            n_cond = {d: len({c for dd, c in pairs if dd == d}) for d in set(donors.tolist())}
-            paired = [d for d, n in n_cond.items() if n >= 2]
-            X = np.array([[c == lv for lv in cond_lv] + [d == p for p in paired] for d, c in pairs], float)
-            df = float(max(len(pairs) - np.linalg.matrix_rank(X), 1))
-            if len(paired) == len(n_cond) and len(cond_lv) >= 2:
-                df = max(df, pooled)
-            out[ct] = df
-        return out
+        ct_df, paired = {}, {}
+        if tab["cell_type"].notna().all():
+            for ct in pd.unique(tab["cell_type"].astype(str)):
+                sel = tab["cell_type"].astype(str).to_numpy()[gi] == ct
+                conds = tab["condition"].astype(str).to_numpy()[gi[sel]]
+                pairs, rows = [], []
+                for d, c, cv in zip(di[sel].tolist(), conds.tolist(), Cb[sel]):
+                    if (d, c) not in pairs:
+                        pairs.append((d, c))
+                        rows.append(cv)
+                cond_lv = sorted({c for _, c in pairs})
+                n_cond = {d: len({c for dd, c in pairs if dd == d}) for d, _ in pairs}
+                pd_ = [d for d, n in n_cond.items() if n >= 2]
+                X = np.array([[c == lv for lv in cond_lv] + [d == p for p in pd_] for d, c in pairs], float)
+                X = np.hstack([X, np.asarray(rows, float).reshape(len(pairs), -1)])
+                ct_df[ct] = residual_df(X)
+                paired[ct] = len(pd_) == len(n_cond) and len(cond_lv) >= 2
+        w_df = {}
+        for c, name in enumerate(classes):
+            if name != _ALL:
+                w_df[name] = ct_df[name]
+                continue
+            ks = np.flatnonzero(cls_of_sample == c)
+            blk = np.array([np.flatnonzero(ki == k)[0] for k in ks])
+            lab = np.array([str(x) for x in self.samples_.iloc[ks, 1]])
+            don = di[blk]
+            multi = [d for d in np.unique(don) if (don == d).sum() >= 2]
+            levels = list(dict.fromkeys(lab.tolist()))
+            X = np.array([[x == lv for lv in levels] + [d == m for m in multi] for x, d in zip(lab, don)], float)
+            w_df[name] = residual_df(np.hstack([X, Cb[blk]]))
+        D = data.n_donors
+        Xd = np.zeros((D, data.n_groups))
+        Xd[di, gi] = 1.0
+        cov_d = np.zeros((D, Cb.shape[1]))
+        cov_d[di] = Cb
+        u_df = residual_df(np.hstack([Xd, cov_d]))
+        return ct_df, paired, w_df, u_df
 
     # ---------------------------------------------------------------- fit
     def fit(self, data: GLMMData):
-        """Fit q(b, u, w), μ, τ, σ_u, σ_w and θ for every gene of ``data``; returns self.
+        """Fit q(b, γ, u, w), σ_u, σ_w (per cell type) and θ for every gene of ``data``; returns self.
 
         Raises
         ------
         TypeError : ``data`` is not a :class:`GLMMData`.
+        ValueError : a cell type whose contrast has no sample-level residual df (e.g. 2 donors split
+            between the conditions); the message names it.
         RuntimeError : NaN loss.
         """
         if not isinstance(data, GLMMData):
             raise TypeError("data must be a GLMMData (see scnotes.glmm.glmm_data)")
+        t_start = time.perf_counter()
         kw = dict(dtype=self.dtype, device=self.device)
         J, G, D = data.n_genes, data.n_groups, data.n_donors
         gi, di, ki, samples = self._blocks(data)
+        self.samples_ = samples
+        Cb = self._block_covariates(data, gi, di)
+        Q = Cb.shape[1]
         K = 0 if ki is None else len(samples)
-        P = G + D + K
+        classes, cls_of_sample = self._classes(data, gi, ki, samples)
+        ct_df, paired, w_df, u_df = self._sample_df(data, gi, di, Cb, classes, cls_of_sample, ki)
+        bad = {ct: d for ct, d in ct_df.items() if d < 1}
+        if bad:
+            raise ValueError(f"cell type(s) {sorted(bad)} have no sample-level residual degrees of freedom "
+                             "(too few donors per condition: a paired test needs >= 2 donors in both conditions, "
+                             "a two-group test >= 3 donors in all); drop them (scnotes.tl.glmm does, with a message)")
+        if K:
+            samples["class"] = [classes[c] for c in cls_of_sample]
+        P = G + Q + D + K
         nb = len(gi)
         A = np.zeros((nb, P))
         A[np.arange(nb), gi] = 1.0
-        A[np.arange(nb), G + di] = 1.0
+        A[:, G:G + Q] = Cb
+        A[np.arange(nb), G + Q + di] = 1.0
         if K:
-            A[np.arange(nb), G + D + ki] = 1.0
-        # Orthonormal basis: right singular vectors of A (row space first, then null space).
+            A[np.arange(nb), G + Q + D + ki] = 1.0
+        # Orthonormal basis: right singular vectors of A (row space first, then null space), so the
+        # directions the likelihood does not see are separate coordinates, pinned by the priors only.
         _, _, Vt = np.linalg.svd(A, full_matrices=True)
         T = torch.as_tensor(Vt.T.copy(), **kw)
         Ab = torch.as_tensor(A, **kw)
-
-        block_of = {(g, d): b for b, (g, d) in enumerate(zip(gi, di))}
-        cblock = torch.as_tensor(np.array([block_of[(g, d)] for g, d in zip(data.group, data.donor)]),
+        block_of = {(g, d): b for b, (g, d) in enumerate(zip(gi.tolist(), di.tolist()))}
+        cblock = torch.as_tensor(np.array([block_of[(g, d)] for g, d in zip(data.group.tolist(),
+                                                                            data.donor.tolist())]),
                                  device=self.device)
         y = torch.as_tensor(data.counts.T, **kw)  # (J, N)
         logs = torch.as_tensor(np.log(data.total), **kw)
-        expected_nb = _ExpectedNBLogLik(y, logs, cblock, nb, self.n_quad)
+        expected_nb = ExpectedNBLogLik(y, logs, cblock, nb, self.n_quad)
+        C = len(classes)
+        W1 = torch.as_tensor(np.eye(C)[cls_of_sample] if K else np.zeros((0, 0)), **kw)  # (K, C)
+        n_per_class = W1.sum(0) if K else None
+        cls_idx = torch.as_tensor(cls_of_sample, device=self.device)
 
         t0 = data.naive_estimates()
+        log_mean = np.log(np.exp(t0).mean(1)) + float(np.log(np.median(data.total)))  # log mean count per cell
         mu_b0 = torch.as_tensor(t0.mean(1, keepdims=True), **kw)
-        M0 = np.concatenate([t0, np.zeros((J, D + K))], 1)
-        p = {"m": torch.as_tensor(M0 @ Vt.T, **kw),
-             "L_off": torch.zeros(J, P, P, **kw),
-             "log_diag": torch.full((J, P), math.log(0.1), **kw),
-             }
+        M0 = np.concatenate([t0, np.zeros((J, Q + D + K))], 1)
+        p = {"m": torch.as_tensor(M0 @ Vt.T, **kw), "L_off": torch.zeros(J, P, P, **kw),
+             "log_diag": torch.full((J, P), math.log(0.1), **kw)}
         learn_theta = self.theta is None
         if learn_theta:
-            p["log_theta"] = torch.as_tensor(np.log(_moment_theta(data, t0))[:, None], **kw)
+            p["log_theta"] = torch.as_tensor(np.log(moment_theta(data, t0))[:, None], **kw)
         for v in p.values():
             v.requires_grad_(True)
         fixed_log_theta = None if learn_theta else math.log(self.theta) if np.isfinite(self.theta) else None
+        vague = torch.full((J, 1), self.prior_sd_b ** 2, **kw)
 
         def moments():
             L = T @ (torch.tril(p["L_off"], -1) + torch.diag_embed(torch.exp(p["log_diag"])))
-            M = p["m"] @ T.T
-            return M, L
+            return p["m"] @ T.T, L
 
         def loglik(M, L):
             m = M @ Ab.T  # (J, B) mean and variance of η per block
-            AL = torch.einsum("bp,jpq->jbq", Ab, L)
-            v = (AL ** 2).sum(2)
-            mc, vc = m[:, cblock], v[:, cblock]  # (J, N)
-            log_mean = logs + mc
+            v = (torch.einsum("bp,jpq->jbq", Ab, L) ** 2).sum(2)
             if not learn_theta and fixed_log_theta is None:
                 # θ = ∞: the Poisson GLMM, whose expectation is exact (E e^η = e^{m + v/2})
-                return poisson_log_pmf(y, torch.exp(log_mean + 0.5 * vc), log_rate=log_mean).sum(1)
+                mc, vc = m[:, cblock], v[:, cblock]
+                return poisson_log_pmf(y, torch.exp(logs + mc + 0.5 * vc), log_rate=logs + mc).sum(1)
             log_th = p["log_theta"] if learn_theta else torch.full((J, 1), fixed_log_theta, **kw)
             return expected_nb(m, v, log_th)
 
-        def hyper(M, var):
-            """The prior hyperparameters that maximise the ELBO at the current q (closed form:
-            each prior variance is the mean of E_q[(effect − prior mean)²] over its effects)."""
+        def own_variances(M, var):
+            """Per-gene closed-form maximisers: σ_u² (J, 1) and σ_w² per class (J, C)."""
+            su2 = (M[:, G + Q:G + Q + D] ** 2 + var[:, G + Q:G + Q + D]).mean(1, keepdim=True)
+            sw2 = (((M[:, G + Q + D:] ** 2 + var[:, G + Q + D:]) @ W1) / n_per_class) if K else None
+            return su2.clamp_min(VAR_FLOOR), None if sw2 is None else sw2.clamp_min(VAR_FLOOR)
+
+        def prior(M, var, fixed):
             mb, vb = M[:, :G], var[:, :G]
             if self.prior_b == "vague":
-                mu, tau2 = mu_b0, torch.full((J, 1), self.prior_sd_b ** 2, **kw)
+                mu, tau2 = mu_b0, vague
             else:
                 mu = mb.mean(1, keepdim=True)
-                tau2 = ((mb - mu) ** 2 + vb).mean(1, keepdim=True) if G > 1 else torch.ones(J, 1, **kw)
-            su2 = (M[:, G:G + D] ** 2 + var[:, G:G + D]).mean(1, keepdim=True)
-            sw2 = (M[:, G + D:] ** 2 + var[:, G + D:]).mean(1, keepdim=True) if K else None
-            return mu, tau2.clamp_min(_VAR_FLOOR), su2.clamp_min(_VAR_FLOOR), (
-                None if sw2 is None else sw2.clamp_min(_VAR_FLOOR))
+                tau2 = (((mb - mu) ** 2 + vb).mean(1, keepdim=True) if G > 1 else torch.ones(J, 1, **kw)
+                        ).clamp_min(VAR_FLOOR)
+            su2, sw2 = fixed if fixed is not None else own_variances(M, var)
+            mean = torch.cat([mu.expand(J, G), torch.zeros(J, Q + D + K, **kw)], 1)
+            parts = [tau2.expand(J, G), vague.expand(J, Q), su2.expand(J, D)] + ([sw2[:, cls_idx]] if K else [])
+            return mean, torch.cat(parts, 1)
 
-        def kl(M, L):
+        def kl(M, L, fixed):
             var = (L ** 2).sum(2)
-            mu, tau2, su2, sw2 = hyper(M, var)
-            mean = torch.cat([mu.expand(J, G), torch.zeros(J, D + K, **kw)], 1)
-            parts = [tau2.expand(J, G), su2.expand(J, D)] + ([sw2.expand(J, K)] if K else [])
-            logv = torch.log(torch.cat(parts, 1))
-            return (0.5 * ((var + (M - mean) ** 2) * torch.exp(-logv) + logv).sum(1)
-                    - p["log_diag"].sum(1) - 0.5 * P)
+            mean, pv = prior(M, var, fixed)
+            return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - p["log_diag"].sum(1) - 0.5 * P)
+
+        def sampling_variances(L, su2, sw2):
+            """Cell-level sampling variance of each random effect, 1/H_kk with H = Σ⁻¹ − prior
+            precision (the data's precision for that effect given the others), averaged per donor
+            set (J,) and per sample class (J, C)."""
+            R = torch.tril(p["L_off"], -1) + torch.diag_embed(torch.exp(p["log_diag"]))  # L = T R
+            eye = torch.eye(P, **kw).expand(J, P, P)
+            X = torch.linalg.solve_triangular(R, eye, upper=False) @ T.T  # Σ⁻¹ = Xᵀ X
+            prec = (X ** 2).sum(1)  # diag of Σ⁻¹, (J, P)
+            pv = torch.cat([su2.expand(J, D)] + ([sw2[:, cls_idx]] if K else []), 1)
+            h = (prec[:, G + Q:] - 1.0 / pv).clamp_min(1e-12)
+            v = 1.0 / h
+            vu = v[:, :D].mean(1)
+            vw = ((v[:, D:] @ W1) / n_per_class) if K else None
+            return vu, vw
 
         N = data.n_cells
         rows = []
-        t_start = time.perf_counter()
-        if self.optimizer == "lbfgs":
-            # The objective is deterministic and smooth: quasi-Newton steps cross the weakly
-            # curved directions (σ_w, the posterior variances) far faster than Adam.
-            opt = torch.optim.LBFGS(list(p.values()), lr=1.0, max_iter=self.max_epochs, history_size=20,
-                                    tolerance_grad=1e-9, tolerance_change=1e-12,
-                                    line_search_fn="strong_wolfe")
 
-            def closure():
-                opt.zero_grad()
+        def run(stage, n_steps, lr, fixed, theta_prior):
+            def objective():
                 M, L = moments()
-                ll, k = loglik(M, L), kl(M, L)
-                loss = -(ll - k).sum() / N
-                if not torch.isfinite(loss):
-                    raise RuntimeError("NaN/inf loss in the NB GLMM VEB")
-                loss.backward()
-                lls, kls = float(ll.detach().sum()), float(k.detach().sum())
-                rows.append((len(rows), kls - lls, lls - kls, lls, kls))
-                return loss
+                ll, k = loglik(M, L), kl(M, L, fixed)
+                lp = 0.0
+                if theta_prior is not None:
+                    tr, tau2 = theta_prior
+                    lp = -0.5 * ((p["log_theta"][:, 0] - tr) ** 2).sum() / tau2
+                return ll, k, -((ll - k).sum() + lp) / N
 
-            opt.step(closure)
-        else:
-            opt = torch.optim.Adam(list(p.values()), lr=self.lr)
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.lr_decay ** (1.0 / self.max_epochs))
-            steps = range(self.max_epochs)
+            def record(epoch, ll, k):
+                lls, kls = float(ll.detach().sum()), float(k.detach().sum())
+                rows.append((stage, epoch, kls - lls, lls - kls, lls, kls))
+
+            if self.optimizer == "lbfgs":
+                # Deterministic, smooth objective: quasi-Newton steps cross the weakly curved
+                # directions (the posterior variances) far faster than Adam.
+                opt = torch.optim.LBFGS(list(p.values()), lr=1.0, max_iter=n_steps, history_size=20,
+                                        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+                def closure():
+                    opt.zero_grad()
+                    ll, k, loss = objective()
+                    if not torch.isfinite(loss):
+                        raise RuntimeError("NaN/inf loss in the NB GLMM VEB")
+                    loss.backward()
+                    record(len(rows), ll, k)
+                    return loss
+
+                opt.step(closure)
+                return
+            opt = torch.optim.Adam(list(p.values()), lr=lr)
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.lr_decay ** (1.0 / n_steps))
+            steps = range(n_steps)
             if self.progress:
                 from tqdm.auto import tqdm
 
-                steps = tqdm(steps, desc="NB GLMM VEB", leave=False)
+                steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
             for epoch in steps:
-                M, L = moments()
-                ll, k = loglik(M, L), kl(M, L)
-                _descend(-(ll - k).sum() / N, opt, sched)
-                lls, kls = float(ll.detach().sum()), float(k.detach().sum())
-                rows.append((epoch, kls - lls, lls - kls, lls, kls))
-        self.fit_time_ = time.perf_counter() - t_start
-        self.history_ = pd.DataFrame(rows, columns=["epoch", "loss", "elbo", "reconstruction", "kl"])
+                ll, k, loss = objective()
+                descend(loss, opt, sched)
+                record(epoch, ll, k)
+
+        run("per gene", self.max_epochs, self.lr, None, None)
         with torch.no_grad():
             M, L = moments()
-            self.elbo_ = (loglik(M, L) - kl(M, L)).cpu().numpy()
+            var = (L ** 2).sum(2)
+            su2_t, sw2_t = own_variances(M, var)
+            vu_t, vw_t = sampling_variances(L, su2_t, sw2_t)
+        su2_raw, vu_raw = su2_t.cpu().numpy()[:, 0], vu_t.cpu().numpy()
+        sw2_raw = sw2_t.cpu().numpy() if K else np.full((J, 0), np.nan)
+        vw_raw = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
+        theta_raw = (np.exp(p["log_theta"].detach().cpu().numpy()[:, 0]) if learn_theta
+                     else np.full(J, float(self.theta)))
+
+        # Stage 2: priors shared across genes (see the module notes). The moderated quantity is the
+        # variance of a sample's estimated effect, σ² + v̄ (v̄ its cell-level sampling variance): that
+        # is what the gene's samples scatter by, distributed as (σ² + v̄) χ²_d / d, whereas σ̂² alone
+        # (the REML-like difference) has a heavier left tail, which would bias d₀ and s₀² low.
+        su2, sw2 = su2_raw.copy(), sw2_raw.copy()
+        self.prior_df_w_, self.prior_scale_w_ = {c: 0.0 for c in classes}, {c: np.nan for c in classes}
+        self.prior_df_u_, self.prior_scale_u_ = 0.0, np.nan
+        do_moderate = self.moderate and J >= 3
+        if do_moderate:
+            cov_trend = log_mean if self.trend else None
+            for c, name in enumerate(classes):
+                tau2 = sw2_raw[:, c] + vw_raw[:, c]
+                d0, s02 = fit_f_dist(tau2, w_df[name], covariate=cov_trend, robust=self.robust)
+                sw2[:, c] = np.maximum(squeeze_var(tau2, w_df[name], d0, s02) - vw_raw[:, c], VAR_FLOOR)
+                self.prior_df_w_[name], self.prior_scale_w_[name] = float(d0), np.sqrt(s02)
+            if u_df >= 1:
+                tau2 = su2_raw + vu_raw
+                d0u, s02u = fit_f_dist(tau2, u_df, covariate=cov_trend, robust=self.robust)
+                su2 = np.maximum(squeeze_var(tau2, u_df, d0u, s02u) - vu_raw, VAR_FLOOR)
+                self.prior_df_u_, self.prior_scale_u_ = float(d0u), np.sqrt(s02u)
+        theta_prior = None
+        if learn_theta and self.shrink_theta and J >= 3:
+            tr, tau2 = dispersion_trend(log_mean, np.log(theta_raw))
+            theta_prior = (torch.as_tensor(tr, **kw), float(tau2))
+            self.theta_trend_, self.theta_prior_sd_ = np.exp(tr), float(np.sqrt(tau2))
+        if do_moderate or theta_prior is not None:
+            fixed = (torch.as_tensor(su2[:, None], **kw), torch.as_tensor(sw2, **kw) if K else None)
+            n2 = self.moderated_epochs or max(50, self.max_epochs // 3)
+            run("moderated", n2, 0.3 * self.lr, fixed, theta_prior)
+        else:
+            fixed = None
+        with torch.no_grad():
+            M, L = moments()
+            fu, fw = fixed if fixed is not None else own_variances(M, (L ** 2).sum(2))
+            vu_t, vw_t = sampling_variances(L, fu, fw)
+        self.sampling_var_u_ = vu_t.cpu().numpy()
+        self.sampling_var_w_ = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
+
+        self.history_ = pd.DataFrame(rows, columns=["stage", "epoch", "loss", "elbo", "reconstruction", "kl"])
+        with torch.no_grad():
+            M, L = moments()
+            self.elbo_ = (loglik(M, L) - kl(M, L, fixed)).cpu().numpy()
             cov = (L @ L.transpose(1, 2)).cpu().numpy()
             M = M.cpu().numpy()
-            pn = {k: v.detach().cpu().numpy() for k, v in p.items()}
+            log_theta = p["log_theta"].cpu().numpy()[:, 0] if learn_theta else None
         self.cov_ = cov
-        self.b_mean_, self.u_mean_, self.w_mean_ = M[:, :G], M[:, G:G + D], M[:, G + D:]
+        self.b_mean_, self.gamma_mean_ = M[:, :G], M[:, G:G + Q]
+        self.u_mean_, self.w_mean_ = M[:, G + Q:G + Q + D], M[:, G + Q + D:]
         self.b_cov_ = cov[:, :G, :G]
         sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-        self.b_sd_, self.u_sd_, self.w_sd_ = sd[:, :G], sd[:, G:G + D], sd[:, G + D:]
-        with torch.no_grad():
-            Mt, Lt = moments()
-            mu, tau2, su2, sw2 = hyper(Mt, (Lt ** 2).sum(2))
-        self.sigma_u_ = np.sqrt(su2.cpu().numpy()[:, 0])
-        self.sigma_w_ = np.sqrt(sw2.cpu().numpy()[:, 0]) if K else np.full(J, np.nan)
-        self.theta_ = (np.exp(pn["log_theta"][:, 0]) if learn_theta else np.full(J, float(self.theta)))
-        self.prior_mean_, self.prior_sd_ = mu.cpu().numpy(), np.sqrt(tau2.cpu().numpy())
-        self.samples_ = samples
-        self.df_ = self._contrast_df(data, gi, di, ki, samples)
+        self.b_sd_, self.u_sd_, self.w_sd_ = sd[:, :G], sd[:, G + Q:G + Q + D], sd[:, G + Q + D:]
+        self.sigma_u_raw_, self.sigma_w_raw_ = np.sqrt(su2_raw), np.sqrt(sw2_raw)
+        self.sigma_u_, self.sigma_w_ = np.sqrt(su2), np.sqrt(sw2)
+        self.theta_raw_ = theta_raw
+        self.theta_ = np.exp(log_theta) if learn_theta else np.full(J, float(self.theta))
+        self.w_classes_ = list(classes)
+        self.sample_df_, self.donor_df_, self.cell_type_df_, self.paired_ = w_df, u_df, ct_df, paired
+        self.covariate_names_ = list(data.covariate_names)
         self.design_ = data.design()
         self.var_names_ = np.asarray(data.genes, dtype=object)
         self.covariate_registry_ = self.design_.registry()
+        self.contrast_df_ = self._satterthwaite(data, cov, G, Q, D, K, cls_of_sample)
         self.n_epochs_ = self.max_epochs
+        self.fit_time_ = time.perf_counter() - t_start
         return self
+
+    def _satterthwaite(self, data, cov, G, Q, D, K, cls_of_sample):
+        """Per-gene Satterthwaite ν of every contrast (module notes and :mod:`._contrasts`).
+
+        σ̂_k² is estimated from effects that scatter by τ_k² = σ_k² + v̄_k (v̄_k their cell-level
+        sampling variance), so Var(σ̂_k²) ≈ 2 τ_k⁴ / d_k and the component enters ν as
+        V_k τ_k² / σ_k² with d_k (+ d₀) df: with every v̄ = 0 this is the usual formula, and for a
+        Gaussian paired design it gives the paired t test's d df exactly.
+        """
+        out = {}
+        J = cov.shape[0]
+        su2 = self.sigma_u_ ** 2
+        comps = [(np.arange(G + Q, G + Q + D), su2)]
+        infl = [(su2 + self.sampling_var_u_) / su2]
+        dfs = [self.donor_df_ + self.prior_df_u_]
+        for c, name in enumerate(self.w_classes_):
+            sw2 = self.sigma_w_[:, c] ** 2
+            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), sw2))
+            infl.append((sw2 + self.sampling_var_w_[:, c]) / sw2)
+            dfs.append(self.sample_df_[name] + self.prior_df_w_[name])
+        infl = np.column_stack(infl)
+        for term, ct, _, ref, k in contrast_terms(data):
+            c = np.zeros(cov.shape[1])
+            c[k], c[ref] = 1.0, -1.0
+            V, shares = contrast_variance_shares(cov, c, comps)
+            shares = shares * infl
+            df = np.array(dfs, dtype=float)
+            own = 1 + (self.w_classes_.index(ct) if ct in self.w_classes_ else 0) if K else None
+            if not self.paired_.get(ct, True):
+                # donors split between conditions: u and this cell type's w are confounded within it
+                # and estimated together from the cell type's d_c df, as one component
+                if own is not None:
+                    _, raw = contrast_variance_shares(cov, c, comps)
+                    tot = raw[:, 0] + raw[:, own]
+                    s2 = su2 + self.sigma_w_[:, own - 1] ** 2
+                    shares[:, own] = tot * (s2 + self.sampling_var_w_[:, own - 1]) / s2
+                    shares[:, 0] = 0.0
+                    df[own] = self.cell_type_df_[ct] + min(self.prior_df_w_[self.w_classes_[own - 1]],
+                                                           self.prior_df_u_)
+                else:
+                    df[0] = self.cell_type_df_[ct] + self.prior_df_u_
+            out[term] = satterthwaite_df(V, shares, np.broadcast_to(df, (J, df.size)),
+                                         floor=self.cell_type_df_.get(ct))
+        return out
 
     def summary(self, level: float = 0.95, method: str | None = None) -> pd.DataFrame:
         """Tidy DataFrame (:data:`scnotes.glmm.TIDY_COLUMNS` plus ``sigma_w``, ``theta``).
 
-        ``estimate`` = posterior mean, ``sd`` = posterior sd, ``lfsr`` = local false sign
-        rate; for contrasts ``p`` is the t test stated in the module notes
-        (``df`` = :attr:`df_`) and ``q`` its Benjamini–Hochberg adjustment; ``z`` is NaN
-        (there is no Wald statistic in a posterior).
+        ``estimate`` = posterior mean, ``sd`` = posterior sd of b and of the contrasts; for
+        contrasts ``df`` = the Satterthwaite ν, ``p`` = 2 P(t_ν > |mean/sd|), ``lower``/``upper`` =
+        mean ∓ t_ν quantile × sd, ``q`` the Benjamini–Hochberg adjustment over every contrast,
+        ``lfsr`` the local false sign rate under the adaptive-shrinkage prior of the cell type's
+        contrasts (module notes); ``sigma_w`` is the moderated sample sd of the row's cell type;
+        ``z`` is NaN (there is no Wald statistic in a posterior).
+
+        Raises
+        ------
+        RuntimeError : the model is not fitted.
         """
         if getattr(self, "b_mean_", None) is None:
             raise RuntimeError("the model is not fitted (call fit first)")
         se = self.sample_effect
         name = method or f"NB GLMM VEB ({'no sample effect' if se is None else 'sample: donor × ' + se})"
         out = tidy_effects(self.design_, self.b_mean_, cov=self.b_cov_, method=name, sigma_u=self.sigma_u_,
-                           level=level, inference="posterior", df=self.df_)
-        idx = pd.Index(self.design_.genes)
-        out["sigma_w"] = self.sigma_w_[idx.get_indexer(out["gene"])]
-        out["theta"] = self.theta_[idx.get_indexer(out["gene"])]
+                           level=level, inference="posterior", df=self.contrast_df_)
+        con = (out["kind"] == "contrast").to_numpy()
+        for term in pd.unique(out.loc[con, "term"]):
+            sel = con & (out["term"] == term).to_numpy()
+            e, s, nu = (out.loc[sel, k].to_numpy(float) for k in ("estimate", "sd", "df"))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sd_eff = t_matched_sd(e, e / s, nu)
+            out.loc[sel, "lfsr"] = ash_normal(e, sd_eff)["lfsr"]
+        idx = pd.Index(self.design_.genes).get_indexer(out["gene"])
+        if self.w_classes_:
+            cls = [self.w_classes_.index(c) if c in self.w_classes_ else 0 for c in out["cell_type"].astype(str)]
+            out["sigma_w"] = self.sigma_w_[idx, np.asarray(cls)]
+        else:
+            out["sigma_w"] = np.nan
+        out["theta"] = self.theta_[idx]
         return out
 
+    # ---------------------------------------------------------------- persistence
+    _FITTED = ("b_mean_", "b_sd_", "b_cov_", "gamma_mean_", "u_mean_", "u_sd_", "w_mean_", "w_sd_", "sigma_u_",
+               "sigma_w_", "sigma_u_raw_", "sigma_w_raw_", "theta_", "theta_raw_", "w_classes_", "sample_df_",
+               "donor_df_", "cell_type_df_", "paired_", "prior_df_w_", "prior_scale_w_", "prior_df_u_",
+               "prior_scale_u_", "contrast_df_", "covariate_names_", "elbo_", "fit_time_", "n_epochs_",
+               "sampling_var_u_", "sampling_var_w_")
 
-class _ExpectedSoftplus(torch.autograd.Function):
-    """E softplus(z_m + sd ε), ε ~ N(0, 1), by Gauss–Hermite nodes ``x`` and weights ``w`` (any
-    shape of ``z_m`` = shape of ``sd``). The gradients in z_m and sd, Σ w σ(z) and Σ w x σ(z)
-    (σ = softplus'), are computed in the forward pass, so the backward pass multiplies two
-    tensors of z_m's shape instead of going back through the nodes (measured: about a third
-    of an NB GLMM VEB step on one thread)."""
+    def save(self, path):
+        """Write the fitted model to ``path`` (torch format): constructor arguments, the posterior
+        means / sds, the group covariance, variance components, dfs and priors, the training record
+        and the design (genes, groups, donors, covariates, ``obs`` keys). Neither the data nor the
+        full covariance ``cov_`` are saved; :meth:`summary` does not need them.
 
-    @staticmethod
-    def forward(ctx, z_m, sd, x, w):
-        z = z_m[..., None] + sd[..., None] * x
-        sig = torch.sigmoid(z)
-        ctx.save_for_backward(sig @ w, sig @ (w * x))
-        return F.softplus(z) @ w
+        Raises
+        ------
+        RuntimeError : the model is not fitted.
+        """
+        if getattr(self, "b_mean_", None) is None:
+            raise RuntimeError("nothing to save: the model is not fitted")
+        init = self._init_kwargs()
+        init["dtype"] = str(self.dtype).replace("torch.", "")
+        fitted = {k: getattr(self, k) for k in self._FITTED if hasattr(self, k)}
+        state = dict(cls=type(self).__name__, init=init, fitted=fitted, design=self.design_.to_dict(),
+                     samples=self.samples_.to_dict("list"), history=self.history_.to_dict("list"))
+        torch.save(state, path)
 
-    @staticmethod
-    def backward(ctx, grad):
-        d_m, d_sd = ctx.saved_tensors
-        return grad * d_m, grad * d_sd, None, None
+    @classmethod
+    def load(cls, path, device: str = "cpu"):
+        """Read a model written by :meth:`save`; returns a fitted model on ``device``.
 
-
-class _ExpectedNBLogLik:
-    """Σ_i E_q ln NB(y_ij; s_i e^η, θ_j) per gene j, η ~ N(m_jb, v_jb) for the cells i of block b.
-
-    ln NB(y; μ, θ) = A(y, θ) + y ln μ − ln y! − (θ + y) softplus(ln μ − ln θ), with
-    A(y, θ) = lnΓ(y + θ) − lnΓ(θ) − y ln θ (:mod:`scnotes.likelihoods`' stable form, zero at
-    y = 0). With ln μ = ln s + η only the softplus term is not linear in η, so
-
-        Σ_i E ln NB = Σ_{y>0} A(y, θ) + Σ_b Y_b m_b + Σ_i (y ln s − ln y!) − Σ_i (θ + y_i) E softplus(z_i),
-
-    z_i = ln s_i + η − ln θ, Y_b the counts summed over block b: the terms linear in η use
-    block sums computed once, A runs on the non-zero counts only, and one Gauss–Hermite
-    quadrature of the softplus (``n_quad`` nodes) per cell is the only cells × nodes work.
-    Equal to summing :func:`scnotes.likelihoods.nb_log_pmf` at every draw (tested).
-
-    Shapes: ``y`` (J, N) counts, ``logs`` (N,) log totals, ``cblock`` (N,) block of each cell
-    (long), ``m``, ``v`` (J, B), ``log_theta`` (J, 1); returns (J,) nats.
-    """
-
-    def __init__(self, y, logs, cblock, n_blocks, n_quad):
-        J = y.shape[0]
-        self.y, self.logs, self.cblock = y, logs, cblock
-        self.Yb = torch.zeros(J, n_blocks, dtype=y.dtype, device=y.device).index_add_(1, cblock, y)
-        self.const = (y * logs).sum(1) - torch.lgamma(y + 1).sum(1)
-        self.g_nz, i_nz = torch.nonzero(y > 0, as_tuple=True)
-        self.y_nz = y[self.g_nz, i_nz]
-        xq, wq = np.polynomial.hermite.hermgauss(int(n_quad))
-        self.xq = torch.as_tensor(xq * math.sqrt(2.0), dtype=y.dtype, device=y.device)
-        self.wq = torch.as_tensor(wq / math.sqrt(math.pi), dtype=y.dtype, device=y.device)
-
-    def __call__(self, m, v, log_theta):
-        th = torch.exp(log_theta)
-        z_m = self.logs + (m - log_theta)[:, self.cblock]  # (J, N)
-        soft = _ExpectedSoftplus.apply(z_m, torch.sqrt(v)[:, self.cblock], self.xq, self.wq)  # (J, N)
-        weighted = th[:, 0] * soft.sum(1) + (self.y * soft).sum(1)
-        a = _log_gamma_ratio64_dense(self.y_nz.double(), th[self.g_nz, 0].double()).to(m.dtype)
-        a_sum = torch.zeros(m.shape[0], dtype=m.dtype, device=m.device).index_add(0, self.g_nz, a)
-        return self.const + (self.Yb * m).sum(1) + a_sum - weighted
-
-
-def _moment_theta(data: GLMMData, t0):
-    """Method-of-moments θ per gene from the naive means (a starting value, clipped to [0.05, 1e4])."""
-    mu = data.total[:, None] * np.exp(t0[:, data.group].T)  # (N, J)
-    excess = ((data.counts - mu) ** 2 - mu).sum(0)
-    th = (mu ** 2).sum(0) / np.maximum(excess, 1e-8)
-    return np.clip(th, 0.05, 1e4)
+        Raises
+        ------
+        TypeError : the file holds another class.
+        """
+        state = torch.load(path, map_location=torch.device(device), weights_only=False)
+        if state.get("cls") != cls.__name__:
+            raise TypeError(f"{path} holds a {state.get('cls')}, not a {cls.__name__}")
+        init = dict(state["init"])
+        init["dtype"] = getattr(torch, init["dtype"])
+        m = cls(**init, device=device)
+        for k, v in state["fitted"].items():
+            setattr(m, k, v)
+        m.design_ = GLMMDesign.from_dict(state["design"])
+        m.var_names_ = np.asarray(m.design_.genes, dtype=object)
+        m.covariate_registry_ = m.design_.registry()
+        m.samples_ = pd.DataFrame(state["samples"])
+        m.history_ = pd.DataFrame(state["history"])
+        return m
 
 
 def fit_nb_veb(data: GLMMData, **kwargs) -> NBGLMMVEB:
@@ -471,89 +655,3 @@ def fit_genes_nb(data: GLMMData, level: float = 0.95, return_model: bool = False
     m = NBGLMMVEB(**kwargs).fit(data)
     df = m.summary(level=level)
     return (df, m) if return_model else df
-
-
-def simulate_nb_glmm(n_donors: int = 4, n_cells: int = 150, n_genes: int = 200, n_cell_types: int = 1,
-                     sigma_u: float = 0.3, sigma_w: float = 0.15, theta: float = 2.0,
-                     mean_range=(0.1, 5.0), log_fold_change=None, paired: bool = True,
-                     total_mean: float = 2000.0, seed: int = 0):
-    """Counts from the NB GLMM with donor and sample (donor × condition) effects, as AnnData.
-
-    Each donor contributes ``n_cells`` cells of each cell type to each condition
-    (``ctrl``, ``stim``) when ``paired``; otherwise donors are split in half between
-    the conditions (2 ``n_cells`` cells each). Per gene j, cell type c::
-
-        ln λ = b_{jc} + δ_{jc} [stim] + u_jd + w_{jdk},   u ~ N(0, σ_u²), w ~ N(0, σ_w²),
-        y ~ NB(s_i λ, θ),  s_i ~ total_mean · LogNormal(0, 0.3²)
-
-    with b chosen so that the mean count per cell is log-uniform on ``mean_range``.
-    The sample effect w is drawn per donor × condition × cell type (the pseudobulk unit).
-
-    Parameters
-    ----------
-    log_fold_change : array (n_genes,) or (n_genes, n_cell_types), optional
-        True δ (natural log); default 0 (the null).
-    theta : float
-        NB inverse dispersion (``np.inf``: Poisson).
-    seed : int
-        Seeds a ``numpy.random.default_rng`` (global state untouched).
-
-    Returns
-    -------
-    AnnData, cells × genes integer counts in ``X`` (CSR) and ``layers["counts"]``;
-    ``obs``: donor, condition, cell_type, sample_id, total_counts; ``var``: per cell
-    type ``lfc_<cell type>`` (true δ) and ``base_mean``; ``uns["simulation"]``: the parameters.
-
-    Raises
-    ------
-    ValueError : fewer than 2 donors (4 when not paired), non-positive sizes or sds < 0.
-    """
-    import anndata as ad
-    from scipy import sparse
-
-    if n_donors < (2 if paired else 4) or n_cells < 1 or n_genes < 1 or n_cell_types < 1:
-        raise ValueError("need n_donors >= 2 (>= 4 unpaired), n_cells, n_genes, n_cell_types >= 1")
-    if sigma_u < 0 or sigma_w < 0 or not theta > 0:
-        raise ValueError("sigma_u, sigma_w must be >= 0 and theta > 0")
-    rng = np.random.default_rng(seed)
-    J, C = int(n_genes), int(n_cell_types)
-    lfc = np.zeros((J, C)) if log_fold_change is None else np.broadcast_to(
-        np.asarray(log_fold_change, float).reshape(J, -1), (J, C)).copy()
-    base = np.exp(rng.uniform(np.log(mean_range[0]), np.log(mean_range[1]), size=(J, C)))
-    b = np.log(base / total_mean)
-    u = rng.normal(0, sigma_u, size=(J, n_donors))
-    donors = [f"d{k}" for k in range(n_donors)]
-    if paired:
-        plan = [(d, k) for d in range(n_donors) for k in (0, 1)]
-        per = int(n_cells)
-    else:
-        plan = [(d, int(d >= n_donors // 2)) for d in range(n_donors)]
-        per = 2 * int(n_cells)
-    obs_rows, blocks = [], []
-    for d, k in plan:
-        for c in range(C):
-            w = rng.normal(0, sigma_w, size=J)
-            s = total_mean * np.exp(rng.normal(0, 0.3, size=per))
-            eta = b[:, c] + lfc[:, c] * k + u[:, d] + w
-            mu = s[:, None] * np.exp(eta)[None, :]
-            if np.isfinite(theta):
-                y = rng.poisson(rng.gamma(theta, mu / theta))
-            else:
-                y = rng.poisson(mu)
-            blocks.append(y)
-            cond = ("ctrl", "stim")[k]
-            obs_rows += [(donors[d], cond, f"type{c}", f"{cond}_{donors[d]}", float(si)) for si in s]
-    x = sparse.csr_matrix(np.vstack(blocks).astype(np.float32))
-    obs = pd.DataFrame(obs_rows, columns=["donor", "condition", "cell_type", "sample_id", "total_counts"])
-    for col in ("donor", "condition", "cell_type", "sample_id"):
-        obs[col] = pd.Categorical(obs[col])
-    obs.index = [f"cell{i}" for i in range(len(obs))]
-    var = pd.DataFrame(index=[f"gene{j}" for j in range(J)])
-    for c in range(C):
-        var[f"lfc_type{c}"] = lfc[:, c]
-    var["base_mean"] = base.mean(1)
-    a = ad.AnnData(x, obs=obs, var=var)
-    a.layers["counts"] = x.copy()
-    a.uns["simulation"] = dict(n_donors=n_donors, n_cells=n_cells, sigma_u=sigma_u, sigma_w=sigma_w,
-                               theta=float(theta), paired=paired, seed=seed)
-    return a

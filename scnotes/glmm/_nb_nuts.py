@@ -28,7 +28,7 @@ import torch
 
 from ..likelihoods import nb_log_pmf
 from ._design import GLMMData
-from ._nuts import _isolated_global_rng
+from ._common import isolated_global_rng as _isolated_global_rng
 
 __all__ = ["fit_nb_nuts", "NBNUTSResult"]
 
@@ -72,7 +72,7 @@ class NBNUTSResult:
                     upper=float(np.quantile(d, 1 - a)), lfsr=float(lfsr))
 
 
-def fit_nb_nuts(data: GLMMData, gene=0, sample_effect: str | None = "condition", num_samples: int = 300,
+def fit_nb_nuts(data: GLMMData, gene=0, sample_effect: str | None = "group", num_samples: int = 300,
                 warmup_steps: int = 300, num_chains: int = 2, prior_sd_b: float = 10.0,
                 theta_prior_sd: float = 2.0, seed: int = 0, target_accept_prob: float = 0.8,
                 max_tree_depth: int = 8, progress: bool = False) -> NBNUTSResult:
@@ -82,9 +82,10 @@ def fit_nb_nuts(data: GLMMData, gene=0, sample_effect: str | None = "condition",
     ----------
     data : GLMMData (cells × genes counts, per-cell size factor ``total``)
     gene : str or int, which gene
-    sample_effect : "condition" (donor × condition; needs cell type × condition groups),
-        "group" (donor × cell group) or None (no sample effect), as in
-        :class:`~scnotes.glmm.NBGLMMVEB`
+    sample_effect : "group" (donor × cell group, the default, the pseudobulk unit), "condition"
+        (donor × condition; needs cell type × condition groups) or None (no sample effect), as in
+        :class:`~scnotes.glmm.NBGLMMVEB`; one σ_w for every sample of the gene (the VEB fits one per
+        cell type: fit one cell type at a time to compare them)
     num_samples, warmup_steps : int, per chain
     num_chains : int (≥ 2, for R-hat)
     prior_sd_b : float, sd of the N(0, ·) prior of each b_g (log scale; vague by default)

@@ -27,8 +27,6 @@ effective sample size pyro's multi-chain estimator (Gelman et al. BDA3, 11.4-11.
 """
 from __future__ import annotations
 
-import contextlib
-import random
 import time
 from dataclasses import dataclass
 
@@ -38,6 +36,7 @@ import torch
 from scipy.special import gammaln
 
 from ..likelihoods import poisson_log_pmf
+from ._common import helmert as _helmert, isolated_global_rng as _isolated_global_rng
 from ._design import GLMMData
 from ._tidy import tidy_effects
 
@@ -73,16 +72,6 @@ class NUTSResult:
         return tidy_effects(self.data, flat.mean(0)[None], cov=np.cov(flat.T)[None],
                             method=f"NUTS ({self.prior} prior)", sigma_u=np.array([self.sigma_u.mean()]),
                             level=level, inference="posterior", legacy_wald=True)
-
-
-def _helmert(D):
-    """Orthonormal (D, D-1) basis of the vectors summing to zero."""
-    H = np.zeros((D, D - 1))
-    for k in range(1, D):
-        H[:k, k - 1] = 1.0
-        H[k, k - 1] = -k
-        H[:, k - 1] /= np.sqrt(k * (k + 1))
-    return H
 
 
 def fit_nuts(data: GLMMData, gene=0, num_samples: int = 500, warmup_steps: int = 500,
@@ -255,16 +244,3 @@ def fit_nuts(data: GLMMData, gene=0, num_samples: int = 500, warmup_steps: int =
     diag = pd.DataFrame(rows).set_index("parameter")
     return NUTSResult(d1, stack["b"].numpy(), stack["u"].numpy(), stack["sigma_u"].numpy(),
                       stack["sigma_b"].numpy(), diag, secs, prior)
-
-
-@contextlib.contextmanager
-def _isolated_global_rng():
-    """Run a block that seeds the global torch / numpy / ``random`` RNGs (pyro does)
-    and restore all three afterwards."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)

@@ -24,10 +24,39 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["tidy_effects", "TIDY_COLUMNS", "bh_qvalues"]
+__all__ = ["tidy_effects", "TIDY_COLUMNS", "bh_qvalues", "contrast_terms"]
 
 TIDY_COLUMNS = ["gene", "kind", "term", "cell_type", "condition", "estimate", "sd", "lower", "upper",
-                "z", "p", "lfsr", "q", "sigma_u", "method", "inference"]
+                "df", "z", "p", "lfsr", "q", "sigma_u", "method", "inference"]
+
+
+def _t_tail_and_quantile(t, df, level):
+    """Upper tail P(T > |t|) and the ``level`` interval's half-width factor under Student's t
+    with per-test ``df`` (infinite df: the normal; NaN df: the normal, for the lfsr of a
+    posterior without a stated test)."""
+    nu = np.where(np.isfinite(df), df, np.inf)
+    normal = ~np.isfinite(nu)
+    safe = np.where(normal, 1.0, nu)
+    tail = np.where(normal, stats.norm.sf(np.abs(t)), stats.t.sf(np.abs(t), safe))
+    half = np.where(normal, stats.norm.ppf(0.5 + level / 2), stats.t.ppf(0.5 + level / 2, safe))
+    return tail, half
+
+
+def contrast_terms(data):
+    """The within-cell-type condition contrasts of a design (each condition against the
+    reference, the first condition of the cell type): a list of ``(term, cell type,
+    "<cond> - <ref>", reference group index, group index)``; empty without cell types."""
+    tab = data.group_table
+    out = []
+    if not tab["cell_type"].notna().all():
+        return out
+    for ct in pd.unique(tab["cell_type"]):
+        idx = np.flatnonzero((tab["cell_type"] == ct).to_numpy())
+        ref = int(idx[0])
+        for k in idx[1:]:
+            cond = f"{tab['condition'].iloc[k]} - {tab['condition'].iloc[ref]}"
+            out.append((f"{ct}: {cond}", ct, cond, ref, int(k)))
+    return out
 
 
 def bh_qvalues(p) -> np.ndarray:
@@ -87,40 +116,42 @@ def tidy_effects(data, estimate, cov=None, sd=None, method: str = "", sigma_u=No
         sdv = np.asarray(sd, dtype=float).reshape(est.shape)
         cov = np.einsum("jg,gh->jgh", sdv ** 2, np.eye(data.n_groups))
     cov = np.asarray(cov, dtype=float).reshape(data.n_genes, data.n_groups, data.n_groups)
-    su = np.full(data.n_genes, np.nan) if sigma_u is None else np.asarray(sigma_u, float).ravel()
-    q = stats.norm.ppf(0.5 + level / 2)
-    rows = []
+    J = data.n_genes
+    su = np.full(J, np.nan) if sigma_u is None else np.asarray(sigma_u, float).ravel()
     tab = data.group_table
+    genes = np.asarray(data.genes, dtype=object)
     gsd = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
-    for j, gene in enumerate(data.genes):
-        for g, name in enumerate(data.groups):
-            rows.append((gene, "group", name, tab["cell_type"].iloc[g], tab["condition"].iloc[g],
-                         est[j, g], gsd[j, g], np.nan, np.nan, np.nan, su[j]))
-    if tab["cell_type"].notna().all():
-        for ct in pd.unique(tab["cell_type"]):
-            idx = np.flatnonzero((tab["cell_type"] == ct).to_numpy())
-            ref = idx[0]
-            for k in idx[1:]:
-                c = np.zeros(data.n_groups)
-                c[k], c[ref] = 1.0, -1.0
-                e = est @ c
-                v = np.einsum("g,jgh,h->j", c, cov, c)
-                for j, gene in enumerate(data.genes):
-                    cond = f"{tab['condition'].iloc[k]} - {tab['condition'].iloc[ref]}"
-                    s = float(np.sqrt(max(v[j], 0.0)))
-                    z = e[j] / s if s > 0 else np.nan
-                    lfsr = stats.norm.sf(abs(z)) if (inference == "posterior" and np.isfinite(z)) else np.nan
-                    if inference == "wald" or legacy_wald:
-                        zz, pp = z, (2 * stats.norm.sf(abs(z)) if np.isfinite(z) else np.nan)
-                    else:
-                        d = df.get(ct, np.nan) if isinstance(df, dict) else (np.nan if df is None else df)
-                        zz = np.nan
-                        pp = 2 * stats.t.sf(abs(z), d) if (np.isfinite(z) and np.isfinite(d)) else np.nan
-                    rows.append((gene, "contrast", f"{ct}: {cond}", ct, cond, e[j], s, zz, pp, lfsr, su[j]))
-    out = pd.DataFrame(rows, columns=["gene", "kind", "term", "cell_type", "condition", "estimate",
-                                      "sd", "z", "p", "lfsr", "sigma_u"])
-    out["lower"] = out["estimate"] - q * out["sd"]
-    out["upper"] = out["estimate"] + q * out["sd"]
+    zq = stats.norm.ppf(0.5 + level / 2)
+    frames = [pd.DataFrame({
+        "gene": np.repeat(genes, data.n_groups), "kind": "group", "term": np.tile(data.groups, J),
+        "cell_type": np.tile(tab["cell_type"].to_numpy(), J), "condition": np.tile(tab["condition"].to_numpy(), J),
+        "estimate": est.ravel(), "sd": gsd.ravel(), "df": np.nan, "z": np.nan, "p": np.nan, "lfsr": np.nan,
+        "sigma_u": np.repeat(su, data.n_groups)})]
+    frames[0]["lower"] = frames[0]["estimate"] - zq * frames[0]["sd"]
+    frames[0]["upper"] = frames[0]["estimate"] + zq * frames[0]["sd"]
+    for term, ct, cond, ref, k in contrast_terms(data):
+        c = np.zeros(data.n_groups)
+        c[k], c[ref] = 1.0, -1.0
+        e = est @ c
+        s = np.sqrt(np.clip(np.einsum("g,jgh,h->j", c, cov, c), 0.0, None))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(s > 0, e / s, np.nan)
+        if inference == "wald" or legacy_wald:
+            tail = stats.norm.sf(np.abs(t))
+            zz, pp, dfc, half = t, 2 * tail, np.full(J, np.nan), zq
+            lfsr = tail if inference == "posterior" else np.full(J, np.nan)
+        else:
+            d = df.get(term, df.get(ct, np.nan)) if isinstance(df, dict) else (np.nan if df is None else df)
+            dfc = np.broadcast_to(np.asarray(d, dtype=float), (J,)).astype(float)
+            tail, half = _t_tail_and_quantile(t, dfc, level)
+            zz = np.full(J, np.nan)
+            pp = np.where(np.isnan(dfc), np.nan, 2 * tail)
+            lfsr = tail
+        frames.append(pd.DataFrame({
+            "gene": genes, "kind": "contrast", "term": term, "cell_type": ct, "condition": cond, "estimate": e,
+            "sd": s, "lower": e - half * s, "upper": e + half * s, "df": dfc, "z": zz, "p": pp, "lfsr": lfsr,
+            "sigma_u": su}))
+    out = pd.concat(frames, ignore_index=True)
     out["q"] = bh_qvalues(out["p"].where(out["kind"] == "contrast"))
     out["method"] = method
     out["inference"] = inference

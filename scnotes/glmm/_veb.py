@@ -44,6 +44,7 @@ import torch
 from scipy.special import gammaln
 
 from ..likelihoods import poisson_log_pmf
+from ._common import descend as _descend, helmert as _helmert
 from ._design import GLMMData, GLMMDesign
 from ._tidy import tidy_effects
 
@@ -220,7 +221,6 @@ class PoissonGLMMVEB:
         Gaussian on φ is a full-rank Gaussian on θ: the family, and so the optimum,
         is the same; only the path to it is shorter.
         """
-        from ._nuts import _helmert
 
         P = G + D
         kw = dict(dtype=self.dtype, device=self.device)
@@ -565,13 +565,3 @@ class PoissonGLMMVEB:
 def fit_veb(data: GLMMData, **kwargs) -> PoissonGLMMVEB:
     """``PoissonGLMMVEB(**kwargs).fit(data)`` (see :class:`PoissonGLMMVEB`)."""
     return PoissonGLMMVEB(**kwargs).fit(data)
-
-
-def _descend(loss, opt, sched):
-    """One optimiser step on ``loss``; a NaN/inf loss stops the fit instead of corrupting it."""
-    opt.zero_grad()
-    loss.backward()
-    if not torch.isfinite(loss):
-        raise RuntimeError("NaN/inf loss in VEB; lower lr")
-    opt.step()
-    sched.step()

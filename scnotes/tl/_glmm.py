@@ -5,8 +5,10 @@ with cell-group fixed effects ``b``, donor random effects ``u ~ N(0, σ_u²)`` a
 the cell's library size ``s_i`` as offset (see :mod:`scnotes.glmm`), by
 variational empirical Bayes (``"veb"``), NUTS (``"nuts"``) or lme4 (``"lme4"``),
 and returns one tidy table for every method. ``method="nb"`` fits the
-negative-binomial GLMM (:class:`scnotes.glmm.NBGLMMVEB`: per-gene dispersion and a
-random effect per sample, donor × condition) and ``"glmmtmb"`` its R reference.
+negative-binomial GLMM (:class:`scnotes.glmm.NBGLMMVEB`: per-gene dispersion shrunk to a
+mean trend, a random effect per sample (donor × cell type × condition) whose variance is
+moderated across genes per cell type, Satterthwaite t tests), the test to use for DE between
+conditions, and ``"glmmtmb"`` its R reference.
 
 :func:`pseudobulk` (the same function as :func:`scnotes.glmm.pseudobulk`) sums
 counts per donor × cell type × condition for edgeR / DESeq2
@@ -17,23 +19,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["glmm", "pseudobulk"]
+__all__ = ["glmm", "pseudobulk", "expressed_genes"]
 
 _METHODS = ("veb", "nuts", "lme4", "nb", "glmmtmb")
 
 from ..glmm._pseudobulk import pseudobulk  # noqa: E402  (re-exported: scnotes.tl.pseudobulk)
 
 
-def _top_genes_by_mean(adata, layer, n):
+def expressed_genes(adata, layer=None, min_cells: int = 10, min_frac: float = 0.01, n_top_genes=None):
+    """Genes a DE test can say something about: detected (count > 0) in at least ``min_cells`` cells
+    and in at least ``min_frac`` of the cells; with ``n_top_genes``, only that many of them with the
+    highest mean count. Returns a list of names in ``adata.var_names`` order (top genes: by mean)."""
     x = adata.X if layer is None else adata.layers[layer]
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    order = np.argsort(-mean, kind="stable")[: int(n)]
-    return [str(adata.var_names[i]) for i in order]
+    detected = np.asarray((x > 0).sum(axis=0)).ravel()
+    ok = (detected >= int(min_cells)) & (detected >= float(min_frac) * adata.n_obs)
+    idx = np.flatnonzero(ok)
+    if n_top_genes is not None:
+        mean = np.asarray(x.mean(axis=0)).ravel()
+        idx = idx[np.argsort(-mean[idx], kind="stable")[: int(n_top_genes)]]
+    return [str(adata.var_names[i]) for i in idx]
 
 
 def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "donor", *,
          condition_key: str | None = None, reference: str | None = None, layer: str | None = None,
-         size_factor_key: str | None = None, method: str = "veb", n_top_genes: int = 50,
+         size_factor_key: str | None = None, method: str = "veb", covariate_keys=None, n_top_genes: int | None = None,
+         min_gene_cells: int = 10, min_gene_frac: float = 0.01,
          min_cells: int = 1, level: float = 0.95, key_added: str = "glmm", copy: bool = False,
          return_model: bool = False, seed: int = 0, device: str = "cpu", progress: bool = False,
          **kwargs):
@@ -43,8 +53,9 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     ----------
     adata : AnnData, n_cells × n_genes raw counts in ``X`` or ``layers[layer]``
     genes : str, list of str or None
-        Genes to test. ``None``: the ``n_top_genes`` genes with the highest mean
-        count (a bounded default: a fit per gene costs time).
+        Genes to test. ``None``: every gene detected in at least ``min_gene_cells`` cells and in at
+        least ``min_gene_frac`` of the cells (:func:`expressed_genes`; the NB GLMM fits them all in
+        one batch), or the ``n_top_genes`` of those with the highest mean count.
     group_key : str
         ``obs`` column of the cell group (fixed effect). With ``condition_key``
         it is the cell type, and the groups are cell type × condition.
@@ -71,16 +82,23 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         ``prior``). ``"lme4"``: :func:`scnotes.glmm.fit_lme4` (R; kwargs
         ``aggregate`` (default True: the per (group, donor) sums, same estimates),
         ``nAGQ``). ``"nb"``: :class:`scnotes.glmm.NBGLMMVEB`, the NB GLMM with a
-        sample effect (kwargs ``sample_effect``, ``max_epochs``, ``n_quad``, …); its
-        contrasts carry posterior mean / sd, lfsr, the t test stated in
-        :class:`scnotes.glmm.NBGLMMVEB`'s notes (``p``) and BH ``q``. ``"glmmtmb"``:
+        sample effect (kwargs ``sample_effect``, ``max_epochs``, ``moderate``, ``trend``,
+        ``robust``, …); its contrasts carry posterior mean / sd, the Satterthwaite ``df``, the
+        t test and interval stated in :class:`scnotes.glmm.NBGLMMVEB`'s notes (``p``), BH ``q``
+        and the adaptive-shrinkage ``lfsr``. ``"glmmtmb"``:
         :func:`scnotes.glmm.fit_glmmtmb` (R; kwarg ``sample_effect``, default True).
-    n_top_genes : int
-        Genes tested when ``genes`` is None.
+    covariate_keys : list of str, optional
+        ``obs`` columns of sample-level covariates (sex, batch, age; constant within a donor ×
+        cell group) adjusted for as fixed effects (methods ``"nb"``; see
+        :func:`scnotes.glmm.glmm_data`).
+    n_top_genes, min_gene_cells, min_gene_frac
+        The gene filter used when ``genes`` is None (see above).
     min_cells : int
         With ``condition_key``: cell types with fewer cells than this in some
         condition are dropped (printed and recorded), since a cell group without
-        cells has no likelihood.
+        cells has no likelihood; with ``method="nb"`` also those whose condition
+        contrast has no sample-level residual df (too few donors; see
+        :func:`scnotes.glmm.complete_cell_types`).
     level : float
         Coverage of the intervals ``lower``, ``upper``.
     key_added : str
@@ -125,8 +143,15 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         if key is not None and key not in adata.obs.columns:
             raise KeyError(f"obs column {key!r} not found (parameter `{param}`); "
                            f"obs columns: {list(adata.obs.columns)}")
+    if covariate_keys is not None and method != "nb":
+        raise ValueError(f"covariate_keys is supported by method='nb' only, not {method!r}")
+    gene_filter = None
     if genes is None:
-        genes = _top_genes_by_mean(adata, layer, n_top_genes)
+        genes = expressed_genes(adata, layer, min_gene_cells, min_gene_frac, n_top_genes)
+        gene_filter = dict(min_gene_cells=min_gene_cells, min_gene_frac=min_gene_frac, n_top_genes=n_top_genes)
+        if not genes:
+            raise ValueError(f"no gene is detected in >= {min_gene_cells} cells and >= {min_gene_frac:.0%} of the "
+                             "cells (parameters `min_gene_cells`, `min_gene_frac`)")
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
 
     # Totals before any cell is dropped, from every gene of adata (not only the tested ones).
@@ -139,11 +164,13 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         totals_from = f"obs[{size_factor_key!r}]"
     keep = np.ones(adata.n_obs, dtype=bool)
     dropped_types = []
-    if condition_key is not None and min_cells > 0:
-        keep, dropped_types = G.complete_cell_types(adata.obs, group_key, condition_key, min_cells)
+    if condition_key is not None and (min_cells > 0 or method == "nb"):
+        keep, dropped_types = G.complete_cell_types(adata.obs, group_key, condition_key, max(min_cells, 1),
+                                                    donor_key=donor_key if method == "nb" else None)
         if dropped_types:
+            why = " or too few donors for a sample-level test" if method == "nb" else ""
             print(f"tl.glmm: dropped {len(dropped_types)} cell type(s) with fewer than {min_cells} cell(s) "
-                  f"in some condition ({int((~keep).sum())} cells): {dropped_types[:10]}")
+                  f"in some condition{why} ({int((~keep).sum())} cells): {dropped_types[:10]}")
             if not keep.any():
                 raise ValueError(f"no cell type has at least {min_cells} cell(s) in every condition of "
                                  f"{condition_key!r} (parameter `min_cells`)")
@@ -161,7 +188,8 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     counts = gsub.X if layer is None else gsub.layers[layer]
     ct_kw = (dict(cell_type_key=group_key, condition_key=condition_key, reference=reference)
              if condition_key is not None else dict(group_key=group_key))
-    data = G.glmm_data(obs, counts, donor_key=donor_key, total=total[keep], genes=genes, **ct_kw)
+    data = G.glmm_data(obs, counts, donor_key=donor_key, total=total[keep], genes=genes,
+                       covariate_keys=covariate_keys, **ct_kw)
     data.keys["total_key"] = size_factor_key
 
     if method == "veb":
@@ -189,7 +217,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     params = dict(genes=list(genes), group_key=group_key, donor_key=donor_key, condition_key=condition_key,
                   reference=reference, layer=layer, size_factor_key=size_factor_key, method=method,
                   min_cells=min_cells, level=level, seed=seed, totals=totals_from,
-                  dropped_cell_types=dropped_types,
+                  dropped_cell_types=dropped_types, covariate_keys=covariate_keys, gene_filter=gene_filter,
                   **{k: v for k, v in kwargs.items() if np.isscalar(v)})
     adata.uns[key_added] = {"params": {k: v for k, v in params.items() if v is not None},
                             "results": table}
