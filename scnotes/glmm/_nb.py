@@ -145,7 +145,7 @@ class NBGLMMVEB:
     """
 
     def __init__(self, sample_effect: str | None = "group", theta: float | None = None, moderate: bool = True,
-                 robust: bool = True, trend: bool = False, shrink_theta: bool = True, n_quad: int = 5,
+                 robust: bool = True, trend: bool = True, shrink_theta: bool = True, n_quad: int = 5,
                  max_epochs: int = 300, moderated_epochs: int | None = None, optimizer: str = "adam",
                  lr: float = 0.05, lr_decay: float = 0.01, prior_b: str = "vague", prior_sd_b: float = 10.0,
                  seed: int = 0, device: str = "cpu", dtype=torch.float64, progress: bool = False):
@@ -375,20 +375,22 @@ class NBGLMMVEB:
             mean, pv = prior(M, var, fixed)
             return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - p["log_diag"].sum(1) - 0.5 * P)
 
-        def sampling_variances(L, su2, sw2):
-            """Cell-level sampling variance of each random effect, 1/H_kk with H = Σ⁻¹ − prior
-            precision (the data's precision for that effect given the others), averaged per donor
-            set (J,) and per sample class (J, C)."""
-            R = torch.tril(p["L_off"], -1) + torch.diag_embed(torch.exp(p["log_diag"]))  # L = T R
-            eye = torch.eye(P, **kw).expand(J, P, P)
-            X = torch.linalg.solve_triangular(R, eye, upper=False) @ T.T  # Σ⁻¹ = Xᵀ X
-            prec = (X ** 2).sum(1)  # diag of Σ⁻¹, (J, P)
-            pv = torch.cat([su2.expand(J, D)] + ([sw2[:, cls_idx]] if K else []), 1)
-            h = (prec[:, G + Q:] - 1.0 / pv).clamp_min(1e-12)
-            v = 1.0 / h
-            vu = v[:, :D].mean(1)
-            vw = ((v[:, D:] @ W1) / n_per_class) if K else None
-            return vu, vw
+        Bk = torch.as_tensor(np.eye(K)[ki] if K else np.zeros((nb, 0)), **kw)  # blocks → samples
+        Bd = torch.as_tensor(np.eye(D)[di], **kw)  # blocks → donors
+
+        def sampling_variances(M):
+            """Cell-level sampling variance of each random effect: 1 / the expected Fisher information
+            its cells carry about it, Σ_i μ_i θ/(μ_i + θ) over the sample's (donor's) cells at the
+            posterior mean (computed directly: Σ⁻¹ minus the prior precision cancels badly when σ is
+            near its floor). Per donor averaged (J,), per sample class averaged (J, C), and per sample."""
+            mu = torch.exp(logs + (M @ Ab.T)[:, cblock])  # (J, N)
+            if learn_theta or fixed_log_theta is not None:
+                th = torch.exp(p["log_theta"]) if learn_theta else torch.full((J, 1), math.exp(fixed_log_theta), **kw)
+                mu = mu * th / (mu + th)
+            info_b = torch.zeros(J, nb, **kw).index_add_(1, cblock, mu)
+            vd = 1.0 / (info_b @ Bd).clamp_min(1e-12)
+            vk = 1.0 / (info_b @ Bk).clamp_min(1e-12) if K else None
+            return vd.mean(1), ((vk @ W1) / n_per_class) if K else None
 
         N = data.n_cells
         rows = []
@@ -441,7 +443,7 @@ class NBGLMMVEB:
             M, L = moments()
             var = (L ** 2).sum(2)
             su2_t, sw2_t = own_variances(M, var)
-            vu_t, vw_t = sampling_variances(L, su2_t, sw2_t)
+            vu_t, vw_t = sampling_variances(M)
         su2_raw, vu_raw = su2_t.cpu().numpy()[:, 0], vu_t.cpu().numpy()
         sw2_raw = sw2_t.cpu().numpy() if K else np.full((J, 0), np.nan)
         vw_raw = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
@@ -481,8 +483,7 @@ class NBGLMMVEB:
             fixed = None
         with torch.no_grad():
             M, L = moments()
-            fu, fw = fixed if fixed is not None else own_variances(M, (L ** 2).sum(2))
-            vu_t, vw_t = sampling_variances(L, fu, fw)
+            vu_t, vw_t = sampling_variances(M)
         self.sampling_var_u_ = vu_t.cpu().numpy()
         self.sampling_var_w_ = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
 
