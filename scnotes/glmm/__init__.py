@@ -10,13 +10,19 @@ fixed effects, donor random effects, the cell's total count as offset.
 - :class:`PoissonGLMMVEB`, :func:`fit_veb`: variational empirical Bayes (factorised,
   full-rank or low-rank guide; minibatch or full batch; MC or exact expectation; save/load)
 - :class:`NBGLMMVEB`, :func:`fit_nb_veb`, :func:`fit_genes_nb`, :func:`simulate_nb_glmm`: the
-  negative-binomial GLMM (per-gene θ, optional donor × condition sample effect), batched VEB
+  negative-binomial GLMM (θ per gene shrunk to a mean trend, a sample effect per donor × cell type ×
+  condition with σ_w per cell type moderated across genes, Satterthwaite t tests), batched VEB
 - :func:`fit_nuts`: NUTS (pyro) with R-hat and ESS; :func:`fit_nb_nuts`: the NB GLMM of one
   gene by NUTS, with a prior on θ (:class:`NBNUTSResult`)
 - :func:`fit_genes`, :func:`agreement`: batched fit of many genes, tidy table
 - :func:`pseudobulk`: counts summed per donor × cell type × condition (AnnData in, AnnData out)
-- :func:`fit_glmmtmb`, :func:`fit_edger`, :func:`fit_deseq2`, :func:`r_package_available`: live R
-  references (glmmTMB NB GLMM; pseudobulk edgeR QL and DESeq2)
+- :func:`fit_glmmtmb`, :func:`fit_edger`, :func:`fit_deseq2`, :func:`fit_limma_voom`, :func:`fit_glmgampoi`,
+  :func:`r_package_available`: live R references (glmmTMB NB GLMM; pseudobulk edgeR QL, DESeq2,
+  limma-voom, glmGamPoi); :func:`fit_pydeseq2`, :func:`wilcoxon_de`: Python references
+- :func:`fit_f_dist`, :func:`squeeze_var`, :func:`dispersion_trend`, :func:`ash_normal`: what the NB GLMM
+  shares across genes; :func:`satterthwaite_df`: its tests' degrees of freedom
+- :func:`thin_de`, :func:`split_donors`, :func:`paired_fake_conditions`: semi-synthetic DE and nulls on
+  real cells; :func:`null_calibration`, :func:`power_fdr`, :func:`roc_pr`, :func:`qq_points`: evaluation
 - :func:`fit_lme4`, :func:`lme4_available`, :func:`r_versions`: lme4 ``glmer`` through ``Rscript``
 - :func:`tidy_effects`: the shared tidy table (effects and condition contrasts)
 - :func:`compare_to_reference`, :func:`simulate_from_fit`, :func:`calibration_table`,
@@ -37,8 +43,10 @@ from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_
 from ._nb_nuts import NBNUTSResult, fit_nb_nuts
 from ._nuts import NUTSResult, fit_nuts
 from ._pseudobulk import pseudobulk
+from ._pyrefs import PYDESEQ2_INSTALL_HINT, fit_pydeseq2, pydeseq2_available, wilcoxon_de
 from ._simulate import paired_fake_conditions, simulate_nb_glmm, split_donor_designs, split_donors, thin_de
-from ._rrefs import (R_INSTALL_HINTS, GlmmTMBResult, fit_deseq2, fit_edger, fit_glmmtmb,
+from ._rrefs import (R_INSTALL_HINTS, GlmmTMBResult, fit_deseq2, fit_edger, fit_glmgampoi, fit_glmmtmb,
+                     fit_limma_voom,
                      r_package_available)
 from ._tidy import TIDY_COLUMNS, bh_qvalues, tidy_effects
 from ._veb import PoissonGLMMVEB, fit_veb
@@ -53,4 +61,5 @@ __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_
            "GlmmTMBResult", "r_package_available", "R_INSTALL_HINTS", "code_covariates", "residual_df",
            "satterthwaite_df", "contrast_variance_shares", "fit_f_dist", "squeeze_var", "dispersion_trend",
            "ash_normal", "t_matched_sd", "thin_de", "split_donors", "split_donor_designs", "paired_fake_conditions",
-           "null_calibration", "power_fdr", "roc_pr", "qq_points", "p_qq_points"]
+           "null_calibration", "power_fdr", "roc_pr", "qq_points", "p_qq_points", "fit_limma_voom",
+           "fit_glmgampoi", "fit_pydeseq2", "wilcoxon_de", "pydeseq2_available", "PYDESEQ2_INSTALL_HINT"]
