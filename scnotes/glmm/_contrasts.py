@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["residual_df", "satterthwaite_df", "contrast_variance_shares"]
+__all__ = ["residual_df", "satterthwaite_df", "contrast_variance_shares", "variance_information", "sample_dispersion",
+           "satterthwaite_df_info"]
 
 
 def residual_df(X) -> float:
@@ -86,3 +87,94 @@ def satterthwaite_df(V, shares, df, floor=None):
     if floor is not None:
         nu = np.maximum(nu, floor)
     return nu
+
+
+def variance_information(cov, components):
+    """Restricted-likelihood Fisher information of the variance components, from the posterior.
+
+    For Gaussian random effects with prior variances σ_a² and posterior covariance C (fixed
+    effects integrated out under a vague prior: the REML posterior), the expected information is
+
+        I_ab = ½ tr(M_ab M_ba),  M_aa = (I − C_aa/σ_a²)/σ_a²,  M_ab = −C_ab/(σ_a² σ_b²)  (a ≠ b),
+
+    the posterior form of ½ tr(P Z_a Z_aᵀ P Z_b Z_bᵀ) (Harville 1977, JASA 72:320). It counts only
+    the information the data carry: an effect whose posterior equals its prior adds nothing, and it
+    stays finite as σ_a → 0 (I → ½ Σ 1/v_k², v_k the effect's sampling variance). The off-diagonal
+    terms carry the confounding of components (donor and sample effects when donors are split
+    between conditions).
+
+    Parameters
+    ----------
+    cov : (n_genes, P, P); components : list of (index array into P, sigma2 (n_genes,))
+
+    Returns
+    -------
+    (n_genes, n_components, n_components)
+    """
+    cov = np.asarray(cov, dtype=float)
+    J, A = cov.shape[0], len(components)
+    info = np.zeros((J, A, A))
+    for a, (ia, sa) in enumerate(components):
+        ia = np.asarray(ia, dtype=int)
+        sa = np.asarray(sa, dtype=float)
+        if not ia.size:
+            continue
+        Caa = cov[:, ia][:, :, ia]
+        Maa = (np.eye(ia.size)[None] - Caa / sa[:, None, None]) / sa[:, None, None]
+        info[:, a, a] = 0.5 * (Maa ** 2).sum((1, 2))
+        for b in range(a + 1, A):
+            ib, sb = np.asarray(components[b][0], dtype=int), np.asarray(components[b][1], dtype=float)
+            if not ib.size:
+                continue
+            Mab = -cov[:, ia][:, :, ib] / (sa * sb)[:, None, None]
+            info[:, a, b] = info[:, b, a] = 0.5 * (Mab ** 2).sum((1, 2))
+    return info
+
+
+def satterthwaite_df_info(V, grad, info):
+    """ν = 2 V² / gᵀ I⁻¹ g per gene (the Satterthwaite df of lmerTest, Kuznetsova et al. 2017):
+    ``grad`` (n_genes, n_components) = ∂V/∂σ_a², ``info`` (n_genes, A, A) the information of the σ²'s.
+    Components with no information and no gradient are dropped; ν = inf when gᵀ I⁻¹ g = 0."""
+    grad = np.asarray(grad, dtype=float)
+    nu = np.full(grad.shape[0], np.inf)
+    for j in range(grad.shape[0]):
+        keep = (np.abs(grad[j]) > 0) | (np.diag(info[j]) > 0)
+        g, I = grad[j, keep], info[j][np.ix_(keep, keep)]
+        if not g.size:
+            continue
+        var = float(g @ np.linalg.lstsq(I, g, rcond=None)[0]) if np.all(np.diag(I) > 0) else np.inf
+        nu[j] = 2.0 * V[j] ** 2 / var if var > 0 else np.inf
+    return nu
+
+
+def sample_dispersion(mean, cov, components):
+    """Observed over expected scatter of the random effects of each component, with its df.
+
+    With prior variances σ_a² held fixed (e.g. at the typical value over genes), the BLUPs
+    ŵ_a = σ_a² Z_aᵀ P y give the quadratic form Q_a = ‖ŵ_a‖² / σ_a⁴ = yᵀ P Z_a Z_aᵀ P y, whose expectation
+    under the model is T_a = tr(P Z_a Z_aᵀ) = (n_a − tr C_aa / σ_a²) / σ_a² and whose variance is 4 I_aa
+    (:func:`variance_information`). φ_a = Q_a / T_a is then a quasi-likelihood dispersion at the sample
+    level (1 when the gene's samples scatter as σ_a² + their sampling variance predicts, the analogue
+    of edgeR's QL dispersion; Lund et al. 2012, Stat Appl Genet Mol Biol 11:8), distributed about as
+    χ²_d / d with d = T_a² / (2 I_aa) (exactly the residual df in a balanced Gaussian design). Unlike a
+    variance-component estimate it is not cut off at zero, so it can be moderated across genes.
+
+    Parameters
+    ----------
+    mean : (n_genes, P) posterior means; cov : (n_genes, P, P); components : as
+        :func:`variance_information`
+
+    Returns
+    -------
+    Q, T : (n_genes, n_components); info : (n_genes, A, A)
+    """
+    mean = np.asarray(mean, dtype=float)
+    cov = np.asarray(cov, dtype=float)
+    J, A = mean.shape[0], len(components)
+    Q, T = np.zeros((J, A)), np.zeros((J, A))
+    for a, (ia, sa) in enumerate(components):
+        ia = np.asarray(ia, dtype=int)
+        sa = np.asarray(sa, dtype=float)
+        Q[:, a] = (mean[:, ia] ** 2).sum(1) / sa ** 2
+        T[:, a] = (ia.size - np.trace(cov[:, ia][:, :, ia], axis1=1, axis2=2) / sa) / sa
+    return Q, T, variance_information(cov, components)

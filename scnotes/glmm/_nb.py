@@ -23,39 +23,43 @@ prior shared by the groups would shrink the very contrasts being tested. The exp
 log-likelihood uses one Gauss–Hermite quadrature of a softplus per cell
 (:mod:`scnotes.glmm._nb_lik`); every step is one full batch over cells × genes.
 
-Two stages, as limma's ``squeezeVar`` after ``lmFit`` (Smyth 2004, Stat Appl Genet Mol
-Biol 3:3), because a gene's σ_w rests on a handful of samples (3 residual df with 4 paired
-donors) and a test with so few df has little power:
+Two stages, as edgeR's quasi-likelihood pipeline (a GLM at a shared dispersion, then a QL
+dispersion per gene moderated across genes; Lund et al. 2012, Stat Appl Genet Mol Biol 11:8;
+Smyth 2004, Stat Appl Genet Mol Biol 3:3), because a gene's σ_w rests on a handful of samples
+(3 residual df with 4 paired donors) and a test with so few df has little power:
 
 1. **Per gene.** Each prior variance is profiled at its closed-form maximiser given q (the
    VBEM M-step, Beal 2003: σ² = mean of E_q[effect²]; REML-like, since b is integrated out under
-   its vague prior). This gives each gene's own σ̂²_{w,jc} (d_c residual df, :attr:`sample_df_`)
-   and σ̂²_uj (d_u df), and an unshrunk θ̂_j.
-2. **Shared across genes.** Per cell type, a scaled inverse-χ² prior σ²_{w,jc} ~ s₀² d₀/χ²_{d₀} is
-   fitted to the σ̂²_{w,jc} of every gene (limma's ``fitFDist``; ``robust`` as
-   ``fitFDistRobustly``; ``trend`` on log mean expression), and each gene's variance is moderated
-   to σ̃² = (d₀ s₀² + d σ̂²)/(d₀ + d) (the same for σ_u over all genes). θ_j gets a prior
-   log θ_j ~ N(trend(mean_j), τ²) around the mean–dispersion trend of the stage-1 θ̂ (as edgeR and
-   DESeq2 shrink dispersions; ``shrink_theta``), so sparse genes do not keep wild θ. q and θ are
-   then refitted with σ fixed at σ̃ (``moderated_epochs`` steps, warm started).
-   The shared prior is fitted once, to the stage-1 estimates, not re-estimated inside stage 2:
-   q fitted under the moderated prior pulls every gene's E_q[w²] towards s₀², which would make the
-   genes look alike and drive d₀ to infinity.
+   its vague prior): each gene's own σ̂²_{w,jc}, σ̂²_uj and an unshrunk θ̂_j.
+2. **Shared across genes.** q is refitted for every gene at the typical variances of its cell type
+   (σ₀², 10 %-trimmed means of the stage-1 σ̂²), with θ_j given a prior log θ_j ~ N(trend(mean_j), τ²)
+   around the mean–dispersion trend of the stage-1 θ̂ (as edgeR and DESeq2 shrink dispersions;
+   ``shrink_theta``). Each gene's own sample-level scatter then enters through a dispersion
+   φ_jc = Q/T: the quadratic form of its sample effects, Q = ‖ŵ‖²/σ₀⁴, over its expectation under
+   the model, T = tr(P Z Zᵀ), with d = T²/(2I) df (:func:`._contrasts.sample_dispersion`; I the
+   restricted-likelihood information). φ is 1 when the samples scatter as σ₀² plus their cell-level
+   sampling variance predicts, is not cut off at zero as a variance component is, and is
+   distributed about as χ²_d/d; so it is moderated as limma moderates residual variances:
+   per cell type, a scaled-F prior (d₀, s₀²) is fitted across genes (``fitFDist``; ``robust`` as
+   ``fitFDistRobustly``; ``trend`` on log mean expression) and φ̃ = (d₀ s₀² + d φ)/(d₀ + d).
+   The cell type's posterior covariance (the Gaussian working model's, (AᵀWA + P(σ₀))⁻¹, W the
+   blocks' expected Fisher information) is scaled by φ̃.
 
 The condition contrast and its test
 -----------------------------------
 For a cell type with reference condition r the contrast is δ = b_{c|k} − b_{c|r} (log fold
-change per unit of library size). :meth:`NBGLMMVEB.summary` reports its posterior mean and sd,
-``T = mean / sd`` referred to Student's t with a per-gene Satterthwaite ν
-(:mod:`scnotes.glmm._contrasts`): V = V_cell + V_w (+ V_u), and only V_w, V_u rest on estimated
-variances, with d + d₀ degrees of freedom each. Paired cell types (every donor in both
-conditions): ν = V² / (V_w²/(d_c + d₀) + V_u²/(d_u + d₀u)); donors split between conditions:
-u and w are confounded within the cell type and enter as one component, ν = V² / ((V_u + V_w)²/
-(d_c + min(d₀, d₀u))). p, the interval (estimate ± t_ν quantile × sd) and the flat-prior sign
-probability all use t_ν. The table's ``lfsr`` is the local false sign rate under an adaptive-
-shrinkage prior on the contrasts of each cell type (Stephens 2017, Biostatistics 18:275), fitted
-to the estimates with the t_ν-matched standard errors: a posterior probability that borrows the
-genes' distribution of effects, unlike p.
+change per unit of library size). :meth:`NBGLMMVEB.summary` reports its posterior mean, its sd
+(√(φ̃ V)), and ``T = mean / sd`` referred to Student's t with d + d₀ df (edgeR's QL F test with
+the prior df; the table's ``df``). With donors split between conditions the donor and sample
+effects are confounded within the cell type and their quadratic forms are pooled. p and the
+interval (estimate ± t quantile × sd) use that t. The table's ``lfsr`` is the local false sign rate
+under an adaptive-shrinkage prior on the contrasts of each cell type (Stephens 2017, Biostatistics
+18:275), fitted to the estimates with the t-matched standard errors: a posterior probability
+that borrows the genes' distribution of effects, unlike p.
+
+``moderate=False`` keeps stage 1's per-gene variances and refers T to a per-gene Satterthwaite
+ν = 2V²/gᵀI⁻¹g (g = ∂V/∂σ², I as above; lmerTest's rule), for comparison: with 4 paired donors ν
+is about the sample-level df and the test has little power.
 """
 from __future__ import annotations
 
@@ -65,10 +69,12 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import trim_mean
 
 from ..likelihoods import poisson_log_pmf
 from ._common import VAR_FLOOR, descend
-from ._contrasts import contrast_variance_shares, residual_df, satterthwaite_df
+from ._contrasts import (contrast_variance_shares, residual_df, sample_dispersion, satterthwaite_df_info,
+                         variance_information)
 from ._design import GLMMData, GLMMDesign
 from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_matched_sd
 from ._nb_lik import ExpectedNBLogLik, moment_theta
@@ -92,8 +98,9 @@ class NBGLMMVEB:
         Fixed inverse dispersion for every gene (``np.inf``: the Poisson GLMM); None (default)
         learns θ_j per gene.
     moderate : bool
-        Moderate σ_w² (per cell type) and σ_u² across genes (stage 2 of the module notes).
-        Needs at least 3 genes; with fewer it is skipped (``prior_df_w_`` = 0).
+        Stage 2 of the module notes: shared variances and a sample-level dispersion per gene and cell
+        type, moderated across genes. Needs at least 3 genes and a sample effect; otherwise stage 1's
+        per-gene variances and Satterthwaite df are used.
     robust : bool
         Robust prior fit (limma ``robust=TRUE``): outlying genes do not shrink everybody's prior df.
     trend : bool
@@ -124,14 +131,16 @@ class NBGLMMVEB:
     b_mean_, b_sd_ : (n_genes, n_groups)   posterior mean / sd of b (log scale)
     b_cov_ : (n_genes, n_groups, n_groups);  cov_ : (n_genes, P, P) over (b, γ, u, w)
     gamma_mean_ : (n_genes, n_covariates);  u_mean_ : (n_genes, n_donors);  w_mean_ : (n_genes, n_samples)
-    sigma_u_ : (n_genes,);  sigma_w_ : (n_genes, n_classes), the moderated sds used by the test
-        (columns ``w_classes_``: cell types with ``sample_effect="group"``, else ``["all"]``)
+    sigma_u_ : (n_genes,);  sigma_w_ : (n_genes, n_classes) sds (columns ``w_classes_``: cell types with
+        ``sample_effect="group"``, else ``["all"]``); after stage 2, σ_w is what φ̃ implies:
+        √max(φ̃ (σ₀² + v̄) − v̄, 0)
     sigma_u_raw_, sigma_w_raw_ : the stage-1 per-gene estimates
+    sampling_var_u_, sampling_var_w_ : cell-level sampling variance v̄ of a donor / sample effect
+    dispersion_, dispersion_raw_ : (n_genes, n_cell_types) sample-level dispersion φ̃, φ
     theta_, theta_raw_ : (n_genes,) inverse dispersion after / before shrinkage
-    sample_df_ : dict class → residual df d_c of σ̂_w²;  donor_df_ : d_u
-    prior_df_w_, prior_scale_w_ : dict class → d₀, s₀ (s₀ an array over genes when trended)
-    prior_df_u_, prior_scale_u_ : float
-    contrast_df_ : dict term → (n_genes,) Satterthwaite ν of the contrast test
+    sample_df_ : dict class → residual df d_c of σ̂_w²;  donor_df_ : d_u;  cell_type_df_ : dict
+    prior_df_w_, prior_scale_w_ : dict cell type → d₀, s₀ of φ's prior (s₀ per gene when trended)
+    contrast_df_ : dict term → (n_genes,) df of the contrast test
     paired_ : dict cell type → whether every donor gives every condition
     samples_ : DataFrame, one row per sample (donor, condition or group, class)
     history_ : DataFrame ``stage``, ``epoch``, ``loss``, ``elbo``, ``reconstruction``, ``kl`` (nats, all genes)
@@ -388,6 +397,7 @@ class NBGLMMVEB:
                 th = torch.exp(p["log_theta"]) if learn_theta else torch.full((J, 1), math.exp(fixed_log_theta), **kw)
                 mu = mu * th / (mu + th)
             info_b = torch.zeros(J, nb, **kw).index_add_(1, cblock, mu)
+            self._block_info = info_b
             vd = 1.0 / (info_b @ Bd).clamp_min(1e-12)
             vk = 1.0 / (info_b @ Bk).clamp_min(1e-12) if K else None
             return vd.mean(1), ((vk @ W1) / n_per_class) if K else None
@@ -443,33 +453,20 @@ class NBGLMMVEB:
             M, L = moments()
             var = (L ** 2).sum(2)
             su2_t, sw2_t = own_variances(M, var)
-            vu_t, vw_t = sampling_variances(M)
-        su2_raw, vu_raw = su2_t.cpu().numpy()[:, 0], vu_t.cpu().numpy()
+        su2_raw = su2_t.cpu().numpy()[:, 0]
         sw2_raw = sw2_t.cpu().numpy() if K else np.full((J, 0), np.nan)
-        vw_raw = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
         theta_raw = (np.exp(p["log_theta"].detach().cpu().numpy()[:, 0]) if learn_theta
                      else np.full(J, float(self.theta)))
 
-        # Stage 2: priors shared across genes (see the module notes). The moderated quantity is the
-        # variance of a sample's estimated effect, σ² + v̄ (v̄ its cell-level sampling variance): that
-        # is what the gene's samples scatter by, distributed as (σ² + v̄) χ²_d / d, whereas σ̂² alone
-        # (the REML-like difference) has a heavier left tail, which would bias d₀ and s₀² low.
+        # Stage 2 (module notes): every gene's q refitted at the typical sample and donor variances of its
+        # cell type (10 %-trimmed means of the stage-1 estimates, which are REML-like and so unbiased, not
+        # their medians, which the χ²'s skew pulls low), then each gene's own scatter enters through a
+        # sample-level dispersion φ moderated across genes.
         su2, sw2 = su2_raw.copy(), sw2_raw.copy()
-        self.prior_df_w_, self.prior_scale_w_ = {c: 0.0 for c in classes}, {c: np.nan for c in classes}
-        self.prior_df_u_, self.prior_scale_u_ = 0.0, np.nan
-        do_moderate = self.moderate and J >= 3
+        do_moderate = self.moderate and J >= 3 and K > 0
         if do_moderate:
-            cov_trend = log_mean if self.trend else None
-            for c, name in enumerate(classes):
-                tau2 = sw2_raw[:, c] + vw_raw[:, c]
-                d0, s02 = fit_f_dist(tau2, w_df[name], covariate=cov_trend, robust=self.robust)
-                sw2[:, c] = np.maximum(squeeze_var(tau2, w_df[name], d0, s02) - vw_raw[:, c], VAR_FLOOR)
-                self.prior_df_w_[name], self.prior_scale_w_[name] = float(d0), np.sqrt(s02)
-            if u_df >= 1:
-                tau2 = su2_raw + vu_raw
-                d0u, s02u = fit_f_dist(tau2, u_df, covariate=cov_trend, robust=self.robust)
-                su2 = np.maximum(squeeze_var(tau2, u_df, d0u, s02u) - vu_raw, VAR_FLOOR)
-                self.prior_df_u_, self.prior_scale_u_ = float(d0u), np.sqrt(s02u)
+            su2 = np.full(J, max(float(trim_mean(su2_raw, 0.1)), VAR_FLOOR))
+            sw2 = np.tile(np.maximum(trim_mean(sw2_raw, 0.1, axis=0), VAR_FLOOR), (J, 1))
         theta_prior = None
         if learn_theta and self.shrink_theta and J >= 3:
             tr, tau2 = dispersion_trend(log_mean, np.log(theta_raw))
@@ -486,6 +483,20 @@ class NBGLMMVEB:
             vu_t, vw_t = sampling_variances(M)
         self.sampling_var_u_ = vu_t.cpu().numpy()
         self.sampling_var_w_ = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
+        self.log_mean_ = log_mean
+        cov_working = None
+        if do_moderate:
+            # The covariance of the Gaussian working model at q's mean, (Aᵀ W A + prior precision)⁻¹ with
+            # W the blocks' expected Fisher information: what the quadratic forms' expectations need, and
+            # computed exactly rather than read off q's Cholesky factor, whose small errors the
+            # difference n − tr C/σ² would magnify.
+            with torch.no_grad():
+                W = self._block_info
+                H = torch.einsum("bp,jb,bq->jpq", Ab, W, Ab)
+                prec = torch.cat([torch.full((J, G + Q), 1.0 / self.prior_sd_b ** 2, **kw),
+                                  fixed[0].expand(J, D).reciprocal(), fixed[1][:, cls_idx].reciprocal()], 1)
+                cov_working = torch.linalg.inv(H + torch.diag_embed(prec)).cpu().numpy()
+        del self._block_info
 
         self.history_ = pd.DataFrame(rows, columns=["stage", "epoch", "loss", "elbo", "reconstruction", "kl"])
         with torch.no_grad():
@@ -510,53 +521,89 @@ class NBGLMMVEB:
         self.design_ = data.design()
         self.var_names_ = np.asarray(data.genes, dtype=object)
         self.covariate_registry_ = self.design_.registry()
-        self.contrast_df_ = self._satterthwaite(data, cov, G, Q, D, K, cls_of_sample)
+        self.moderated_ = do_moderate
+        self.prior_df_u_, self.prior_scale_u_ = 0.0, np.nan
+        self.prior_df_w_ = {c: 0.0 for c in ct_df}
+        self.prior_scale_w_ = {c: np.nan for c in ct_df}
+        self.dispersion_ = np.ones((J, len(ct_df)))
+        self.dispersion_raw_ = np.ones((J, len(ct_df)))
+        if do_moderate:
+            self.contrast_df_ = self._quasi_likelihood(data, M, cov_working, G, Q, D, cls_of_sample)
+        else:
+            self.contrast_df_ = self._satterthwaite(data, cov, G, Q, D, K, cls_of_sample)
         self.n_epochs_ = self.max_epochs
         self.fit_time_ = time.perf_counter() - t_start
         return self
 
-    def _satterthwaite(self, data, cov, G, Q, D, K, cls_of_sample):
-        """Per-gene Satterthwaite ν of every contrast (module notes and :mod:`._contrasts`).
+    def _quasi_likelihood(self, data, M, cov, G, Q, D, cls_of_sample):
+        """Sample-level dispersion φ per gene and cell type, moderated across the genes of the cell
+        type, and the df of its contrast tests (module notes; :func:`._contrasts.sample_dispersion`).
 
-        σ̂_k² is estimated from effects that scatter by τ_k² = σ_k² + v̄_k (v̄_k their cell-level
-        sampling variance), so Var(σ̂_k²) ≈ 2 τ_k⁴ / d_k and the component enters ν as
-        V_k τ_k² / σ_k² with d_k (+ d₀) df: with every v̄ = 0 this is the usual formula, and for a
-        Gaussian paired design it gives the paired t test's d df exactly.
+        For a cell type whose donors give both conditions φ is that of its samples; with donors split
+        between conditions the donor and sample effects are confounded within the cell type and their
+        quadratic forms are pooled (Q_u + Q_w over T_u + T_w, variance 4(I_uu + I_ww + 2 I_uw)). The
+        moderated φ̃ = (d₀ s₀² + d φ)/(d₀ + d) scales the posterior covariance of the cell type's
+        groups, and its contrasts are referred to t with d + d₀ df (edgeR's QL F test with prior df).
         """
-        out = {}
-        J = cov.shape[0]
-        su2 = self.sigma_u_ ** 2
-        comps = [(np.arange(G + Q, G + Q + D), su2)]
-        infl = [(su2 + self.sampling_var_u_) / su2]
-        dfs = [self.donor_df_ + self.prior_df_u_]
+        comps = [(np.arange(G + Q, G + Q + D), self.sigma_u_ ** 2)]
+        for c in range(len(self.w_classes_)):
+            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), self.sigma_w_[:, c] ** 2))
+        Qf, Tf, info = sample_dispersion(M, cov, comps)
+        tab = self.design_.group_table
+        cts = list(self.cell_type_df_)
+        cov_trend = self.log_mean_ if self.trend else None
+        scale = np.ones((self.b_mean_.shape[0], len(cts)))
+        df_of = {}
+        for i, ct in enumerate(cts):
+            a = 1 + (self.w_classes_.index(ct) if ct in self.w_classes_ else 0)
+            idx = [a] if self.paired_.get(ct, True) else [0, a]
+            q, t = Qf[:, idx].sum(1), Tf[:, idx].sum(1)
+            var4 = info[:, idx][:, :, idx].sum((1, 2))
+            phi = q / t
+            d = np.clip(t ** 2 / (2.0 * var4), 1.0, None)
+            d0, s02 = fit_f_dist(phi, d, covariate=cov_trend, robust=self.robust)
+            scale[:, i] = squeeze_var(phi, d, d0, s02)
+            self.dispersion_raw_[:, i] = phi
+            self.prior_df_w_[ct], self.prior_scale_w_[ct] = float(d0), np.sqrt(s02)
+            df_of[ct] = d + d0
+        self.dispersion_ = scale
+        # the cell type's groups' covariance scaled by its φ̃ (cross-cell-type terms by the geometric mean)
+        g_ct = tab["cell_type"].astype(str).map({c: i for i, c in enumerate(cts)}).to_numpy()
+        root = np.sqrt(scale[:, g_ct])
+        self.b_cov_ = cov[:, :G, :G] * root[:, :, None] * root[:, None, :]
+        self.b_sd_ = np.sqrt(np.diagonal(self.b_cov_, axis1=1, axis2=2))
+        # what φ̃ says about σ_w: the sample variance that makes the expected scatter φ̃ (σ₀² + v̄)
         for c, name in enumerate(self.w_classes_):
-            sw2 = self.sigma_w_[:, c] ** 2
-            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), sw2))
-            infl.append((sw2 + self.sampling_var_w_[:, c]) / sw2)
-            dfs.append(self.sample_df_[name] + self.prior_df_w_[name])
-        infl = np.column_stack(infl)
+            if name in cts:
+                tau2 = scale[:, cts.index(name)] * (self.sigma_w_[:, c] ** 2 + self.sampling_var_w_[:, c])
+                self.sigma_w_[:, c] = np.sqrt(np.maximum(tau2 - self.sampling_var_w_[:, c], 0.0))
+        return {term: df_of[ct] for term, ct, _, _, _ in contrast_terms(data)}
+
+    def _satterthwaite(self, data, cov, G, Q, D, K, cls_of_sample):
+        """Per-gene Satterthwaite ν of every contrast: ν = 2V² / gᵀ I⁻¹ g, g = ∂V/∂σ² of the donor and
+        sample variances, I their restricted-likelihood information from the posterior
+        (:func:`._contrasts.variance_information`) plus what the shared prior adds, d₀ / (2 τ̃⁴) with
+        τ̃² = σ̃² + v̄ (limma's Var(s̃²) = 2σ⁴/(d + d₀)); a variance whose prior df is infinite is known.
+        Confounded components (u and w with donors split between conditions) are handled by I's
+        off-diagonal terms."""
+        out = {}
+        comps = [(np.arange(G + Q, G + Q + D), self.sigma_u_ ** 2)]
+        prior = [(self.prior_df_u_, self.sigma_u_ ** 2 + self.sampling_var_u_)]
+        for c, name in enumerate(self.w_classes_):
+            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), self.sigma_w_[:, c] ** 2))
+            prior.append((self.prior_df_w_.get(name, 0.0), self.sigma_w_[:, c] ** 2 + self.sampling_var_w_[:, c]))
+        info = variance_information(cov, comps)
+        known = np.array([not np.isfinite(d0) for d0, _ in prior])
+        for a, (d0, tau2) in enumerate(prior):
+            if np.isfinite(d0) and d0 > 0:
+                info[:, a, a] += d0 / (2.0 * tau2 ** 2)
+        keep = ~known
         for term, ct, _, ref, k in contrast_terms(data):
             c = np.zeros(cov.shape[1])
             c[k], c[ref] = 1.0, -1.0
             V, shares = contrast_variance_shares(cov, c, comps)
-            shares = shares * infl
-            df = np.array(dfs, dtype=float)
-            own = 1 + (self.w_classes_.index(ct) if ct in self.w_classes_ else 0) if K else None
-            if not self.paired_.get(ct, True):
-                # donors split between conditions: u and this cell type's w are confounded within it
-                # and estimated together from the cell type's d_c df, as one component
-                if own is not None:
-                    _, raw = contrast_variance_shares(cov, c, comps)
-                    tot = raw[:, 0] + raw[:, own]
-                    s2 = su2 + self.sigma_w_[:, own - 1] ** 2
-                    shares[:, own] = tot * (s2 + self.sampling_var_w_[:, own - 1]) / s2
-                    shares[:, 0] = 0.0
-                    df[own] = self.cell_type_df_[ct] + min(self.prior_df_w_[self.w_classes_[own - 1]],
-                                                           self.prior_df_u_)
-                else:
-                    df[0] = self.cell_type_df_[ct] + self.prior_df_u_
-            out[term] = satterthwaite_df(V, shares, np.broadcast_to(df, (J, df.size)),
-                                         floor=self.cell_type_df_.get(ct))
+            grad = shares / np.column_stack([s2 for _, s2 in comps])
+            out[term] = np.maximum(satterthwaite_df_info(V, grad[:, keep], info[:, keep][:, :, keep]), 1.0)
         return out
 
     def summary(self, level: float = 0.95, method: str | None = None) -> pd.DataFrame:
@@ -600,7 +647,7 @@ class NBGLMMVEB:
                "sigma_w_", "sigma_u_raw_", "sigma_w_raw_", "theta_", "theta_raw_", "w_classes_", "sample_df_",
                "donor_df_", "cell_type_df_", "paired_", "prior_df_w_", "prior_scale_w_", "prior_df_u_",
                "prior_scale_u_", "contrast_df_", "covariate_names_", "elbo_", "fit_time_", "n_epochs_",
-               "sampling_var_u_", "sampling_var_w_")
+               "sampling_var_u_", "sampling_var_w_", "dispersion_", "dispersion_raw_", "moderated_")
 
     def save(self, path):
         """Write the fitted model to ``path`` (torch format): constructor arguments, the posterior
