@@ -98,7 +98,7 @@ def test_nb_theta_infinite_matches_poisson_glmm():
     for m in (inf, big):
         np.testing.assert_allclose(m.elbo_, pois.elbo(d), atol=0.05)
         np.testing.assert_allclose(m.b_mean_ @ c, pois.b_mean_ @ c, atol=0.01)
-        np.testing.assert_allclose(m.sigma_u_, pois.sigma_u_, rtol=0.05, atol=0.01)
+        np.testing.assert_allclose(m.sigma_u_[:, 0], pois.sigma_u_, rtol=0.05, atol=0.01)
     np.testing.assert_allclose(big.elbo_, inf.elbo_, atol=1e-3)
     np.testing.assert_allclose(big.b_mean_, inf.b_mean_, atol=1e-3)
 
@@ -192,34 +192,52 @@ def test_satterthwaite_shares_match_brute_force_derivatives():
     a = glmm.simulate_nb_glmm(n_donors=3, n_cells=15, n_genes=3, n_cell_types=2, seed=4)
     d = _data(a)
     m = glmm.NBGLMMVEB(max_epochs=30, moderate=False, shrink_theta=False).fit(d)
-    G, D, K = d.n_groups, d.n_donors, m.w_mean_.shape[1]
+    G, K = d.n_groups, m.w_mean_.shape[1]
+    Du = m.u_mean_.shape[1]  # donor × cell type units
+    ucls = m.u_units_["class"].map({c: i for i, c in enumerate(m.u_classes_)}).to_numpy()
     cls = np.array([m.w_classes_.index(c) for c in m.samples_["class"]])
     for j in range(d.n_genes):
         su2, sw2 = m.sigma_u_[j] ** 2, m.sigma_w_[j] ** 2
-        def prior_prec(su2, sw2):
-            return np.concatenate([np.full(G, 1 / m.prior_sd_b ** 2), np.full(D, 1 / su2), 1 / sw2[cls]])
-        H = np.linalg.inv(m.cov_[j]) - np.diag(prior_prec(su2, sw2))
-        c = np.zeros(G + D + K)
+        s2 = np.concatenate([su2, sw2])
+        members = [G + np.flatnonzero(ucls == k) for k in range(len(su2))] + [
+            G + Du + np.flatnonzero(cls == k) for k in range(len(sw2))]
+
+        def prior_prec(s2):
+            return np.concatenate([np.full(G, 1 / m.prior_sd_b ** 2), 1 / s2[:len(su2)][ucls], 1 / s2[len(su2):][cls]])
+
+        H = np.linalg.inv(m.cov_[j]) - np.diag(prior_prec(s2))
+        c = np.zeros(G + Du + K)
         c[1], c[0] = 1.0, -1.0  # type0: stim − ctrl
 
-        def V(su2, sw2):
-            return c @ np.linalg.solve(H + np.diag(prior_prec(su2, sw2)), c)
+        def V(s2):
+            return c @ np.linalg.solve(H + np.diag(prior_prec(s2)), c)
 
-        comps = [(np.arange(G, G + D), np.array([su2]))] + [
-            (G + D + np.flatnonzero(cls == k), np.array([sw2[k]])) for k in range(len(sw2))]
+        comps = [(idx, np.array([v])) for idx, v in zip(members, s2)]
         v0, shares = glmm.contrast_variance_shares(m.cov_[j:j + 1], c, comps)
-        assert v0[0] == pytest.approx(V(su2, sw2), rel=1e-8)
+        assert v0[0] == pytest.approx(V(s2), rel=1e-8)
         eps = 1e-6
-        brute = [su2 * (V(su2 * (1 + eps), sw2) - V(su2 * (1 - eps), sw2)) / (2 * eps * su2)]
-        for k in range(len(sw2)):
-            up, dn = sw2.copy(), sw2.copy()
+        brute = []
+        for k in range(len(s2)):
+            up, dn = s2.copy(), s2.copy()
             up[k] *= 1 + eps
             dn[k] *= 1 - eps
-            brute.append(sw2[k] * (V(su2, up) - V(su2, dn)) / (2 * eps * sw2[k]))
+            brute.append(s2[k] * (V(up) - V(dn)) / (2 * eps * s2[k]))
         np.testing.assert_allclose(shares[0], brute, rtol=1e-4, atol=1e-12)
-        df = np.array([2.0, 2.0, 2.0])
+        df = np.full(len(s2), 2.0)
         nu = glmm.satterthwaite_df(v0, shares, df)
         assert nu[0] == pytest.approx(v0[0] ** 2 / np.sum(np.array(brute) ** 2 / df), rel=1e-3)
+
+
+def test_sample_dispersion_df_is_the_residual_df_of_a_paired_design():
+    """One cell type, 4 paired donors: φ's df T²/(2I) lies between the paired design's n_donors − 1 = 3
+    (donor effects known to be free: exact in a balanced Gaussian design) and the 8 samples less the
+    2 condition means = 6 (no donor effect), and φ averages about 1 on a null whose sample sd is the
+    same for every gene."""
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=60, n_genes=60, sigma_u=0.5, sigma_w=0.2, theta=5.0,
+                              mean_range=(1.0, 5.0), seed=12)
+    m = glmm.NBGLMMVEB(max_epochs=150).fit(_data(a))
+    assert 3.0 <= np.min(m.dispersion_df_) and np.max(m.dispersion_df_) <= 6.0, m.dispersion_df_
+    assert 0.7 <= np.mean(m.dispersion_raw_) <= 1.4, np.mean(m.dispersion_raw_)
 
 
 def test_nb_glmm_save_load_round_trip(tmp_path):

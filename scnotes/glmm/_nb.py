@@ -4,7 +4,7 @@ Model, per gene ``j`` and cell ``i``::
 
     y_ij ~ NB(s_i λ_ij, θ_j)            (mean s_i λ_ij, variance μ + μ²/θ_j)
     ln λ_ij = b_{j,g(i)} + x_iᵀγ_j + u_{j,d(i)} + w_{j,k(i)}
-    u_jd ~ N(0, σ_uj²),  w_jk ~ N(0, σ²_{w,j,c(k)})
+    u_jd ~ N(0, σ²_{u,j,c(d)}),  w_jk ~ N(0, σ²_{w,j,c(k)})
 
 ``g(i)`` the cell group (cell type × condition), ``x_i`` sample-level covariates (fixed
 effects: sex, batch, age), ``d(i)`` the donor and ``k(i)`` the *sample*: donor × cell group
@@ -12,7 +12,10 @@ effects: sex, batch, age), ``d(i)`` the donor and ``k(i)`` the *sample*: donor �
 condition), donor × condition (``"condition"``) or none (``None``). σ_w is one per gene
 **and cell type** ``c(k)``: donor × condition variation differs between cell types (the
 interferon response does), and one σ_w pooled over cell types makes the noisiest cell type's
-test anti-conservative. Without a sample effect, cells act as replicates of the condition
+test anti-conservative. With several cell types the donor effect d is per donor × cell type
+(σ_u per cell type too): donors differ by cell type, and iid sample effects would otherwise
+absorb that interaction and overstate the variance of a within-donor contrast (measured on the
+real paired null of the calibration chapter). Without a sample effect, cells act as replicates of the condition
 contrast (Squair et al. 2021, Nat Commun 12:5692; Zimmerman et al. 2021, Nat Commun 12:738).
 
 Inference
@@ -32,7 +35,7 @@ Smyth 2004, Stat Appl Genet Mol Biol 3:3), because a gene's σ_w rests on a hand
    VBEM M-step, Beal 2003: σ² = mean of E_q[effect²]; REML-like, since b is integrated out under
    its vague prior): each gene's own σ̂²_{w,jc}, σ̂²_uj and an unshrunk θ̂_j.
 2. **Shared across genes.** q is refitted for every gene at the typical variances of its cell type
-   (σ₀², 10 %-trimmed means of the stage-1 σ̂²), with θ_j given a prior log θ_j ~ N(trend(mean_j), τ²)
+   (σ₀², medians of the stage-1 σ̂²), with θ_j given a prior log θ_j ~ N(trend(mean_j), τ²)
    around the mean–dispersion trend of the stage-1 θ̂ (as edgeR and DESeq2 shrink dispersions;
    ``shrink_theta``). Each gene's own sample-level scatter then enters through a dispersion
    φ_jc = Q/T: the quadratic form of its sample effects, Q = ‖ŵ‖²/σ₀⁴, over its expectation under
@@ -69,7 +72,6 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import trim_mean
 
 from ..likelihoods import poisson_log_pmf
 from ._common import VAR_FLOOR, descend
@@ -130,13 +132,16 @@ class NBGLMMVEB:
     ----------------------
     b_mean_, b_sd_ : (n_genes, n_groups)   posterior mean / sd of b (log scale)
     b_cov_ : (n_genes, n_groups, n_groups);  cov_ : (n_genes, P, P) over (b, γ, u, w)
-    gamma_mean_ : (n_genes, n_covariates);  u_mean_ : (n_genes, n_donors);  w_mean_ : (n_genes, n_samples)
-    sigma_u_ : (n_genes,);  sigma_w_ : (n_genes, n_classes) sds (columns ``w_classes_``: cell types with
+    gamma_mean_ : (n_genes, n_covariates);  w_mean_ : (n_genes, n_samples)
+    u_mean_ : (n_genes, n_donor_units): donor effects, per donor × cell type with ``sample_effect="group"``
+        and several cell types (``u_units_``), else per donor
+    sigma_u_ : (n_genes, n_u_classes) (columns ``u_classes_``);  sigma_w_ : (n_genes, n_classes) sds (columns ``w_classes_``: cell types with
         ``sample_effect="group"``, else ``["all"]``); after stage 2, σ_w is what φ̃ implies:
         √max(φ̃ (σ₀² + v̄) − v̄, 0)
     sigma_u_raw_, sigma_w_raw_ : the stage-1 per-gene estimates
     sampling_var_u_, sampling_var_w_ : cell-level sampling variance v̄ of a donor / sample effect
-    dispersion_, dispersion_raw_ : (n_genes, n_cell_types) sample-level dispersion φ̃, φ
+    dispersion_, dispersion_raw_, dispersion_df_ : (n_genes, n_cell_types) sample-level dispersion φ̃, φ
+        and φ's df d
     theta_, theta_raw_ : (n_genes,) inverse dispersion after / before shrinkage
     sample_df_ : dict class → residual df d_c of σ̂_w²;  donor_df_ : d_u;  cell_type_df_ : dict
     prior_df_w_, prior_scale_w_ : dict cell type → d₀, s₀ of φ's prior (s₀ per gene when trended)
@@ -219,6 +224,19 @@ class NBGLMMVEB:
             classes = [str(c) for c in pd.unique(tab["cell_type"].astype(str))]
             return classes, np.array([classes.index(c) for c in ct], dtype=int)
         return [_ALL], np.zeros(len(samples), dtype=int)
+
+    def _donor_units(self, data, gi, di, classes):
+        """Donor-effect units of the blocks: donor × cell type when the sample effect is per cell type
+        and there are several cell types, else the donor. Returns (unit code per block, class of each
+        unit, class names); the (donor, class) pairs in ``self._u_pairs``."""
+        if self.sample_effect == "group" and len(classes) >= 2 and _ALL not in classes:
+            ct = data.group_table["cell_type"].astype(str).to_numpy()[gi]
+            pairs = list(dict.fromkeys(zip(di.tolist(), [classes.index(c) for c in ct])))
+            code = np.array([pairs.index((d, classes.index(c))) for d, c in zip(di.tolist(), ct)], dtype=int)
+            self._u_pairs = pairs
+            return code, np.array([c for _, c in pairs], dtype=int), list(classes)
+        self._u_pairs = [(d, 0) for d in range(data.n_donors)]
+        return np.asarray(di, dtype=int), np.zeros(data.n_donors, dtype=int), [_ALL]
 
     @staticmethod
     def _block_covariates(data, gi, di):
@@ -307,14 +325,22 @@ class NBGLMMVEB:
                              "a two-group test >= 3 donors in all); drop them (scnotes.tl.glmm does, with a message)")
         if K:
             samples["class"] = [classes[c] for c in cls_of_sample]
-        P = G + Q + D + K
+        # Donor effects per donor × cell type when the sample effect is per cell type and there are
+        # several: real donors differ by cell type (donor × cell type interaction), which iid sample
+        # effects would otherwise absorb and so overstate the variance of a within-donor contrast;
+        # pseudobulk methods fit the donor per cell type for the same reason.
+        u_code, u_cls, u_classes = self._donor_units(data, gi, di, classes)
+        Du, Cu = len(u_cls), len(u_classes)
+        self.u_units_ = pd.DataFrame({"donor": [data.donors[d] for d, _ in self._u_pairs],
+                                      "class": [u_classes[c] for c in u_cls]})
+        P = G + Q + Du + K
         nb = len(gi)
         A = np.zeros((nb, P))
         A[np.arange(nb), gi] = 1.0
         A[:, G:G + Q] = Cb
-        A[np.arange(nb), G + Q + di] = 1.0
+        A[np.arange(nb), G + Q + u_code] = 1.0
         if K:
-            A[np.arange(nb), G + Q + D + ki] = 1.0
+            A[np.arange(nb), G + Q + Du + ki] = 1.0
         # Orthonormal basis: right singular vectors of A (row space first, then null space), so the
         # directions the likelihood does not see are separate coordinates, pinned by the priors only.
         _, _, Vt = np.linalg.svd(A, full_matrices=True)
@@ -331,6 +357,10 @@ class NBGLMMVEB:
         W1 = torch.as_tensor(np.eye(C)[cls_of_sample] if K else np.zeros((0, 0)), **kw)  # (K, C)
         n_per_class = W1.sum(0) if K else None
         cls_idx = torch.as_tensor(cls_of_sample, device=self.device)
+        U1 = torch.as_tensor(np.eye(Cu)[u_cls], **kw)  # (Du, Cu)
+        nu_per_class = U1.sum(0)
+        ucls_idx = torch.as_tensor(u_cls, device=self.device)
+        D = Du  # from here on the donor coordinates are the donor units
 
         t0 = data.naive_estimates()
         log_mean = np.log(np.exp(t0).mean(1)) + float(np.log(np.median(data.total)))  # log mean count per cell
@@ -361,8 +391,8 @@ class NBGLMMVEB:
             return expected_nb(m, v, log_th)
 
         def own_variances(M, var):
-            """Per-gene closed-form maximisers: σ_u² (J, 1) and σ_w² per class (J, C)."""
-            su2 = (M[:, G + Q:G + Q + D] ** 2 + var[:, G + Q:G + Q + D]).mean(1, keepdim=True)
+            """Per-gene closed-form maximisers: σ_u² per donor class (J, Cu) and σ_w² per class (J, C)."""
+            su2 = ((M[:, G + Q:G + Q + D] ** 2 + var[:, G + Q:G + Q + D]) @ U1) / nu_per_class
             sw2 = (((M[:, G + Q + D:] ** 2 + var[:, G + Q + D:]) @ W1) / n_per_class) if K else None
             return su2.clamp_min(VAR_FLOOR), None if sw2 is None else sw2.clamp_min(VAR_FLOOR)
 
@@ -376,7 +406,7 @@ class NBGLMMVEB:
                         ).clamp_min(VAR_FLOOR)
             su2, sw2 = fixed if fixed is not None else own_variances(M, var)
             mean = torch.cat([mu.expand(J, G), torch.zeros(J, Q + D + K, **kw)], 1)
-            parts = [tau2.expand(J, G), vague.expand(J, Q), su2.expand(J, D)] + ([sw2[:, cls_idx]] if K else [])
+            parts = [tau2.expand(J, G), vague.expand(J, Q), su2[:, ucls_idx]] + ([sw2[:, cls_idx]] if K else [])
             return mean, torch.cat(parts, 1)
 
         def kl(M, L, fixed):
@@ -385,7 +415,7 @@ class NBGLMMVEB:
             return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - p["log_diag"].sum(1) - 0.5 * P)
 
         Bk = torch.as_tensor(np.eye(K)[ki] if K else np.zeros((nb, 0)), **kw)  # blocks → samples
-        Bd = torch.as_tensor(np.eye(D)[di], **kw)  # blocks → donors
+        Bd = torch.as_tensor(np.eye(Du)[u_code], **kw)  # blocks → donor units
 
         def sampling_variances(M):
             """Cell-level sampling variance of each random effect: 1 / the expected Fisher information
@@ -400,7 +430,7 @@ class NBGLMMVEB:
             self._block_info = info_b
             vd = 1.0 / (info_b @ Bd).clamp_min(1e-12)
             vk = 1.0 / (info_b @ Bk).clamp_min(1e-12) if K else None
-            return vd.mean(1), ((vk @ W1) / n_per_class) if K else None
+            return (vd @ U1) / nu_per_class, ((vk @ W1) / n_per_class) if K else None
 
         N = data.n_cells
         rows = []
@@ -453,49 +483,51 @@ class NBGLMMVEB:
             M, L = moments()
             var = (L ** 2).sum(2)
             su2_t, sw2_t = own_variances(M, var)
-        su2_raw = su2_t.cpu().numpy()[:, 0]
+        su2_raw = su2_t.cpu().numpy()
         sw2_raw = sw2_t.cpu().numpy() if K else np.full((J, 0), np.nan)
         theta_raw = (np.exp(p["log_theta"].detach().cpu().numpy()[:, 0]) if learn_theta
                      else np.full(J, float(self.theta)))
 
         # Stage 2 (module notes): every gene's q refitted at the typical sample and donor variances of its
-        # cell type (10 %-trimmed means of the stage-1 estimates, which are REML-like and so unbiased, not
-        # their medians, which the χ²'s skew pulls low), then each gene's own scatter enters through a
-        # sample-level dispersion φ moderated across genes.
+        # cell type (medians of the stage-1 estimates: a mean of estimates cut off at zero overstates a
+        # variance that is near zero, as on a real paired null), then each gene's own scatter enters
+        # through a sample-level dispersion φ moderated across genes.
         su2, sw2 = su2_raw.copy(), sw2_raw.copy()
         do_moderate = self.moderate and J >= 3 and K > 0
         if do_moderate:
-            su2 = np.full(J, max(float(trim_mean(su2_raw, 0.1)), VAR_FLOOR))
-            sw2 = np.tile(np.maximum(trim_mean(sw2_raw, 0.1, axis=0), VAR_FLOOR), (J, 1))
+            su2 = np.tile(np.maximum(np.median(su2_raw, axis=0), VAR_FLOOR), (J, 1))
+            sw2 = np.tile(np.maximum(np.median(sw2_raw, axis=0), VAR_FLOOR), (J, 1))
         theta_prior = None
         if learn_theta and self.shrink_theta and J >= 3:
             tr, tau2 = dispersion_trend(log_mean, np.log(theta_raw))
             theta_prior = (torch.as_tensor(tr, **kw), float(tau2))
             self.theta_trend_, self.theta_prior_sd_ = np.exp(tr), float(np.sqrt(tau2))
         if do_moderate or theta_prior is not None:
-            fixed = (torch.as_tensor(su2[:, None], **kw), torch.as_tensor(sw2, **kw) if K else None)
+            fixed = (torch.as_tensor(su2, **kw), torch.as_tensor(sw2, **kw) if K else None)
             n2 = self.moderated_epochs or max(50, self.max_epochs // 3)
             run("moderated", n2, 0.3 * self.lr, fixed, theta_prior)
         else:
             fixed = None
+        def working_cov(M, fixed):
+            """The covariance of the Gaussian working model at q's mean, (Aᵀ W A + prior precision)⁻¹ with
+            W the blocks' expected Fisher information: what the quadratic forms' expectations need, and
+            computed exactly rather than read off q's Cholesky factor, whose small errors the difference
+            n − tr C/σ² would magnify."""
+            sampling_variances(M)
+            H = torch.einsum("bp,jb,bq->jpq", Ab, self._block_info, Ab)
+            prec = torch.cat([torch.full((J, G + Q), 1.0 / self.prior_sd_b ** 2, **kw),
+                              fixed[0][:, ucls_idx].reciprocal(), fixed[1][:, cls_idx].reciprocal()], 1)
+            return torch.linalg.inv(H + torch.diag_embed(prec)).cpu().numpy()
+
+        cov_working = None
         with torch.no_grad():
             M, L = moments()
+            if do_moderate:
+                cov_working = working_cov(M, fixed)
             vu_t, vw_t = sampling_variances(M)
         self.sampling_var_u_ = vu_t.cpu().numpy()
         self.sampling_var_w_ = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
         self.log_mean_ = log_mean
-        cov_working = None
-        if do_moderate:
-            # The covariance of the Gaussian working model at q's mean, (Aᵀ W A + prior precision)⁻¹ with
-            # W the blocks' expected Fisher information: what the quadratic forms' expectations need, and
-            # computed exactly rather than read off q's Cholesky factor, whose small errors the
-            # difference n − tr C/σ² would magnify.
-            with torch.no_grad():
-                W = self._block_info
-                H = torch.einsum("bp,jb,bq->jpq", Ab, W, Ab)
-                prec = torch.cat([torch.full((J, G + Q), 1.0 / self.prior_sd_b ** 2, **kw),
-                                  fixed[0].expand(J, D).reciprocal(), fixed[1][:, cls_idx].reciprocal()], 1)
-                cov_working = torch.linalg.inv(H + torch.diag_embed(prec)).cpu().numpy()
         del self._block_info
 
         self.history_ = pd.DataFrame(rows, columns=["stage", "epoch", "loss", "elbo", "reconstruction", "kl"])
@@ -516,6 +548,7 @@ class NBGLMMVEB:
         self.theta_raw_ = theta_raw
         self.theta_ = np.exp(log_theta) if learn_theta else np.full(J, float(self.theta))
         self.w_classes_ = list(classes)
+        self.u_classes_ = list(u_classes)
         self.sample_df_, self.donor_df_, self.cell_type_df_, self.paired_ = w_df, u_df, ct_df, paired
         self.covariate_names_ = list(data.covariate_names)
         self.design_ = data.design()
@@ -527,6 +560,7 @@ class NBGLMMVEB:
         self.prior_scale_w_ = {c: np.nan for c in ct_df}
         self.dispersion_ = np.ones((J, len(ct_df)))
         self.dispersion_raw_ = np.ones((J, len(ct_df)))
+        self.dispersion_df_ = np.full((J, len(ct_df)), np.nan)
         if do_moderate:
             self.contrast_df_ = self._quasi_likelihood(data, M, cov_working, G, Q, D, cls_of_sample)
         else:
@@ -545,9 +579,8 @@ class NBGLMMVEB:
         moderated φ̃ = (d₀ s₀² + d φ)/(d₀ + d) scales the posterior covariance of the cell type's
         groups, and its contrasts are referred to t with d + d₀ df (edgeR's QL F test with prior df).
         """
-        comps = [(np.arange(G + Q, G + Q + D), self.sigma_u_ ** 2)]
-        for c in range(len(self.w_classes_)):
-            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), self.sigma_w_[:, c] ** 2))
+        comps = self._components(G, Q, D, cls_of_sample)
+        Cu = len(self.u_classes_)
         Qf, Tf, info = sample_dispersion(M, cov, comps)
         tab = self.design_.group_table
         cts = list(self.cell_type_df_)
@@ -555,8 +588,9 @@ class NBGLMMVEB:
         scale = np.ones((self.b_mean_.shape[0], len(cts)))
         df_of = {}
         for i, ct in enumerate(cts):
-            a = 1 + (self.w_classes_.index(ct) if ct in self.w_classes_ else 0)
-            idx = [a] if self.paired_.get(ct, True) else [0, a]
+            a = Cu + (self.w_classes_.index(ct) if ct in self.w_classes_ else 0)
+            au = self.u_classes_.index(ct) if ct in self.u_classes_ else 0
+            idx = [a] if self.paired_.get(ct, True) else [au, a]
             q, t = Qf[:, idx].sum(1), Tf[:, idx].sum(1)
             var4 = info[:, idx][:, :, idx].sum((1, 2))
             phi = q / t
@@ -564,6 +598,7 @@ class NBGLMMVEB:
             d0, s02 = fit_f_dist(phi, d, covariate=cov_trend, robust=self.robust)
             scale[:, i] = squeeze_var(phi, d, d0, s02)
             self.dispersion_raw_[:, i] = phi
+            self.dispersion_df_[:, i] = d
             self.prior_df_w_[ct], self.prior_scale_w_[ct] = float(d0), np.sqrt(s02)
             df_of[ct] = d + d0
         self.dispersion_ = scale
@@ -579,6 +614,14 @@ class NBGLMMVEB:
                 self.sigma_w_[:, c] = np.sqrt(np.maximum(tau2 - self.sampling_var_w_[:, c], 0.0))
         return {term: df_of[ct] for term, ct, _, _, _ in contrast_terms(data)}
 
+    def _components(self, G, Q, D, cls_of_sample):
+        """(coordinates, σ² per gene) of each variance component: donor units per class, then samples."""
+        u_cls = self.u_units_["class"].map({c: i for i, c in enumerate(self.u_classes_)}).to_numpy()
+        comps = [(G + Q + np.flatnonzero(u_cls == c), self.sigma_u_[:, c] ** 2) for c in range(len(self.u_classes_))]
+        for c in range(len(self.w_classes_)):
+            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), self.sigma_w_[:, c] ** 2))
+        return comps
+
     def _satterthwaite(self, data, cov, G, Q, D, K, cls_of_sample):
         """Per-gene Satterthwaite ν of every contrast: ν = 2V² / gᵀ I⁻¹ g, g = ∂V/∂σ² of the donor and
         sample variances, I their restricted-likelihood information from the posterior
@@ -587,10 +630,9 @@ class NBGLMMVEB:
         Confounded components (u and w with donors split between conditions) are handled by I's
         off-diagonal terms."""
         out = {}
-        comps = [(np.arange(G + Q, G + Q + D), self.sigma_u_ ** 2)]
-        prior = [(self.prior_df_u_, self.sigma_u_ ** 2 + self.sampling_var_u_)]
+        comps = self._components(G, Q, D, cls_of_sample)
+        prior = [(self.prior_df_u_, None)] * len(self.u_classes_)
         for c, name in enumerate(self.w_classes_):
-            comps.append((G + Q + D + np.flatnonzero(cls_of_sample == c), self.sigma_w_[:, c] ** 2))
             prior.append((self.prior_df_w_.get(name, 0.0), self.sigma_w_[:, c] ** 2 + self.sampling_var_w_[:, c]))
         info = variance_information(cov, comps)
         known = np.array([not np.isfinite(d0) for d0, _ in prior])
@@ -624,8 +666,8 @@ class NBGLMMVEB:
             raise RuntimeError("the model is not fitted (call fit first)")
         se = self.sample_effect
         name = method or f"NB GLMM VEB ({'no sample effect' if se is None else 'sample: donor × ' + se})"
-        out = tidy_effects(self.design_, self.b_mean_, cov=self.b_cov_, method=name, sigma_u=self.sigma_u_,
-                           level=level, inference="posterior", df=self.contrast_df_)
+        out = tidy_effects(self.design_, self.b_mean_, cov=self.b_cov_, method=name, level=level,
+                           inference="posterior", df=self.contrast_df_)
         con = (out["kind"] == "contrast").to_numpy()
         for term in pd.unique(out.loc[con, "term"]):
             sel = con & (out["term"] == term).to_numpy()
@@ -634,6 +676,8 @@ class NBGLMMVEB:
                 sd_eff = t_matched_sd(e, e / s, nu)
             out.loc[sel, "lfsr"] = ash_normal(e, sd_eff)["lfsr"]
         idx = pd.Index(self.design_.genes).get_indexer(out["gene"])
+        ucls = [self.u_classes_.index(c) if c in self.u_classes_ else 0 for c in out["cell_type"].astype(str)]
+        out["sigma_u"] = self.sigma_u_[idx, np.asarray(ucls)]
         if self.w_classes_:
             cls = [self.w_classes_.index(c) if c in self.w_classes_ else 0 for c in out["cell_type"].astype(str)]
             out["sigma_w"] = self.sigma_w_[idx, np.asarray(cls)]
@@ -647,7 +691,8 @@ class NBGLMMVEB:
                "sigma_w_", "sigma_u_raw_", "sigma_w_raw_", "theta_", "theta_raw_", "w_classes_", "sample_df_",
                "donor_df_", "cell_type_df_", "paired_", "prior_df_w_", "prior_scale_w_", "prior_df_u_",
                "prior_scale_u_", "contrast_df_", "covariate_names_", "elbo_", "fit_time_", "n_epochs_",
-               "sampling_var_u_", "sampling_var_w_", "dispersion_", "dispersion_raw_", "moderated_")
+               "sampling_var_u_", "sampling_var_w_", "dispersion_", "dispersion_raw_", "dispersion_df_", "moderated_",
+               "u_classes_", "u_units_")
 
     def save(self, path):
         """Write the fitted model to ``path`` (torch format): constructor arguments, the posterior
