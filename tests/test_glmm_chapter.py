@@ -117,3 +117,44 @@ def test_glmm_chapter_missing_key_names_the_parameter(tmp_path):
     params = {**SMALL, **FOREIGN, "dataset": str(path), "donor_key": "donor"}
     with pytest.raises(papermill.PapermillExecutionError, match="donor_key"):
         run_chapter("glmm", params, output=tmp_path / "missing.ipynb")
+
+
+def _calls(src: str, name: str) -> list[str]:
+    """The argument text of every call ``name(...)`` in ``src`` (balanced parentheses)."""
+    out, start = [], 0
+    while (i := src.find(name + "(", start)) >= 0:
+        depth, j = 0, i + len(name)
+        for j in range(i + len(name), len(src)):
+            depth += {"(": 1, ")": -1}.get(src[j], 0)
+            if depth == 0:
+                break
+        out.append(src[i + len(name) + 1:j])
+        start = j
+    return out
+
+
+def test_glmm_chapter_names_the_method_of_every_fit():
+    """scnotes.tl.glmm's default method may change (to the NB GLMM): every call in the Poisson GLMM
+    chapter names its method, directly or through a dict defined with one."""
+    import re
+
+    from _chapter_checks import code_cells
+
+    src = "\n".join(code_cells("glmm"))
+    with_method = set(re.findall(r"^\s*(\w+)\s*=\s*dict\(\s*method=", src, flags=re.M))
+    calls = _calls(src, "scnotes.tl.glmm")
+    assert len(calls) >= 8
+    for args in calls:
+        unpacked = set(re.findall(r"\*\*(\w+)", args))
+        assert "method=" in args or unpacked & with_method, f"scnotes.tl.glmm call without method=: {args[:120]}"
+
+
+def test_glmm_chapter_prose_points_to_the_nb_glmm_for_testing():
+    """The Poisson GLMM is not presented as a calibrated DE test (review N6): the prose says what its
+    numbers are for and sends DE testing to the NB GLMM and the calibration chapter."""
+    from _chapter_checks import markdown_cells
+
+    md = "\n".join(markdown_cells("glmm"))
+    assert "which is calibrated" not in md and "calibrated significance" not in md
+    assert "(glmm_calibration.md)" in md and 'method="nb"' in md
+    assert "2\\,\\mathrm{lfsr}" in md  # its p is twice the lfsr, not a test
