@@ -26,6 +26,14 @@ prior shared by the groups would shrink the very contrasts being tested. The exp
 log-likelihood uses one Gauss–Hermite quadrature of a softplus per cell
 (:mod:`scnotes.glmm._nb_lik`); every step is one full batch over cells × genes.
 
+The default optimiser (``optimizer="newton"``, :mod:`scnotes.glmm._nb_newton`) uses the form of
+the optimal full-rank covariance, Σ⁻¹ = Λ + Aᵀ diag(h) A with one curvature h per (group, donor)
+block (Opper & Archambeau 2009), and takes damped natural-gradient steps in it (Fisher scoring
+in the mean, Newton in ln θ, Fisher scoring of the variances in stage 1); every gene stops when
+its ELBO moves by less than ``tol`` nats. It reaches the optimum that L-BFGS on the Cholesky
+parameterisation reaches (tested) in tens of passes over the cells instead of hundreds of Adam
+steps: all 1,287 genes × 12,261 cells of the benchmark in minutes on 2 cores.
+
 Two stages, as edgeR's quasi-likelihood pipeline (a GLM at a shared dispersion, then a QL
 dispersion per gene moderated across genes; Lund et al. 2012, Stat Appl Genet Mol Biol 11:8;
 Smyth 2004, Stat Appl Genet Mol Biol 3:3), because a gene's σ_w rests on a handful of samples
@@ -80,6 +88,7 @@ from ._contrasts import (contrast_variance_shares, residual_df, sample_dispersio
 from ._design import GLMMData, GLMMDesign
 from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_matched_sd
 from ._nb_lik import ExpectedNBLogLik, moment_theta
+from ._nb_newton import NewtonVEB, fisher_variance_step
 from ._tidy import contrast_terms, tidy_effects
 
 __all__ = ["NBGLMMVEB", "fit_nb_veb", "fit_genes_nb"]
@@ -112,12 +121,18 @@ class NBGLMMVEB:
     n_quad : int
         Gauss–Hermite nodes of the expected log-likelihood (per cell).
     max_epochs : int
-        Full-batch optimiser steps of stage 1 (``optimizer="lbfgs"``: the most L-BFGS iterations).
+        The most full-batch steps of stage 1 (``"newton"`` stops earlier once every gene has
+        converged; ``"lbfgs"``: the most L-BFGS iterations; ``"adam"``: the number of steps).
     moderated_epochs : int or None
-        Steps of stage 2 (default ``max(50, max_epochs // 3)``).
-    optimizer : {"adam", "lbfgs"}
+        The most steps of stage 2 (default ``max(50, max_epochs // 3)``).
+    optimizer : {"newton", "adam", "lbfgs"}
+        ``"newton"`` (default): the natural-gradient updates of the module notes. ``"adam"`` and
+        ``"lbfgs"``: gradient steps on a Cholesky factor of Σ (the earlier optimiser, kept to check
+        the default against).
     lr, lr_decay : float
         Adam learning rate, decayed exponentially to ``lr * lr_decay`` by the last step of a stage.
+    tol : float
+        ``"newton"``: a gene has converged when a step moves its ELBO by less than ``tol`` nats.
     prior_b : {"vague", "shared"}
         Prior on the cell-group effects: fixed N(μ₀, prior_sd_b²) (default), or the Poisson
         VEB's empirical-Bayes N(μ, τ²) (shrinks contrasts to 0; kept for comparison).
@@ -160,15 +175,15 @@ class NBGLMMVEB:
 
     def __init__(self, sample_effect: str | None = "group", theta: float | None = None, moderate: bool = True,
                  robust: bool = True, trend: bool = True, shrink_theta: bool = True, n_quad: int = 5,
-                 max_epochs: int = 300, moderated_epochs: int | None = None, optimizer: str = "adam",
+                 max_epochs: int = 300, moderated_epochs: int | None = None, optimizer: str = "newton",
                  lr: float = 0.05, lr_decay: float = 0.01, prior_b: str = "vague", prior_sd_b: float = 10.0,
-                 seed: int = 0, device: str = "cpu", dtype=torch.float64, progress: bool = False):
+                 seed: int = 0, device: str = "cpu", dtype=torch.float64, progress: bool = False, tol: float = 1e-4):
         if prior_b not in ("vague", "shared"):
             raise ValueError(f"prior_b must be 'vague' or 'shared', got {prior_b!r}")
         if not prior_sd_b > 0:
             raise ValueError(f"prior_sd_b must be > 0, got {prior_sd_b!r}")
-        if optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
+        if optimizer not in ("newton", "lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'newton', 'lbfgs' or 'adam', got {optimizer!r}")
         if sample_effect not in _SAMPLE_EFFECTS:
             raise ValueError(f"sample_effect must be one of {_SAMPLE_EFFECTS}, got {sample_effect!r}")
         if theta is not None and not (theta > 0):
@@ -184,11 +199,14 @@ class NBGLMMVEB:
         self.moderated_epochs = None if moderated_epochs is None else int(moderated_epochs)
         self.optimizer, self.prior_b, self.prior_sd_b = optimizer, prior_b, float(prior_sd_b)
         self.seed, self.device, self.dtype, self.progress = seed, device, dtype, bool(progress)
+        if not tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {tol!r}")
+        self.tol = float(tol)
         self.history_ = None
 
     def _init_kwargs(self):
         keys = ("sample_effect", "theta", "moderate", "robust", "trend", "shrink_theta", "n_quad", "max_epochs",
-                "moderated_epochs", "optimizer", "lr", "lr_decay", "prior_b", "prior_sd_b", "seed", "progress")
+                "moderated_epochs", "optimizer", "lr", "lr_decay", "prior_b", "prior_sd_b", "seed", "progress", "tol")
         return {k: getattr(self, k) for k in keys}
 
     # ---------------------------------------------------------------- design
@@ -376,9 +394,23 @@ class NBGLMMVEB:
         fixed_log_theta = None if learn_theta else math.log(self.theta) if np.isfinite(self.theta) else None
         vague = torch.full((J, 1), self.prior_sd_b ** 2, **kw)
 
+        newton = self.optimizer == "newton"
+        solver = None  # the Newton-type optimiser's state (``optimizer="newton"``), made by stage 1
+
         def moments():
+            """q's mean M (J, P) and a factor L of its covariance (Σ = L Lᵀ)."""
+            if newton:
+                return solver.m, torch.linalg.cholesky(solver.sigma)
             L = T @ (torch.tril(p["L_off"], -1) + torch.diag_embed(torch.exp(p["log_diag"])))
             return p["m"] @ T.T, L
+
+        def half_logdet():
+            return 0.5 * solver.logdet if newton else p["log_diag"].sum(1)
+
+        def log_theta_now():
+            if newton:
+                return solver.t
+            return p["log_theta"]
 
         def loglik(M, L):
             m = M @ Ab.T  # (J, B) mean and variance of η per block
@@ -387,7 +419,7 @@ class NBGLMMVEB:
                 # θ = ∞: the Poisson GLMM, whose expectation is exact (E e^η = e^{m + v/2})
                 mc, vc = m[:, cblock], v[:, cblock]
                 return poisson_log_pmf(y, torch.exp(logs + mc + 0.5 * vc), log_rate=logs + mc).sum(1)
-            log_th = p["log_theta"] if learn_theta else torch.full((J, 1), fixed_log_theta, **kw)
+            log_th = log_theta_now() if learn_theta else torch.full((J, 1), fixed_log_theta, **kw)
             return expected_nb(m, v, log_th)
 
         def own_variances(M, var):
@@ -412,7 +444,7 @@ class NBGLMMVEB:
         def kl(M, L, fixed):
             var = (L ** 2).sum(2)
             mean, pv = prior(M, var, fixed)
-            return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - p["log_diag"].sum(1) - 0.5 * P)
+            return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - half_logdet() - 0.5 * P)
 
         Bk = torch.as_tensor(np.eye(K)[ki] if K else np.zeros((nb, 0)), **kw)  # blocks → samples
         Bd = torch.as_tensor(np.eye(Du)[u_code], **kw)  # blocks → donor units
@@ -424,7 +456,7 @@ class NBGLMMVEB:
             near its floor). Per donor averaged (J,), per sample class averaged (J, C), and per sample."""
             mu = torch.exp(logs + (M @ Ab.T)[:, cblock])  # (J, N)
             if learn_theta or fixed_log_theta is not None:
-                th = torch.exp(p["log_theta"]) if learn_theta else torch.full((J, 1), math.exp(fixed_log_theta), **kw)
+                th = torch.exp(log_theta_now()) if learn_theta else torch.full((J, 1), math.exp(fixed_log_theta), **kw)
                 mu = mu * th / (mu + th)
             info_b = torch.zeros(J, nb, **kw).index_add_(1, cblock, mu)
             self._block_info = info_b
@@ -449,6 +481,46 @@ class NBGLMMVEB:
                 lls, kls = float(ll.detach().sum()), float(k.detach().sum())
                 rows.append((stage, epoch, kls - lls, lls - kls, lls, kls))
 
+            if newton:
+                nonlocal solver
+                if solver is None:
+                    start_t = (p["log_theta"].detach() if learn_theta
+                               else None if fixed_log_theta is None else torch.full((J, 1), fixed_log_theta, **kw))
+                    solver = NewtonVEB(Ab, expected_nb, p["m"].detach() @ T.T, start_t, learn_theta)
+                solver.theta_prior = theta_prior
+                if fixed is None:
+                    # stage 1: each gene's variances by Fisher scoring (EM crawls toward small σ²)
+                    cur = {}
+                    solver.prior = lambda M, var: prior(M, var, cur.get("v"))
+                    rnd = slice(G + Q, P)
+                    onehot = torch.block_diag(U1, W1) if K else U1
+
+                    def variance_step(M, var, cov, active):
+                        s2 = cur.get("v") or own_variances(M, var)
+                        s2 = torch.cat([s2[0], s2[1]], 1) if K else s2[0]
+                        new = fisher_variance_step(M[:, rnd], var[:, rnd], cov[:, rnd, rnd], s2, onehot, VAR_FLOOR)
+                        new = torch.where(active[:, None], new, s2)  # a gene set aside keeps its q and its σ²
+                        cur["v"] = (new[:, :Cu], new[:, Cu:] if K else None)
+
+                    solver.variance_step = variance_step
+                else:
+                    solver.prior = lambda M, var: prior(M, var, fixed)
+                    solver.variance_step = None
+                with torch.no_grad():
+                    solver.refresh()
+                steps = range(n_steps)
+                if self.progress:
+                    from tqdm.auto import tqdm
+
+                    steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
+                for epoch in steps:
+                    with torch.no_grad():
+                        n_active = solver.step(self.tol)
+                        ll, k, _ = solver.elbo_parts()
+                    record(epoch, ll, k)
+                    if n_active == 0:  # every gene's ELBO moved by less than tol nats in its last step
+                        break
+                return
             if self.optimizer == "lbfgs":
                 # Deterministic, smooth objective: quasi-Newton steps cross the weakly curved
                 # directions (the posterior variances) far faster than Adam.
@@ -485,7 +557,7 @@ class NBGLMMVEB:
             su2_t, sw2_t = own_variances(M, var)
         su2_raw = su2_t.cpu().numpy()
         sw2_raw = sw2_t.cpu().numpy() if K else np.full((J, 0), np.nan)
-        theta_raw = (np.exp(p["log_theta"].detach().cpu().numpy()[:, 0]) if learn_theta
+        theta_raw = (np.exp(log_theta_now().detach().cpu().numpy()[:, 0]) if learn_theta
                      else np.full(J, float(self.theta)))
 
         # Stage 2 (module notes): every gene's q refitted at the typical sample and donor variances of its
@@ -536,7 +608,7 @@ class NBGLMMVEB:
             self.elbo_ = (loglik(M, L) - kl(M, L, fixed)).cpu().numpy()
             cov = (L @ L.transpose(1, 2)).cpu().numpy()
             M = M.cpu().numpy()
-            log_theta = p["log_theta"].cpu().numpy()[:, 0] if learn_theta else None
+            log_theta = log_theta_now().detach().cpu().numpy()[:, 0] if learn_theta else None
         self.cov_ = cov
         self.b_mean_, self.gamma_mean_ = M[:, :G], M[:, G:G + Q]
         self.u_mean_, self.w_mean_ = M[:, G + Q:G + Q + D], M[:, G + Q + D:]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..likelihoods import _log_gamma_ratio64_dense
 from ._design import GLMMData
 
-__all__ = ["ExpectedNBLogLik", "moment_theta"]
+__all__ = ["ExpectedNBLogLik", "BlockDerivatives", "moment_theta"]
 
 
 class _ExpectedSoftplus(torch.autograd.Function):
@@ -71,6 +71,15 @@ class ExpectedNBLogLik:
         self.xq = torch.as_tensor(xq * math.sqrt(2.0), dtype=y.dtype, device=y.device)
         self.wq = torch.as_tensor(wq / math.sqrt(math.pi), dtype=y.dtype, device=y.device)
 
+    def subset(self, idx):
+        """The same likelihood for genes ``idx`` only (a new object; the cells are shared)."""
+        out = object.__new__(type(self))
+        out.logs, out.cblock, out.xq, out.wq = self.logs, self.cblock, self.xq, self.wq
+        out.y, out.Yb, out.const = self.y[idx], self.Yb[idx], self.const[idx]
+        out.g_nz, i_nz = torch.nonzero(out.y > 0, as_tuple=True)
+        out.y_nz = out.y[out.g_nz, i_nz]
+        return out
+
     def __call__(self, m, v, log_theta):
         th = torch.exp(log_theta)
         z_m = self.logs + (m - log_theta)[:, self.cblock]  # (J, N)
@@ -88,3 +97,75 @@ def moment_theta(data: GLMMData, t0):
     th = (mu ** 2).sum(0) / np.maximum(excess, 1e-8)
     return np.clip(th, 0.05, 1e4)
 
+
+
+class BlockDerivatives:
+    """What one pass over the cells gives the Newton-type VEB updates (:mod:`._nb_newton`), per gene j.
+
+    ``value`` (J,): Σ_i E_q ln NB(y_ij; s_i e^η, θ_j) in nats (as :class:`ExpectedNBLogLik`);
+    ``grad_m`` (J, B): ∂value/∂m_b = Σ_{i∈b} (y_i − (θ + y_i) E σ(z_i));
+    ``curv`` (J, B): h_b = −2 ∂value/∂v_b = Σ_{i∈b} (θ + y_i) E σ'(z_i) ≥ 0 (Price's theorem:
+    ∂E f/∂v = ½ E f''), the expected negative curvature of block b's log-likelihood in η_b;
+    ``grad_t``, ``hess_t`` (J,): first and second derivatives of value in t = ln θ_j (None for a
+    fixed θ).
+    """
+
+    __slots__ = ("value", "grad_m", "curv", "grad_t", "hess_t")
+
+    def __init__(self, value, grad_m, curv, grad_t=None, hess_t=None):
+        self.value, self.grad_m, self.curv, self.grad_t, self.hess_t = value, grad_m, curv, grad_t, hess_t
+
+
+def _nb_block_derivatives(lik: ExpectedNBLogLik, m, v, log_theta, learn_theta: bool) -> BlockDerivatives:
+    """One pass of :class:`ExpectedNBLogLik` ``lik`` returning :class:`BlockDerivatives` (no autograd).
+
+    With z = ln s + η − t and A(y, θ) = lnΓ(y + θ) − lnΓ(θ) − y ln θ:
+    ∂A/∂t = θ(ψ(y+θ) − ψ(θ)) − y, ∂²A/∂t² = θ(ψ(y+θ) − ψ(θ)) + θ²(ψ'(y+θ) − ψ'(θ)) (zero at y = 0),
+    and the softplus term S = −(θ + y) E sp(z) has ∂S/∂t = −θ E sp + (θ + y) E σ and
+    ∂²S/∂t² = −θ E sp + 2θ E σ − (θ + y) E σ'.
+    """
+    J, B = m.shape
+    th = torch.exp(log_theta)  # (J, 1)
+    e_sig, e_dsig, e_sp = (torch.empty_like(lik.y) for _ in range(3))
+    # genes in chunks of about 2²⁴ (cell, node) pairs: the nodes' temporaries stay ~0.5 GB whatever J
+    step = max(1, (1 << 24) // max(1, lik.y.shape[1] * lik.xq.numel()))
+    sd = torch.sqrt(v)
+    for lo in range(0, J, step):
+        sl = slice(lo, lo + step)
+        z = ((lik.logs + (m[sl] - log_theta[sl])[:, lik.cblock])[..., None]
+             + sd[sl][:, lik.cblock][..., None] * lik.xq)
+        sig = torch.sigmoid(z)
+        e_sig[sl] = sig @ lik.wq
+        e_dsig[sl] = (sig * (1.0 - sig)) @ lik.wq
+        e_sp[sl] = F.softplus(z) @ lik.wq
+        del z, sig
+    wt = th + lik.y  # (J, N)
+    zeros = torch.zeros(J, B, dtype=m.dtype, device=m.device)
+    grad_m = lik.Yb - zeros.index_add(1, lik.cblock, wt * e_sig)
+    curv = zeros.index_add(1, lik.cblock, wt * e_dsig)
+    th_nz = th[lik.g_nz, 0].double()
+    a = _log_gamma_ratio64_dense(lik.y_nz.double(), th_nz).to(m.dtype)
+    a_sum = torch.zeros(J, dtype=m.dtype, device=m.device).index_add(0, lik.g_nz, a)
+    value = lik.const + (lik.Yb * m).sum(1) + a_sum - (wt * e_sp).sum(1)
+    if not learn_theta:
+        return BlockDerivatives(value, grad_m, curv)
+    yp = lik.y_nz.double()
+    dpsi = torch.digamma(yp + th_nz) - torch.digamma(th_nz)
+    dpsi1 = torch.polygamma(1, yp + th_nz) - torch.polygamma(1, th_nz)
+    da = (th_nz * dpsi - yp).to(m.dtype)
+    d2a = (th_nz * dpsi + th_nz ** 2 * dpsi1).to(m.dtype)
+    zj = torch.zeros(J, dtype=m.dtype, device=m.device)
+    th1 = th[:, 0]
+    grad_t = zj.index_add(0, lik.g_nz, da) - th1 * e_sp.sum(1) + (wt * e_sig).sum(1)
+    hess_t = (zj.index_add(0, lik.g_nz, d2a) - th1 * e_sp.sum(1) + 2.0 * th1 * e_sig.sum(1)
+              - (wt * e_dsig).sum(1))
+    return BlockDerivatives(value, grad_m, curv, grad_t, hess_t)
+
+
+def _poisson_block_derivatives(lik: ExpectedNBLogLik, m, v) -> BlockDerivatives:
+    """The θ = ∞ case (Poisson GLMM), in closed form: E e^η = e^{m + v/2}."""
+    B = m.shape[1]
+    s_b = torch.zeros(B, dtype=m.dtype, device=m.device).index_add(0, lik.cblock, torch.exp(lik.logs))
+    mu_b = torch.exp(m + 0.5 * v) * s_b  # (J, B) expected block totals
+    value = lik.const + (lik.Yb * m).sum(1) - mu_b.sum(1)
+    return BlockDerivatives(value, lik.Yb - mu_b, mu_b)
