@@ -4,3 +4,4 @@ from ._gmvae import *  # noqa: F401,F403
 from ._nmf import *  # noqa: F401,F403
 from ._mnn import *  # noqa: F401,F403
 from ._glmm import *  # noqa: F401,F403
+from ._map import *  # noqa: F401,F403
