@@ -30,13 +30,82 @@ def title_for(dataset, title: str | None = None) -> str:
     return Path(str(dataset)).stem if str(dataset).endswith(".h5ad") else str(dataset)
 
 
-def configure_threads(default: int | None = None) -> int:
-    """Set torch's intra-op threads from ``OMP_NUM_THREADS`` (else ``default``, else
-    the number of CPUs) and return it; never hard-codes a count."""
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a container's or taskset's share, not the host's
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _positive_int(value, what: str) -> int:
+    try:
+        n = int(str(value).strip())
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or isinstance(value, bool) or (isinstance(value, float) and value != n):
+        raise ValueError(f"{what} must be a positive whole number of threads, got {value!r}")
+    return n
+
+
+def configure_threads(n: int | None = None) -> int:
+    """The one thread policy of every chapter: set how many threads compute, return it.
+
+    The count is ``n`` if given (a chapter's ``n_threads`` parameter, ``-p n_threads 2``),
+    else ``OMP_NUM_THREADS`` if set, else half the CPUs this process may use, at least 1.
+    Why half: on a shared 2-core machine one thread is the fastest choice (issue 27,
+    NBVAE, 30 epochs beside two busy processes: 5.9 s with 1 thread, 9.6 s with 2);
+    the small networks and matrices of the chapters gain little from a second thread,
+    and a busy second core makes every synchronisation wait. On a larger machine half
+    its CPUs leaves the rest to whatever else runs there.
+
+    What is set: torch's intra-op threads; the BLAS / OpenMP pools already loaded
+    (numpy, scipy, scikit-learn, faiss, through ``threadpoolctl``); numba's threads
+    (at most its ``NUMBA_NUM_THREADS``); and
+    ``OMP_NUM_THREADS`` for processes the chapter starts (R through ``Rscript``, DDP
+    workers).
+
+    Parameters
+    ----------
+    n : int, optional
+        Number of threads; ``None`` for the policy above.
+
+    Returns
+    -------
+    int
+        The number of threads set.
+
+    Raises
+    ------
+    ValueError
+        ``n`` or ``OMP_NUM_THREADS`` is not a positive whole number (the message names
+        which).
+    """
     import torch
 
-    env = os.environ.get("OMP_NUM_THREADS")
-    n = int(env) if env and env.isdigit() and int(env) > 0 else (default or os.cpu_count() or 1)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if n is not None:
+        n = _positive_int(n, "configure_threads(n)")
+    elif env:
+        n = _positive_int(env, "the environment variable OMP_NUM_THREADS")
+    else:
+        n = max(1, _available_cpus() // 2)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    # Order matters: numba's first set_num_threads starts its OpenMP layer, which sets
+    # the process's OpenMP pool (torch's too) to NUMBA_NUM_THREADS; the pools are set after.
+    try:
+        # Imported now rather than capped through NUMBA_NUM_THREADS, which would bar a
+        # later, larger configure_threads; scanpy and pynndescent load numba anyway.
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba comes with scanpy
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)  # stays in force: the returned guard is not used to restore
+    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+        pass
     torch.set_num_threads(n)
     return n
 

@@ -1,11 +1,19 @@
 """What a chapter reports: numbers glued into its prose, its tables, and the package versions it ran with."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
 
-__all__ = ["package_versions", "glue", "glues", "table"]
+__all__ = ["package_versions", "glue", "glues", "table", "SHOW_GLUED_ENV", "GLUED_COPY_KEY"]
+
+#: Environment variable that makes :func:`glue` also display figures it stores
+#: (``scnotes run`` sets it to ``"1"`` for the chapter's kernel).
+SHOW_GLUED_ENV = "SCNOTES_SHOW_GLUED"
+#: Output-metadata key that marks the displayed copy of a glued figure, so that a
+#: renderer which pastes the figure with ``{glue:figure}`` can drop the copy.
+GLUED_COPY_KEY = "scnotes_glued_copy"
 
 _DEFAULT = ("scnotes", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn",
             "pynndescent", "pyro-ppl", "matplotlib", "umap-learn", "leidenalg")
@@ -27,14 +35,32 @@ def package_versions(extra=()):
     return pd.DataFrame({"version": rows})
 
 
+def _show_glued() -> bool:
+    return os.environ.get(SHOW_GLUED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def glue(name: str, value, display: bool = False):
     """Store ``value`` under ``name`` for a chapter's prose (myst-nb's ``glue``, by
     default without displaying it), numpy scalars first turned into Python numbers.
 
     Why: under numpy ≥ 2 the text form of ``np.float64(0.5)`` is
     ``"np.float64(0.5)"``, which myst-nb cannot read back as a number, so a
-    ``{glue:text}`key:.3f``` role fails the ``-W`` build. Needs ``myst-nb`` (the
-    ``book`` extra); raises ``ImportError`` naming it otherwise.
+    ``{glue:text}`key:.3f``` role fails the ``-W`` build.
+
+    A figure (any value whose display form is an image) glued with
+    ``display=False`` is stored only as an ``application/papermill.record/…``
+    output, which Jupyter does not show; the book pastes it with
+    ``{glue:figure}``. When the environment variable ``SCNOTES_SHOW_GLUED`` is
+    ``1`` (``scnotes run`` sets it), the figure is also displayed as an ordinary
+    output, marked in its output metadata with ``scnotes_glued_copy: name`` so
+    that the rendered report (:mod:`scnotes._render`) can drop the copy where
+    ``{glue:figure}`` already shows it. The book build leaves the variable unset,
+    so its pages show each figure once.
+
+    Raises
+    ------
+    ImportError
+        ``myst-nb`` (the ``book`` extra) is not installed; the message names it.
     """
     import numpy as np
 
@@ -45,6 +71,22 @@ def glue(name: str, value, display: bool = False):
     if isinstance(value, np.generic):
         value = value.item()
     _glue(name, value, display=display)
+    if not display and _show_glued():
+        _display_copy(name, value)
+
+
+def _display_copy(name: str, value):
+    """Display ``value`` if its display form holds an image; text values are not
+    shown (they live in the prose), so a rerun's notebook shows exactly its figures."""
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as ipy_display
+
+    bundle, meta = format_display_data(value)
+    if not any(k.startswith("image/") for k in bundle):
+        return
+    meta = dict(meta or {})
+    meta[GLUED_COPY_KEY] = name
+    ipy_display(bundle, raw=True, metadata=meta)
 
 
 def glues(**values):
