@@ -186,7 +186,9 @@ class _SurgeryLinear(nn.Module):
     def fold(self) -> nn.Linear:
         """The plain ``nn.Linear`` with the trained columns in place."""
         out_f, in_f = self.base.shape
-        lin = nn.Linear(in_f, out_f, bias=self.bias is not None).to(self.base.device)
+        # skip_init: a fresh Linear would draw its initial weights from the global RNG.
+        lin = nn.utils.skip_init(nn.Linear, in_f, out_f, bias=self.bias is not None,
+                                 device=self.base.device, dtype=self.base.dtype)
         with torch.no_grad():
             lin.weight.copy_(self.base.index_copy(1, self.cols, self.new))
             if self.bias is not None:
