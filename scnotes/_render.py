@@ -206,15 +206,16 @@ _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "me
 
 class _ReportText(HTMLParser):
     """Splits a rendered page into prose text, table text, and the warnings Sphinx kept
-    in the page. Code (cell inputs, printed streams, literal blocks), scripts and the
+    in the page. Code (cell inputs, printed streams, literal blocks), maths, scripts and the
     site's navigation are skipped: "nan" in ``np.nan`` or in a log line is not prose."""
 
-    SKIP_CLASSES = ("cell_input", "highlight", "output stream", "stderr", "bd-sidebar", "bd-header",
+    SKIP_CLASSES = ("cell_input", "highlight", "math", "output stream", "stderr", "bd-sidebar", "bd-header",
                     "bd-footer", "header-article", "prev-next", "bd-toc", "headerlink")
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.stack: list[tuple[str, str]] = []  # (tag, role) role: "skip", "table", "warning", ""
+        self.stack: list[tuple[str, str]] = []  # (tag, role): "skip", "table", "warning", "pasted", ""
+        self.pasted: list[str] = []  # the text of each value a glue role pasted
         self.prose: list[str] = []
         self.tables: list[str] = []
         self.warnings: list[str] = []
@@ -225,8 +226,11 @@ class _ReportText(HTMLParser):
             return "skip"
         if "system-message" in cls:
             return "warning"
-        if any(k in f" {cls} " or k in cls.split() for k in self.SKIP_CLASSES):
+        classes = set(cls.split())
+        if any(set(k.split()) <= classes for k in self.SKIP_CLASSES):  # whole class names
             return "skip"
+        if "pasted-text" in classes:
+            return "pasted"
         if tag == "table":
             return "table"
         return ""
@@ -234,7 +238,10 @@ class _ReportText(HTMLParser):
     def handle_starttag(self, tag, attrs):
         if tag in _VOID:
             return
-        self.stack.append((tag, self._role(tag, attrs)))
+        role = self._role(tag, attrs)
+        if role == "pasted":
+            self.pasted.append("")
+        self.stack.append((tag, role))
 
     def handle_endtag(self, tag):
         for i in range(len(self.stack) - 1, -1, -1):
@@ -244,6 +251,8 @@ class _ReportText(HTMLParser):
 
     def handle_data(self, data):
         roles = [r for _, r in self.stack]
+        if "pasted" in roles:
+            self.pasted[-1] += data
         if "warning" in roles:
             self.warnings.append(data)
         elif "skip" in roles or not any(t == "body" for t, _ in self.stack):
@@ -269,7 +278,7 @@ def check_report(report: str | Path) -> list[Finding]:
         fill (its key was never glued in this run: the page holds Sphinx's "No key …
         found in glue data" warning) or a role left as raw text (``{glue:text}`…```);
         ``kind="text"``: "nan", "n/a" or "0 cells" (whole words, any case) in the prose
-        or in a table. Code, printed output and the site's navigation are not checked.
+        or in a table. Code, printed output, maths and the site's navigation are not checked.
 
     Raises
     ------
@@ -287,6 +296,9 @@ def check_report(report: str | Path) -> list[Finding]:
     # Sphinx's smart quotes turn the key's quotes into ‘…’.
     for m in re.finditer(r"No key ['‘]([^'’]+)['’] found in glue data", warnings):
         out.append(Finding("glue", "prose", m.group(1), "the run glued no value under this key"))
+    n_empty = sum(not t.strip() for t in p.pasted)
+    if n_empty:
+        out.append(Finding("glue", "prose", "(empty)", f"{n_empty} glued value(s) pasted as empty text"))
     for where, chunks in (("prose", p.prose), ("table", p.tables)):
         joined = " ".join(" ".join(chunks).split())
         for m in _GLUE_LITERAL.finditer(joined):

@@ -130,6 +130,7 @@ def _executed_notebook(path, prose, table_html="<table><tr><td>1.0</td></tr></ta
         new_code_cell("x = np.nan  # code may say nan", outputs=[
             new_output("stream", name="stdout", text="dropped 0 cells without a label; n/a\n"),
             *glued("score", {"text/plain": "0.5"}), *glued("n", {"text/plain": "12"}),
+            *glued("empty", {"text/plain": "''"}),
             *glued("fig", {"image/png": _png(), "text/plain": "<Figure>"}, copy=True),
             *glued("unused_fig", {"image/png": _png(), "text/plain": "<Figure>"}, copy=True)]),
         new_code_cell("df", outputs=[new_output("execute_result", execution_count=2,
@@ -144,12 +145,12 @@ def _executed_notebook(path, prose, table_html="<table><tr><td>1.0</td></tr></ta
 def test_check_report_finds_what_a_reader_should_not_see(tmp_path):
     bad = _executed_notebook(
         tmp_path / "bad.ipynb",
-        "Score {glue:text}`score:.2f` on {glue:text}`n` cells; missing {glue:text}`gone`. "
-        "A NaN here, 0 cells there.",
+        "Score {glue:text}`score:.2f` on {glue:text}`n` cells; missing {glue:text}`gone`, "
+        "empty {glue:text}`empty`. A NaN here, 0 cells there.",
         table_html="<table><tr><th>ARI</th><td>nan</td><td>n/a</td></tr></table>")
     page = render_report(bad)
     found = sorted((f.kind, f.where, f.match) for f in check_report(page))
-    assert found == [("glue", "prose", "gone"), ("text", "prose", "0 cells"), ("text", "prose", "NaN"),
+    assert found == [("glue", "prose", "(empty)"), ("glue", "prose", "gone"), ("text", "prose", "0 cells"), ("text", "prose", "NaN"),
                      ("text", "table", "n/a"), ("text", "table", "nan")]
     # The copy of a pasted figure is dropped, the copy of a figure nobody pastes stays.
     assert page.read_text().count("<img") == 2
@@ -158,7 +159,7 @@ def test_check_report_finds_what_a_reader_should_not_see(tmp_path):
 def test_check_report_passes_a_clean_report_and_reads_html_text(tmp_path):
     good = _executed_notebook(tmp_path / "good.ipynb",
                               "Score {glue:text}`score:.2f` on {glue:text}`n` cells, 10 cells kept; "
-                              "nanoparticles and Nanog are words.")
+                              "nanoparticles and Nanog are words; maths $x = \\mathrm{nan}$ is not prose.")
     page = render_report(good, tmp_path / "elsewhere")
     assert page == tmp_path / "elsewhere" / "good.html" and (page.parent / "build.log").is_file()
     assert check_report(page) == []
