@@ -30,9 +30,9 @@ Exit status of ``scnotes run`` (also in ``scnotes run --help``)::
     1  the book extra (jupytext, papermill, myst-nb, jupyter-book) is not installed
     2  unknown chapter, unknown parameter or a value of the wrong type (nothing ran)
     3  a cell of the chapter raised: one line on stderr names the cell (chapter line),
-       the exception and the parameter it names; the traceback is in OUTPUT.log and
-       the notebook, executed up to that cell, in OUTPUT
-    4  the kernel died or a cell timed out (traceback in OUTPUT.log)
+       the exception and the parameter it names; the traceback is in the .log beside
+       OUTPUT (runs/CHAPTER.log), the notebook executed up to that cell in OUTPUT
+    4  the kernel died or a cell timed out (traceback in the .log beside OUTPUT)
     5  the chapter ran but the report could not be built (see its build.log)
 """
 from __future__ import annotations
@@ -66,11 +66,11 @@ _EXIT_HELP = f"""exit status:
   {EXIT_BOOK_EXTRA}  the book extra is missing: pip install 'scnotes[book]'
   {EXIT_BAD_PARAMETER}  unknown chapter, unknown parameter or wrong type (nothing ran)
   {EXIT_CELL_FAILED}  a cell raised: the first line on stderr names the chapter line, the
-     exception and the parameter it names; full traceback in OUTPUT.log, the
-     notebook executed up to that cell in OUTPUT
-  {EXIT_KERNEL_FAILED}  the kernel died or a cell timed out (details in OUTPUT.log)
+     exception and the parameter it names; the full traceback is in the .log
+     beside OUTPUT (runs/CHAPTER.log), the notebook executed up to that cell in OUTPUT
+  {EXIT_KERNEL_FAILED}  the kernel died or a cell timed out (details in the .log beside OUTPUT)
   {EXIT_REPORT_FAILED}  the chapter ran but its HTML report could not be built
-     (see OUTPUT_report/build.log; the notebook is written)
+     (see runs/CHAPTER_report/build.log; the notebook is written)
 """
 
 
@@ -371,10 +371,10 @@ def main(argv=None):
     ls = sub.add_parser("list", help="list chapters and their parameters ('*': set it for your own file)")
     ls.add_argument("chapter", nargs="?", help="only this chapter")
     r = sub.add_parser("run", help="execute a chapter with papermill and render its report",
-                       description="Execute a chapter with papermill: writes the executed notebook "
-                                   "(OUTPUT) and, beside it, a one-page HTML report "
-                                   "(OUTPUT_report/NAME.html: the book's rendering, numbers filled in, "
-                                   "figures shown) whose path it prints.",
+                       description="Execute a chapter with papermill. Writes the executed notebook\n"
+                                   "(OUTPUT, default runs/CHAPTER.ipynb) and beside it a one-page HTML\n"
+                                   "report (runs/CHAPTER_report/CHAPTER.html for that OUTPUT: the book's\n"
+                                   "rendering, numbers filled in, figures shown), and prints its path.",
                        epilog=_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("chapter")
     r.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
