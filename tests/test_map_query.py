@@ -375,3 +375,32 @@ def test_transfer_labels_unknown_for_a_cell_type_the_reference_lacks():
         scnotes.tl.transfer_labels(wide, ref, "cell_type")
     with pytest.raises(KeyError, match="X_other"):
         scnotes.tl.transfer_labels(qry, ref, "cell_type", use_rep="X_other")
+
+
+def test_backed_query_maps_like_the_same_query_in_memory(data, refs, tmp_path):
+    _, _, qry = data
+    a = qry.copy()
+    a.X = sp.csr_matrix(a.X)
+    a = a[:, [g for g in a.var_names if g != "g5"]].copy()  # one model gene missing: chunked path
+    mem = a.copy()
+    scnotes.tl.map_query(mem, refs["nbvae"], max_epochs=2)
+    path = tmp_path / "q.h5ad"
+    a.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    scnotes.tl.map_query(backed, refs["nbvae"], max_epochs=2)
+    np.testing.assert_array_equal(backed.obsm["X_nbvae"], mem.obsm["X_nbvae"])
+    assert backed.uns["X_nbvae"]["genes"]["n_missing"] == 1
+    backed.file.close()
+
+
+def test_latent_library_prior_of_a_new_batch_comes_from_the_query(data):
+    _, ref, qry = data
+    m = scnotes.tl.ldvae(ref.copy(), n_latent=2, layer=None, batch_key="batch", max_epochs=2,
+                         train_size=1.0, model_kwargs=dict(hidden_dim=8, library="latent"), progress=False)
+    q = scnotes.tl.map_query(qry.copy(), m, max_epochs=1)
+    lm, lv = q.module.library_log_mean, q.module.library_log_var
+    torch.testing.assert_close(lm[:2], m.module.library_log_mean)
+    torch.testing.assert_close(lv[:2], m.module.library_log_var)
+    logs = np.log(np.asarray(qry.X[(qry.obs["batch"] == "b2").to_numpy()].sum(1), dtype=np.float64)).ravel()
+    np.testing.assert_allclose(float(lm[2]), logs.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(lv[2]), logs.var(), rtol=1e-4)
