@@ -42,6 +42,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -405,9 +406,13 @@ def _run(args, params) -> int:
     src = _chapter_path(args.chapter)
     out = Path(args.output) if args.output else Path("runs") / f"{src.stem}.ipynb"
     log = out.with_suffix(".log")
+    from scnotes._render import report_dir_for
+
+    stale = report_dir_for(out)
     try:
         run_chapter(str(src), params, out, progress=True)
     except PapermillExecutionError as e:
+        shutil.rmtree(stale, ignore_errors=True)  # an earlier run's report is not this run's
         head, rest = describe_failure(e, src, params)
         write_failure_log(e, log, src.stem, params)
         print(f"scnotes run {src.stem}: {head}", file=sys.stderr)
@@ -416,8 +421,9 @@ def _run(args, params) -> int:
         print(f"  full traceback: {log}; notebook up to the failing cell: {out}", file=sys.stderr)
         return EXIT_CELL_FAILED
     except Exception as e:  # the kernel died, a cell timed out, nbclient failed
+        shutil.rmtree(stale, ignore_errors=True)
         write_failure_log(e, log, src.stem, params)
-        print(f"scnotes run {src.stem}: the kernel stopped: {type(e).__name__}: "
+        print(f"scnotes run {src.stem}: the run stopped outside a cell (kernel or papermill): {type(e).__name__}: "
               f"{(str(e).strip().splitlines() or [''])[0]}", file=sys.stderr)
         print(f"  details: {log}", file=sys.stderr)
         return EXIT_KERNEL_FAILED
@@ -436,8 +442,8 @@ def _run(args, params) -> int:
     print(f"report: {page}")
     problems = check_report(page)
     if problems:
-        print(f"note: the report shows {len(problems)} value(s) this run did not compute, "
-              f"first: {problems[0]}", file=sys.stderr)
+        print(f"note: {len(problems)} place(s) in the report to read with care (a glued value not "
+              f"filled, nan, n/a, 0 cells); first: {problems[0]}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -184,6 +184,7 @@ def test_failing_cell_gives_one_line_a_log_and_exit_3(tmp_path, capsys):
     src = tmp_path / "toy.md"
     src.write_text(FAILING_CHAPTER)
     out = tmp_path / "toy.ipynb"
+    (report_dir_for(out) / "old").mkdir(parents=True)  # an earlier run's report must not survive
     assert cli.main(["run", str(src), "-p", "n", "4", "-o", str(out)]) == cli.EXIT_CELL_FAILED
     err = capsys.readouterr().err
     mine = err[err.index("scnotes run toy:"):].splitlines()
@@ -207,7 +208,7 @@ def test_kernel_failure_exits_4(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "run_chapter", dead)
     out = tmp_path / "toy.ipynb"
     assert cli.main(["run", str(src), "-o", str(out)]) == cli.EXIT_KERNEL_FAILED
-    assert "the kernel stopped: RuntimeError: Kernel died" in capsys.readouterr().err
+    assert "the run stopped outside a cell (kernel or papermill): RuntimeError: Kernel died" in capsys.readouterr().err
     assert "Kernel died" in out.with_suffix(".log").read_text()
 
 
