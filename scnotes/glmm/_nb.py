@@ -498,9 +498,11 @@ class NBGLMMVEB:
                     def variance_step(M, var, cov, active):
                         s2 = cur.get("v") or own_variances(M, var)
                         s2 = torch.cat([s2[0], s2[1]], 1) if K else s2[0]
-                        new = fisher_variance_step(M[:, rnd], var[:, rnd], cov[:, rnd, rnd], s2, onehot, VAR_FLOOR)
-                        new = torch.where(active[:, None], new, s2)  # a gene set aside keeps its q and its σ²
-                        cur["v"] = (new[:, :Cu], new[:, Cu:] if K else None)
+                        r = torch.nonzero(active)[:, 0]  # a gene set aside keeps its q and its σ²
+                        s2 = s2.clone()
+                        s2[r] = fisher_variance_step(M[r][:, rnd], var[r][:, rnd], cov[r][:, rnd, rnd], s2[r], onehot,
+                                                     VAR_FLOOR)
+                        cur["v"] = (s2[:, :Cu], s2[:, Cu:] if K else None)
 
                     solver.variance_step = variance_step
                 else:
