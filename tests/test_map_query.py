@@ -145,6 +145,31 @@ def test_missing_genes_are_zero_filled_and_masked(data, refs):
     np.testing.assert_allclose(q.elbo(x2, wq, sq, cq), q.elbo(xq, wq, sq, cq), rtol=1e-6)
 
 
+def test_query_genes_without_counts_are_data_not_an_error(data, refs):
+    """A small query (or a held-out subset) has genes with no counts, among the model's and
+    beyond: mapping and query_inputs take them as zeros; a cell without counts still raises."""
+    _, _, qry = data
+    ref = refs["nbvae"]
+    a = qry[:40].copy()
+    x = sp.csr_matrix(a.X, dtype=np.float32)
+    x[:, [3, 17]] = 0  # two model genes with no counts in the query
+    x.eliminate_zeros()
+    a.X = x
+    extra = ad.AnnData(sp.csr_matrix((a.n_obs, 2), dtype=np.float32), obs=a.obs[[]],
+                       var=pd.DataFrame(index=["empty1", "empty2"]))
+    a = ad.concat([a, extra], axis=1, merge="first")  # and two extra genes with none
+    q = scnotes.tl.map_query(a, ref, max_epochs=2)
+    assert a.uns["X_nbvae"]["genes"]["n_extra"] == 2
+    xq, wq, sq, cq = scnotes.tl.query_inputs(q, a)
+    assert wq is None and np.isfinite(q.elbo(xq, wq, sq, cq)).all()
+    x = sp.csr_matrix(a.X)
+    x[0] = 0
+    x.eliminate_zeros()
+    a.X = x
+    with pytest.raises(ValueError, match="all-zero cells"):
+        scnotes.tl.map_query(a, ref, max_epochs=1)
+
+
 def test_too_few_or_no_shared_genes_raise(data, refs):
     _, _, qry = data
     ref = refs["pvae"]

@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._checks import check_obs_key, counts_from_adata, is_backed
+from .._checks import check_counts, check_obs_key, is_backed
 from ._vae import encode_covariates, record
 
 __all__ = ["map_query", "transfer_labels", "query_inputs", "MIN_GENE_OVERLAP"]
@@ -64,6 +64,22 @@ def _resolve_model(model):
     return model
 
 
+def _query_counts(adata, layer):
+    """The query's raw counts (``X`` or ``layers[layer]``), checked, never densified.
+
+    Genes without counts are allowed: a small query, a held-out subset or one that lacks
+    some of the reference's cell types has them, and they are data (zeros) for the
+    likelihood, not an input error; unlike a fit, mapping estimates nothing per gene."""
+    if layer is None:
+        x, name = adata.X, "adata_query.X"
+    else:
+        if layer not in adata.layers:
+            raise KeyError(f"layer {layer!r} not found in adata_query.layers; available: "
+                           f"{list(adata.layers.keys())}")
+        x, name = adata.layers[layer], f"adata_query.layers[{layer!r}]"
+    return check_counts(x, name=name, allow_empty_genes=True)
+
+
 def _match_genes(adata, genes, layer, min_gene_overlap):
     """Counts of ``adata`` laid out on the model's ``genes``: ``(x, w, report)``.
 
@@ -90,7 +106,7 @@ def _match_genes(adata, genes, layer, min_gene_overlap):
                          f"({n_shared / p:.0%}), below min_gene_overlap={min_gene_overlap:.0%}: the "
                          "encoder would see a mostly zero-filled input. Map onto a model fitted on "
                          "genes the query measures, or lower min_gene_overlap knowingly")
-    x = counts_from_adata(adata, layer)
+    x = _query_counts(adata, layer)
     if n_shared == p and len(q) == p and np.array_equal(pos, np.arange(p)):
         return x, None, report
     src = pos[present]
