@@ -6,7 +6,7 @@ import platform
 import sys
 from importlib import metadata
 
-__all__ = ["package_versions", "glue", "glues", "table", "SHOW_GLUED_ENV", "GLUED_COPY_KEY"]
+__all__ = ["package_versions", "glue", "glues", "glue_md", "table", "SHOW_GLUED_ENV", "GLUED_COPY_KEY"]
 
 #: Environment variable that makes :func:`glue` also display figures it stores
 #: (``scnotes run`` sets it to ``"1"`` for the chapter's kernel).
@@ -93,6 +93,38 @@ def glues(**values):
     """:func:`glue` each keyword (name = value) without displaying it."""
     for name, value in values.items():
         glue(name, value)
+
+
+def glue_md(name: str, text: str | None = None):
+    """Store a passage of MyST markdown under ``name`` for the chapter's prose: a
+    ``{glue:md}`` directive (with ``:format: myst``) pastes paragraphs, the inline role
+    ``{glue:md}`name:myst``` a phrase or sentence inside a paragraph. ``None`` or ``""``
+    stores an empty passage, which the page then leaves out.
+
+    Why: a passage that holds only for some data (a comparison with the book's other
+    data set, a remark on the book's donors) must not appear in the report of a rerun
+    where it does not apply, and a markdown cell cannot be removed at run time. The
+    chapter writes the passage in a code cell and glues it, or glues nothing::
+
+        scnotes.report.glue_md("second_para", PARAGRAPH if second is not None else None)
+
+    and its prose pastes it with ::
+
+        ```{glue:md} second_para
+        :format: myst
+        ```
+
+    (or, inside a paragraph, ``{glue:md}`second_para:myst```).
+
+    The passage may hold roles (``{glue:text}`key:.3f```, ``{cite:t}``), maths and
+    several paragraphs; they are rendered as if written in the page, in the book and
+    in a rerun's report alike.
+    """
+    from IPython.display import Markdown
+
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"glue_md({name!r}, text): text must be a str or None, not {type(text).__name__}")
+    glue(name, Markdown(text or ""))
 
 
 def table(df, decimals: int = 3, na_rep: str = "–"):

@@ -64,7 +64,7 @@ def check_executed(path, chapter: str | None = None) -> dict:
         src = "".join(c["source"])
         if c["cell_type"] == "markdown":
             used |= set(re.findall(r"\{glue:(?:text|any|md)\}`([^`:]+)", src))
-            used |= set(re.findall(r"```\{glue:figure\}\s+(\S+)", src))
+            used |= set(re.findall(r"```\{glue:(?:figure|md)\}\s+(\S+)", src))
             continue
         if src.strip():
             assert c.get("execution_count"), f"cell not executed: {src[:60]}"
@@ -124,3 +124,15 @@ def foreign_h5ad(path, n_types=25, per_type=12, n_genes=300, n_missing=5, n_batc
                    layers={"umi": counts})
     a.write_h5ad(path)
     return path
+
+
+def check_rendered(notebook) -> Path:
+    """Issue 27's check of a rerun: the report a reader gets (the executed notebook through
+    the book's rendering) has every glued value filled and no "nan", "n/a" or "0 cells" in
+    its prose or tables. Returns the page."""
+    from scnotes._render import check_report, render_report
+
+    page = render_report(notebook)
+    problems = check_report(page)
+    assert problems == [], f"{len(problems)} finding(s) in {page}:\n" + "\n".join(map(str, problems))
+    return page

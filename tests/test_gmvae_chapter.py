@@ -23,7 +23,7 @@ def test_gmvae_chapter_runs_small(tmp_path, have_data):
 def test_gmvae_chapter_reruns_on_foreign_data(tmp_path):
     """Only documented parameters: counts in a layer, batches in obs["tech"], labels in
     obs["annot"] (25 levels, a few missing), no totals column, no second data set."""
-    from _chapter_checks import check_executed, foreign_h5ad, text_outputs
+    from _chapter_checks import check_executed, check_rendered, foreign_h5ad, text_outputs
 
     path = foreign_h5ad(tmp_path / "foreign.h5ad", n_batches=2)
     params = dict(SMALL, dataset=str(path), layer="umi", batch_key="tech", label_key="annot",
@@ -33,6 +33,7 @@ def test_gmvae_chapter_reruns_on_foreign_data(tmp_path):
     text = text_outputs(out)
     assert "dropped 5 cell(s)" in text and "second_dataset is None" in text
     assert int(glued["n_batches"]) == 2 and int(glued["n_labels"]) == 25
+    check_rendered(out)  # every sentence filled from this run: no nan, n/a, 0 cells, unfilled glue
 
 
 def test_gmvae_missing_key_names_the_parameter(tmp_path):
