@@ -29,7 +29,7 @@ def test_ldvae_chapter_runs_small(tmp_path, have_data):
 def test_ldvae_chapter_reruns_on_foreign_data(tmp_path):
     """Only documented parameters: counts in a layer, other obs names, no totals column, missing
     labels, 25 categories, no gene-symbol column, no second data set, no scvi-tools."""
-    from _chapter_checks import foreign_h5ad
+    from _chapter_checks import check_rendered, foreign_h5ad
 
     path = foreign_h5ad(tmp_path / "foreign.h5ad")
     params = {"dataset": str(path), "layer": "umi", "label_key": "annot", "gene_symbol_key": None,
@@ -41,6 +41,7 @@ def test_ldvae_chapter_reruns_on_foreign_data(tmp_path):
     assert "dropped 5 cell(s)" in text and "foreign" in text
     assert int(glued["n_latent"]) == 3
     assert 0 <= float(glued["ld_ari_fixed"]) <= 1
+    check_rendered(out)  # every sentence filled from this run: no nan, n/a, 0 cells, unfilled glue
 
 
 def test_ldvae_misspelt_parameter_is_named():
