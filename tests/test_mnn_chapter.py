@@ -86,6 +86,9 @@ def test_mnn_topics_chapter_reruns_on_foreign_data(tmp_path):
     assert "other_lab" in text and str(path) not in text  # the file stem names it, not the path
     assert "pbmc_joined" not in text                 # the comparison datasets are off on a rerun
     assert "recall" in text                          # the search comparison ran on the reader's data
+    from _chapter_checks import check_rendered
+
+    check_rendered(out)  # every sentence filled from this run: no nan, n/a, 0 cells, unfilled glue
 
 
 def test_mnn_topics_chapter_refuses_bad_parameters(tmp_path):
