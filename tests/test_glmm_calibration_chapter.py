@@ -10,7 +10,7 @@ from _chapter_checks import check_executed, check_source, text_outputs
 from scnotes import glmm
 
 # Small sizes: every experiment runs, on a few genes and cells.
-SMALL = {"n_splits": 1, "null_n_types": 3, "null_genes": 20, "null_max_cells": 600, "pos_max_cells": 600,
+SMALL = {"n_splits": 1, "power_b_splits": 1, "null_n_types": 3, "null_genes": 20, "null_max_cells": 600, "pos_max_cells": 600,
          "sim_genes": 30, "sim_cells": 20, "nb_epochs": 30, "glmmtmb_genes": 0, "glmmtmb_sim_genes": 0,
          "min_cells": 3}
 NB, WILC = "NB GLMM", "Wilcoxon (cells)"
