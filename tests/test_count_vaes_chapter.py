@@ -1,7 +1,7 @@
 """count_vaes executes end to end at small sizes, follows the book's rules, and refuses a misspelt parameter."""
 import pytest
 
-from _chapter_checks import check_executed, check_source, text_outputs
+from _chapter_checks import check_executed, check_rendered, check_source, text_outputs
 from scnotes.cli import run_chapter
 
 SMALL = {"n_cells": 60, "n_genes": 20, "latent_dims": [2, 3], "max_epochs": 5, "n_seeds": 2,
@@ -20,6 +20,7 @@ def test_count_vaes_chapter_runs_small(tmp_path):
     # the spread is computed from the run: one row per model seed
     assert glued["n_seeds"] == "2"
     assert glued["zinb_move"].strip("'") in {"up", "down", "nowhere"}
+    check_rendered(out)  # a small-parameter rerun: no nan, n/a, 0 cells or unfilled glue in its report
 
 
 def test_count_vaes_misspelt_parameter_is_named():
