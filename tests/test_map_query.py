@@ -284,6 +284,12 @@ def test_gmvae_clusters_on_the_query(data, refs):
     # The encoder and the prior network are frozen: the reference's own cluster probabilities.
     np.testing.assert_allclose(proba, ref.predict_proba(np.asarray(qry.X, dtype=np.float64)), atol=1e-6)
     assert a.uns["X_gmvae"]["cluster_key"] == "gmvae_cluster" and q.n_clusters == 4
+    # Label transfer's default latent is X_gmvae (recorded by map_query), not X_gmvae_proba.
+    r = data[1].copy()
+    xr = np.asarray(r.X, dtype=np.float64)
+    r.obsm["X_gmvae"], r.obsm["X_gmvae_proba"] = ref.latent(xr), ref.predict_proba(xr)
+    scnotes.tl.transfer_labels(a, r, "cluster")
+    assert a.uns["cluster_transferred"]["params"]["use_rep"] == "X_gmvae"
 
 
 # --- seeds, the caller's RNG, persistence ---------------------------------------------------

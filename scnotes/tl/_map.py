@@ -449,7 +449,9 @@ def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: st
         (n_cells × n_latent; the query's from :func:`map_query`, the reference's from the
         model's ``tl`` front or ``model.latent``)
     label_key : str, ``obs`` column of reference labels (no missing values)
-    use_rep : str or None, the ``obsm`` key (None: the one ``X_…`` key both share)
+    use_rep : str or None, the ``obsm`` key (None: the one ``X_…`` key both share; of
+        several, the one recorded in the query's ``uns`` by :func:`map_query`, e.g.
+        ``X_gmvae`` beside ``X_gmvae_proba``)
     n_neighbors : int, k (15, scanpy's default)
     key_added : str or None, ``obs`` key of the calls (default ``label_key + "_transferred"``);
         also ``key_added + "_uncertainty"``, ``key_added + "_distance"`` and
@@ -495,6 +497,11 @@ def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: st
     if use_rep is None:
         common = sorted(k for k in set(adata_query.obsm.keys()) & set(adata_reference.obsm.keys())
                         if k.startswith("X_"))
+        if len(common) > 1:
+            # A GMVAE also writes X_gmvae_proba: the latent is the key map_query (or a tl
+            # front) recorded in the query's uns.
+            recorded = [k for k in common if k in adata_query.uns]
+            common = recorded if len(recorded) == 1 else common
         if len(common) != 1:
             raise ValueError(f"use_rep=None needs exactly one X_… obsm key shared by query and "
                              f"reference, found {common}; pass use_rep=")
