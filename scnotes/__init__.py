@@ -16,10 +16,13 @@ Modules (one idea each):
 - :mod:`scnotes.tl`, :mod:`scnotes.pl`  AnnData fronts (scanpy style) and plots
 - :mod:`scnotes.cli`          ``scnotes run CHAPTER`` (papermill on a chapter)
 - :mod:`scnotes.report`       package versions for closing cells
+- ``scnotes.settings``        library-wide settings: ``scnotes.settings.progress`` (progress bars)
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+from ._settings import settings  # noqa: E402  (cheap: no torch/scanpy)
 
 _SUBMODULES = ("datasets", "pp", "likelihoods", "simulate", "vae", "nmf", "mnn", "glmm",
                "gmvae", "ldvae", "metrics", "tl", "pl", "cli", "report")

@@ -469,8 +469,9 @@ def _adata(n_cells=1200, seed=20, n_other=5):
 def test_tl_glmm_veb_matches_the_estimator_and_records_params():
     a, data = _adata()
     genes = ["g0", "g1"]
-    tab, model = scnotes_tl().glmm(a, genes, "ct", "patient", condition_key="stim", layer="umi",
-                                   size_factor_key="libsize", max_epochs=200, return_model=True)
+    model = scnotes_tl().glmm(a, genes, "ct", "patient", condition_key="stim", layer="umi",
+                              size_factor_key="libsize", max_epochs=200)
+    tab = model.summary()
     assert list(tab.columns) == glmm.TIDY_COLUMNS
     d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", total_key="libsize",
                        cell_type_key="ct", condition_key="stim", genes=genes)
@@ -488,8 +489,9 @@ def test_tl_glmm_veb_matches_the_estimator_and_records_params():
 def test_tl_glmm_totals_from_counts_copy_and_default_genes():
     a, data = _adata()
     before = a.copy()
-    a2, tab = scnotes_tl().glmm(a, None, "ct", "patient", condition_key="stim", layer="umi", n_top_genes=2,
-                                max_epochs=50, copy=True)
+    a2, model = scnotes_tl().glmm(a, None, "ct", "patient", condition_key="stim", layer="umi", n_top_genes=2,
+                                  max_epochs=50, copy=True)
+    tab = model.summary()
     # the input is untouched; the copy has the record
     assert "glmm" not in a.uns and a.obs.equals(before.obs)
     assert "glmm" in a2.uns
@@ -499,8 +501,7 @@ def test_tl_glmm_totals_from_counts_copy_and_default_genes():
     assert set(tab.gene) == {f"g{j}" for j in np.argsort(-mean)[:2]}
     # size_factor_key=None: totals over every gene of adata (not the tested ones)
     assert "all 8 genes" in a2.uns["glmm"]["params"]["totals"]
-    t2 = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=50,
-                           return_model=True)[1]
+    t2 = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=50)
     tot = np.asarray(a.layers["umi"].sum(1)).ravel()
     d = glmm.glmm_data(a.obs.assign(t=tot), a.layers["umi"][:, :1], donor_key="patient", total_key="t",
                        cell_type_key="ct", condition_key="stim", genes=["g0"])
@@ -527,7 +528,7 @@ def test_tl_glmm_drops_cell_types_missing_a_condition(capsys):
     rare = a.obs.index[(a.obs["ct"] == "t0").to_numpy()][:3]
     a.obs.loc[rare, "ct"] = "rare"
     a.obs.loc[rare, "stim"] = "ctrl"
-    tab = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=20)
+    tab = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=20).summary()
     assert "rare" not in set(tab.cell_type)
     assert "dropped 1 cell type" in capsys.readouterr().out
     assert a.uns["glmm"]["params"]["dropped_cell_types"] == ["rare"]
@@ -535,9 +536,10 @@ def test_tl_glmm_drops_cell_types_missing_a_condition(capsys):
 
 def test_tl_glmm_nuts_front():
     a, _ = _adata(n_cells=400)
-    tab, models = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi",
-                                    method="nuts", num_samples=10, warmup_steps=10, num_chains=2,
-                                    return_model=True)
+    models = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi",
+                               method="nuts", num_samples=10, warmup_steps=10, num_chains=2)
+    tab = models.summary()
+    pd.testing.assert_frame_equal(a.uns["glmm"]["results"], tab)
     assert set(models) == {"g0"} and tab.method.iloc[0] == "NUTS (shared prior)"
     assert np.allclose(tab[tab.kind == "group"].estimate, models["g0"].b.reshape(-1, 4).mean(0))
 
@@ -546,8 +548,9 @@ def test_tl_glmm_nuts_front():
 @needs_r
 def test_tl_glmm_lme4_front_matches_fit_lme4():
     a, _ = _adata(n_cells=600)
-    tab, res = scnotes_tl().glmm(a, ["g0", "g1"], "ct", "patient", condition_key="stim", layer="umi",
-                                 size_factor_key="libsize", method="lme4", return_model=True)
+    res = scnotes_tl().glmm(a, ["g0", "g1"], "ct", "patient", condition_key="stim", layer="umi",
+                            size_factor_key="libsize", method="lme4")
+    tab = res.summary()
     d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", total_key="libsize",
                        cell_type_key="ct", condition_key="stim", genes=["g0", "g1"])
     ref = glmm.fit_lme4(d, aggregate=True)

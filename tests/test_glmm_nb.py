@@ -281,8 +281,9 @@ def test_tl_glmm_tests_every_expressed_gene_and_drops_untestable_cell_types(caps
     drop = (a.obs["cell_type"] == "type1") & ~(((a.obs["donor"] == "d0") & (a.obs["condition"] == "ctrl"))
                                                | ((a.obs["donor"] == "d1") & (a.obs["condition"] == "stim")))
     a = a[~drop.to_numpy()].copy()
-    tab, m = scnotes.tl.glmm(a, condition_key="condition", reference="ctrl", method="nb",
-                             size_factor_key="total_counts", max_epochs=20, return_model=True)
+    m = scnotes.tl.glmm(a, condition_key="condition", reference="ctrl", method="nb",
+                        size_factor_key="total_counts", max_epochs=20)
+    tab = m.summary()
     assert "type1" in capsys.readouterr().out
     assert set(tab["gene"]) == set(a.var_names[1:])
     assert set(tab.loc[tab.kind == "contrast", "cell_type"]) == {"type0"}

@@ -231,12 +231,12 @@ def test_recovers_clusters_across_batches_small():
 def test_recovers_clusters_across_batches(likelihood):
     a = simulate_mixture(n_cells=3000, n_genes=200, n_clusters=6, likelihood=likelihood, seed=1)
     _, ari, ari_batch = _recovery(a, 6, "batch", max_epochs=20, pretrain_epochs=10, lr=3e-3,
-                                  model_kwargs=dict(likelihood=likelihood))
+                                  likelihood=likelihood)
     assert ari >= 0.9
     assert ari_batch < 0.05
     # Without the covariate the batch must live in x, and the clusters split by it.
     _, ari_nc, ari_batch_nc = _recovery(a, 6, None, max_epochs=20, pretrain_epochs=10, lr=3e-3,
-                                        model_kwargs=dict(likelihood=likelihood))
+                                        likelihood=likelihood)
     assert ari_batch_nc > ari_batch + 0.1
 
 
@@ -310,7 +310,7 @@ def test_save_load_roundtrip(fitted, small_counts, tmp_path):
 def test_tl_gmvae_writes_slots_and_maps_new_data():
     a = simulate_mixture(n_cells=150, n_genes=25, n_clusters=3, seed=4)
     a2, m = scnotes.tl.gmvae(a, n_clusters=4, batch_key="batch", max_epochs=2, pretrain_epochs=1,
-                             copy=True, progress=False, model_kwargs=dict(hidden_dim=16))
+                             copy=True, hidden_dim=16)
     assert "X_gmvae" not in a.obsm  # copy=True left the input alone
     assert a2.obsm["X_gmvae"].shape == (a2.n_obs, 10)
     p = a2.obsm["X_gmvae_proba"]

@@ -419,7 +419,7 @@ def test_tl_mnn_stores_the_estimators_outputs():
     assert set(pairs.data.tolist()) == {1}  # one merge step
     rec = a.uns["mnn"]
     assert rec["params"]["n_neighbors"] == 15 and rec["params"]["method"] == "mnn_correct"
-    assert rec["params"]["batch_key"] == "batch" and "layer" not in rec["params"]  # None left out
+    assert rec["params"]["batch_key"] == "batch" and rec["params"]["layer"] is None  # the call, None included
     assert rec["n_pairs"].tolist() == [len(ref.pairs)] and rec["merge_order"] == ["p", "q"]
     table = res.pair_table(a.obs_names, a.obs["batch"])
     assert table["left"].str.startswith("c").all() and (table["left_batch"] == "p").all()

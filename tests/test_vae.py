@@ -308,15 +308,14 @@ def test_tl_pvae_writes_obsm(sim):
     x, _ = sim
     ad = anndata.AnnData(sp.csr_matrix(x), obs=pd.DataFrame(
         {"batch": np.where(np.arange(len(x)) % 3 == 0, "a", "b")}, index=[f"c{i}" for i in range(len(x))]))
-    m = scnotes.tl.pvae(ad, latent_dim=3, batch_key="batch", model_kwargs=dict(hidden_dim=16),
-                        max_epochs=3, progress=False)
+    m = scnotes.tl.pvae(ad, n_latent=3, batch_key="batch", hidden_dim=16, max_epochs=3)
     assert ad.obsm["X_pvae"].shape == (len(x), 3)
     assert m.n_covariates == 2 and m.covariate_names_ == ["batch=a", "batch=b"]
-    m = scnotes.tl.nbvae(ad, latent_dim=2, model_kwargs=dict(hidden_dim=16), max_epochs=2, progress=False)
+    m = scnotes.tl.nbvae(ad, n_latent=2, hidden_dim=16, max_epochs=2)
     assert ad.obsm["X_nbvae"].shape == (len(x), 2)
-    scnotes.tl.zinbvae(ad, latent_dim=2, model_kwargs=dict(hidden_dim=16), max_epochs=2, progress=False)
+    scnotes.tl.zinbvae(ad, n_latent=2, hidden_dim=16, max_epochs=2)
     assert "X_zinbvae" in ad.obsm
     with pytest.raises(KeyError, match="donor"):
-        scnotes.tl.pvae(ad, batch_key="donor", max_epochs=1, progress=False)
+        scnotes.tl.pvae(ad, batch_key="donor", max_epochs=1)
     with pytest.raises(KeyError, match="sf"):
         scnotes.tl.pvae(ad, size_factor_key="sf", max_epochs=1, progress=False)

@@ -81,6 +81,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._settings import resolve_progress
 from ..likelihoods import poisson_log_pmf
 from ._common import VAR_FLOOR, descend
 from ._contrasts import (contrast_variance_shares, residual_df, sample_dispersion, satterthwaite_df_info,
@@ -141,7 +142,8 @@ class NBGLMMVEB:
     seed : int
         Unused by the (deterministic) objective; kept for the contract.
     device, dtype, progress
-        torch device, dtype (float64 default), tqdm bar over steps.
+        torch device, dtype (float64 default), tqdm bar over steps (None:
+        ``scnotes.settings.progress``).
 
     Attributes (after fit)
     ----------------------
@@ -177,7 +179,7 @@ class NBGLMMVEB:
                  robust: bool = True, trend: bool = True, shrink_theta: bool = True, n_quad: int = 5,
                  max_epochs: int = 300, moderated_epochs: int | None = None, optimizer: str = "newton",
                  lr: float = 0.05, lr_decay: float = 0.01, prior_b: str = "vague", prior_sd_b: float = 10.0,
-                 seed: int = 0, device: str = "cpu", dtype=torch.float64, progress: bool = False, tol: float = 1e-4):
+                 seed: int = 0, device: str = "cpu", dtype=torch.float64, progress: bool | None = None, tol: float = 1e-4):
         if prior_b not in ("vague", "shared"):
             raise ValueError(f"prior_b must be 'vague' or 'shared', got {prior_b!r}")
         if not prior_sd_b > 0:
@@ -198,7 +200,7 @@ class NBGLMMVEB:
         self.max_epochs, self.lr, self.lr_decay = int(max_epochs), float(lr), float(lr_decay)
         self.moderated_epochs = None if moderated_epochs is None else int(moderated_epochs)
         self.optimizer, self.prior_b, self.prior_sd_b = optimizer, prior_b, float(prior_sd_b)
-        self.seed, self.device, self.dtype, self.progress = seed, device, dtype, bool(progress)
+        self.seed, self.device, self.dtype, self.progress = seed, device, dtype, progress
         if not tol >= 0:
             raise ValueError(f"tol must be >= 0, got {tol!r}")
         self.tol = float(tol)
@@ -511,7 +513,7 @@ class NBGLMMVEB:
                 with torch.no_grad():
                     solver.refresh()
                 steps = range(n_steps)
-                if self.progress:
+                if resolve_progress(self.progress):
                     from tqdm.auto import tqdm
 
                     steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
@@ -543,7 +545,7 @@ class NBGLMMVEB:
             opt = torch.optim.Adam(list(p.values()), lr=lr)
             sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.lr_decay ** (1.0 / n_steps))
             steps = range(n_steps)
-            if self.progress:
+            if resolve_progress(self.progress):
                 from tqdm.auto import tqdm
 
                 steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)

@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from scipy.special import gammaln
 
+from .._settings import resolve_progress
 from ..likelihoods import poisson_log_pmf
 from ._common import descend as _descend, helmert as _helmert
 from ._design import GLMMData, GLMMDesign
@@ -94,7 +95,8 @@ class PoissonGLMMVEB:
         Reproduce the seed's objective (KL subtracted once per minibatch cell,
         no N/B rescaling) — for demonstrating its defect only.
     progress : bool
-        Progress bar over epochs (tqdm); off by default.
+        Progress bar over epochs (tqdm); None: ``scnotes.settings.progress`` (on only in an
+        interactive session).
     seed : int
         Seeds a ``torch.Generator`` for every draw (minibatches, Monte Carlo
         samples, the low-rank initialisation); torch's and numpy's global RNGs
@@ -125,7 +127,7 @@ class PoissonGLMMVEB:
                  expectation: str = "mc", n_samples: int = 1, batch_size: int | None = None,
                  max_epochs: int | str = "auto", lr: float = 0.05, lr_decay: float = 0.01,
                  seed_objective: bool = False, seed: int = 0, device: str = "cpu",
-                 dtype=torch.float64, progress: bool = False, min_steps: int = 750,
+                 dtype=torch.float64, progress: bool | None = None, min_steps: int = 750,
                  shift_basis: bool = True, n_epochs: int | None = None):
         if guide not in _GUIDES:
             raise ValueError(f"guide must be one of {_GUIDES}, got {guide!r}")
@@ -147,7 +149,7 @@ class PoissonGLMMVEB:
             raise ValueError(f"max_epochs must be a positive integer or 'auto', got {max_epochs!r}")
         if int(min_steps) < 1:
             raise ValueError(f"min_steps must be >= 1, got {min_steps!r}")
-        self.max_epochs, self.min_steps, self.progress = max_epochs, int(min_steps), bool(progress)
+        self.max_epochs, self.min_steps, self.progress = max_epochs, int(min_steps), progress
         self.shift_basis = bool(shift_basis)
         self.seed_objective, self.seed, self.device, self.dtype = seed_objective, seed, device, dtype
         self.history_ = None
@@ -444,7 +446,7 @@ class PoissonGLMMVEB:
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
         rows, per_gene = [], []
         epochs = range(n_epochs)
-        if self.progress:
+        if resolve_progress(self.progress):
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, desc=f"VEB ({self.guide})", leave=False)

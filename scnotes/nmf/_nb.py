@@ -149,7 +149,7 @@ class NBMF(_FactorResults):
     def __init__(self, n_components: int = 10, theta=1.0, fix_theta: bool = False,
                  theta_by_gene: bool = False, method: str = "scd", max_epochs: int = 500,
                  tol: float = 1e-8, init="random", seed: int = 0, newton_steps: int = 2,
-                 n_inner: int = 2, progress: bool = False, verbose: bool = False, *,
+                 n_inner: int = 2, progress: bool | None = None, verbose: bool = False, *,
                  inv_disp=None, fix_inv_disp: bool | None = None,
                  inv_disp_by_gene: bool | None = None, max_iter: int | None = None):
         self.n_components = n_components

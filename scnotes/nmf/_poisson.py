@@ -199,8 +199,11 @@ def _history(rows, n_cells, extra):
 
 
 def _sweeps(n, progress, desc):
-    """range(1, n + 1), with a tqdm bar when ``progress`` (imported only then)."""
-    if not progress:
+    """range(1, n + 1), with a tqdm bar when ``progress`` (imported only then; None:
+    ``scnotes.settings.progress``)."""
+    from .._settings import resolve_progress
+
+    if not resolve_progress(progress):
         return range(1, n + 1)
     from tqdm.auto import tqdm
 
@@ -399,7 +402,8 @@ class PoissonNMF(_FactorResults):
         improving sweep β ← min(β̄, β·beta_grow), β̄ ← min(1, β̄·beta_max_grow);
         after a worse one β̄ ← β, β ← β·beta_shrink and restart from the best iterate.
     progress : bool
-        Show a progress bar over the sweeps (default off).
+        Show a progress bar over the sweeps (None: ``scnotes.settings.progress``, on only in
+        an interactive session).
     verbose : bool
         Print ℓ after every sweep.
     max_iter : int, optional
@@ -433,7 +437,7 @@ class PoissonNMF(_FactorResults):
     def __init__(self, n_components: int = 10, method: str = "scd", max_epochs: int = 300,
                  tol: float = 1e-8, init="random", seed: int = 0, extrapolate: bool = True,
                  n_inner: int = 2, beta_init: float = 0.5, beta_grow: float = 1.1,
-                 beta_max_grow: float = 1.05, beta_shrink: float = 0.75, progress: bool = False,
+                 beta_max_grow: float = 1.05, beta_shrink: float = 0.75, progress: bool | None = None,
                  verbose: bool = False, max_iter: int | None = None):
         self.n_components = n_components
         self.method = method

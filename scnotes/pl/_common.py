@@ -147,10 +147,22 @@ def metric_bars(table: pd.DataFrame, metrics=None, sd: pd.DataFrame | None = Non
     return ax
 
 
-def volcano(table: pd.DataFrame, x: str = "estimate", p: str = "p_value", label: str | None = None,
+def volcano(table: pd.DataFrame, x: str = "estimate", p: str = "p", label: str | None = None,
             ax=None, alpha: float = 0.05, title: str | None = None, floor: float = 1e-300):
-    """Effect against −log10 p for a tidy result table; p-values below ``floor``
-    (e.g. printed as 0) are drawn at the floor and marked with triangles."""
+    """Effect against −log10 p for a tidy result table (``scnotes.tl.glmm(...).summary()``,
+    columns ``estimate`` and ``p`` by default; another column with ``x=`` / ``p=``, e.g.
+    ``p="lfsr"``). Rows without a p-value (the cell-group effects of a GLMM table) are left
+    out; p-values below ``floor`` (e.g. printed as 0) are drawn at the floor and marked with
+    triangles. Returns the Axes.
+
+    Raises
+    ------
+    KeyError : ``x``, ``p`` or ``label`` is not a column (the message lists the columns).
+    """
+    missing = [c for c in (x, p, label) if c is not None and c not in table.columns]
+    if missing:
+        raise KeyError(f"volcano: column(s) {missing} not in the table; columns: {list(table.columns)}")
+    table = table[table[p].notna() & table[x].notna()]
     ax = _ax(ax, (4.5, 4))
     pv = table[p].to_numpy(dtype=float)
     sat = pv < floor

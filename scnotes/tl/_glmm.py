@@ -4,7 +4,8 @@
 with cell-group fixed effects ``b``, donor random effects ``u ~ N(0, σ_u²)`` and
 the cell's library size ``s_i`` as offset (see :mod:`scnotes.glmm`), by
 variational empirical Bayes (``"veb"``), NUTS (``"nuts"``) or lme4 (``"lme4"``),
-and returns one tidy table for every method. ``method="nb"`` fits the
+and returns the fitted model, whose ``summary()`` is one tidy table for every method
+(also stored in ``adata.uns[key_added]["results"]``). ``method="nb"`` fits the
 negative-binomial GLMM (:class:`scnotes.glmm.NBGLMMVEB`: per-gene dispersion shrunk to a
 mean trend, a random effect per sample (donor × cell type × condition) whose variance is
 moderated across genes per cell type, Satterthwaite t tests), the test to use for DE between
@@ -16,14 +17,27 @@ counts per donor × cell type × condition for edgeR / DESeq2
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
-__all__ = ["glmm", "pseudobulk", "expressed_genes"]
+from ..glmm import pseudobulk  # noqa: F401  (re-exported: scnotes.tl.pseudobulk)
+from ._front import begin, finish, record, resolve_progress
+
+__all__ = ["glmm", "pseudobulk", "expressed_genes", "NUTSFits"]
 
 _METHODS = ("veb", "nuts", "lme4", "nb", "glmmtmb")
+_EPOCHS = ("veb", "nb")  # the methods trained by passes over the data
 
-from ..glmm._pseudobulk import pseudobulk  # noqa: E402  (re-exported: scnotes.tl.pseudobulk)
+
+class NUTSFits(dict):
+    """What ``scnotes.tl.glmm(method="nuts")`` returns: gene → :class:`scnotes.glmm.NUTSResult`
+    (a dict, one NUTS fit per gene), with :meth:`summary` as every other fitted GLMM."""
+
+    def summary(self, level: float = 0.95) -> pd.DataFrame:
+        """The genes' tidy tables (:meth:`scnotes.glmm.NUTSResult.summary`) stacked."""
+        return pd.concat([m.summary(level=level) for m in self.values()], ignore_index=True)
 
 
 def expressed_genes(adata, layer=None, min_cells: int = 10, min_frac: float = 0.01, n_top_genes=None):
@@ -44,10 +58,11 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
          condition_key: str | None = None, reference: str | None = None, layer: str | None = None,
          size_factor_key: str | None = None, method: str = "veb", covariate_keys=None, n_top_genes: int | None = None,
          min_gene_cells: int = 10, min_gene_frac: float = 0.01,
-         min_cells: int = 1, level: float = 0.95, key_added: str = "glmm", copy: bool = False,
-         return_model: bool = False, seed: int = 0, device: str = "cpu", progress: bool = False,
-         **kwargs):
-    """Poisson GLMM per gene with donor random effects; a tidy table of effects and contrasts.
+         min_cells: int = 1, level: float = 0.95, key_added: str = "glmm", max_epochs: int | str | None = None,
+         batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
+         copy: bool = False, return_model: bool | None = None, **kwargs):
+    """Poisson or NB GLMM per gene with donor random effects: the fitted model, whose ``summary()``
+    is the tidy table of effects and contrasts.
 
     Parameters
     ----------
@@ -102,26 +117,33 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     level : float
         Coverage of the intervals ``lower``, ``upper``.
     key_added : str
-        ``adata.uns[key_added]`` receives ``{"params": …, "results": table}``.
-    copy : bool
-        Work on a copy of ``adata`` and return ``(adata_copy, table)``.
-    return_model : bool
-        Also return the fitted model: the :class:`~scnotes.glmm.PoissonGLMMVEB`,
-        the :class:`~scnotes.glmm.Lme4Result`, or a dict gene →
-        :class:`~scnotes.glmm.NUTSResult`.
+        ``adata.uns[key_added]`` receives ``{"params": …, "model": class name, "results": table}``.
+    max_epochs : int, "auto" or None
+        Passes over the data (methods ``"veb"``, ``"nb"``; None: the estimator's default,
+        "auto" for VEB, 300 for the NB GLMM's stage 1).
+    batch_size : int or None
+        Cells per minibatch (method ``"veb"``; None: full batch).
     seed, device, progress
-        Random seed (VEB, NUTS), torch device (VEB) and progress bar (VEB, NUTS).
+        Random seed (VEB, NB, NUTS), torch device (VEB, NB) and progress bar (VEB, NB, NUTS;
+        None: ``scnotes.settings.progress``, on only in an interactive session).
+    copy : bool
+        Work on a copy of ``adata`` (the input is left unchanged) and return ``(adata_copy, model)``.
+    return_model : bool
+        Deprecated and unneeded: the model is always returned.
 
     Returns
     -------
-    DataFrame with columns :data:`scnotes.glmm.TIDY_COLUMNS`: ``gene``, ``kind``
+    The fitted model: :class:`~scnotes.glmm.PoissonGLMMVEB` (``"veb"``),
+    :class:`~scnotes.glmm.NBGLMMVEB` (``"nb"``), :class:`~scnotes.glmm.Lme4Result`,
+    the glmmTMB result, or :class:`NUTSFits` (gene → :class:`~scnotes.glmm.NUTSResult`);
+    ``(adata_copy, model)`` with ``copy=True``. ``model.summary()`` (at ``level`` 0.95; pass
+    ``level`` for another) is the tidy table stored in ``adata.uns[key_added]["results"]``,
+    columns :data:`scnotes.glmm.TIDY_COLUMNS`: ``gene``, ``kind``
     ("group": a cell-group effect b, log rate per unit of library size;
     "contrast": condition − reference within a cell type, a log fold change),
     ``term``, ``cell_type``, ``condition``, ``estimate``, ``sd`` (posterior sd for
     VEB/NUTS, standard error for lme4), ``lower``, ``upper``, ``z``, ``p`` (Wald,
-    contrasts only), ``sigma_u`` (donor sd of the gene), ``method``. With
-    ``copy=True``: ``(adata_copy, table)``; with ``return_model=True`` the model
-    is appended: ``(table, model)`` or ``(adata_copy, table, model)``.
+    contrasts only), ``sigma_u`` (donor sd of the gene), ``method``.
 
     Raises
     ------
@@ -134,8 +156,16 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
 
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if copy:
-        adata = adata.copy()
+    if return_model is not None:
+        warnings.warn("scnotes.tl.glmm: return_model is deprecated and unneeded: the fitted model is "
+                      "always returned (its table: model.summary(), or adata.uns[key_added]['results'])",
+                      DeprecationWarning, stacklevel=2)
+    if max_epochs is not None and method not in _EPOCHS:
+        raise ValueError(f"max_epochs applies to methods {_EPOCHS}, not {method!r}")
+    if batch_size is not None and method != "veb":
+        raise ValueError(f"batch_size applies to method 'veb' only, not {method!r}")
+    progress = resolve_progress(progress)
+    adata = begin(adata, copy)
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"layer {layer!r} not found (parameter `layer`); layers: {list(adata.layers.keys())}")
     for key, param in ((group_key, "group_key"), (donor_key, "donor_key"), (condition_key, "condition_key"),
@@ -192,13 +222,14 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
                        covariate_keys=covariate_keys, **ct_kw)
     data.keys["total_key"] = size_factor_key
 
+    epochs = {} if max_epochs is None else dict(max_epochs=max_epochs)
     if method == "veb":
-        kw = dict(guide="full", expectation="analytic", batch_size=None, lr=0.05)
-        kw.update(kwargs)
+        kw = dict(guide="full", expectation="analytic", batch_size=batch_size, lr=0.05)
+        kw.update(kwargs, **epochs)
         model = G.PoissonGLMMVEB(seed=seed, device=device, progress=progress, **kw).fit(data)
         table = model.summary(level=level, method=f"VEB ({model.guide})")
     elif method == "nb":
-        model = G.NBGLMMVEB(seed=seed, device=device, progress=progress, **kwargs).fit(data)
+        model = G.NBGLMMVEB(seed=seed, device=device, progress=progress, **kwargs, **epochs).fit(data)
         table = model.summary(level=level)
     elif method == "glmmtmb":
         model = G.fit_glmmtmb(data, **kwargs)
@@ -211,17 +242,14 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     else:
         kw = dict(prior="shared")
         kw.update(kwargs)
-        model = {g: G.fit_nuts(data, gene=g, seed=seed, progress=progress, **kw) for g in genes}
-        table = pd.concat([m.summary(level=level) for m in model.values()], ignore_index=True)
+        model = NUTSFits({g: G.fit_nuts(data, gene=g, seed=seed, progress=progress, **kw) for g in genes})
+        table = model.summary(level=level)
 
     params = dict(genes=list(genes), group_key=group_key, donor_key=donor_key, condition_key=condition_key,
                   reference=reference, layer=layer, size_factor_key=size_factor_key, method=method,
-                  min_cells=min_cells, level=level, seed=seed, totals=totals_from,
+                  min_cells=min_cells, level=level, max_epochs=max_epochs, batch_size=batch_size, seed=seed,
+                  device=str(device) if method in _EPOCHS else None, totals=totals_from,
                   dropped_cell_types=dropped_types, covariate_keys=covariate_keys, gene_filter=gene_filter,
                   **{k: v for k, v in kwargs.items() if np.isscalar(v)})
-    adata.uns[key_added] = {"params": {k: v for k, v in params.items() if v is not None},
-                            "results": table}
-    out = (adata, table) if copy else (table,)
-    if return_model:
-        out = out + (model,)
-    return out if len(out) > 1 else out[0]
+    record(adata, key_added, params, model, results=table)
+    return finish(adata, model, copy)

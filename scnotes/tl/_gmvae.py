@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_obs_key
-from ._vae import fit_front
+from ._front import finish, slot_keys
+from ._vae import _SHARED_DOC, fit_vae
 
 __all__ = ["gmvae", "clustering_scores"]
 
@@ -14,14 +15,16 @@ _RESOLUTIONS = tuple(np.round(np.arange(0.1, 2.01, 0.1), 2))
 
 
 def _slot_names(key_added: str, cluster_key: str | None):
-    base = key_added[2:] if key_added.startswith("X_") else key_added
-    return (cluster_key or f"{base}_cluster"), f"{key_added}_proba"
+    """(cluster key, probability key) of a GMVAE front call (kept for :mod:`scnotes.tl._map`)."""
+    keys = slot_keys(key_added, cluster="{base}_cluster", proba="{key}_proba")
+    return (cluster_key or keys["cluster"]), keys["proba"]
 
 
 def gmvae(adata, n_clusters: int = 10, batch_key: str | None = None, layer: str | None = None,
           key_added: str = "X_gmvae", covariate_keys=None, size_factor_key: str | None = None,
-          cluster_key: str | None = None, n_latent: int = 10, model_kwargs=None, copy: bool = False,
-          proba_samples: int = 20, **fit_kwargs):
+          cluster_key: str | None = None, n_latent: int = 10, *, max_epochs: int | None = None,
+          batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
+          copy: bool = False, proba_samples: int = 20, model_kwargs=None, **kwargs):
     """Fit a :class:`~scnotes.vae.GMVAE` to the counts of ``adata``; store embedding and clusters.
 
     Parameters
@@ -35,13 +38,12 @@ def gmvae(adata, n_clusters: int = 10, batch_key: str | None = None, layer: str 
     size_factor_key : str or None, ``obs`` column of positive size factors (None: totals)
     cluster_key : str or None, ``obs`` key of the argmax cluster (None: ``key_added``
         without ``X_`` plus ``_cluster``, e.g. ``"gmvae_cluster"``)
-    n_latent : int, dimension of x
-    model_kwargs : dict, passed to :class:`~scnotes.vae.GMVAE` (``w_dim``, ``likelihood``,
-        ``free_bits``, ``free_bits_mode``, ``hidden_dim``, ``seed``, ``device``, ...)
-    copy : bool, work on a copy and return ``(adata_copy, model)``
+    {shared}
     proba_samples : int, Monte Carlo draws for the cluster probabilities
-    **fit_kwargs : passed to :meth:`GMVAE.fit` (``max_epochs``, ``lr``, ``batch_size``,
-        ``n_samples``, ``train_size``, ``early_stopping``, ``kl_warmup_epochs``, ``progress``, ...)
+    **kwargs : keywords of :class:`~scnotes.vae.GMVAE` (``w_dim``, ``likelihood``, ``free_bits``,
+        ``free_bits_mode``, ``hidden_dim``, ...) and of :meth:`GMVAE.fit` (``lr``, ``n_samples``,
+        ``train_size``, ``early_stopping``, ``kl_warmup_epochs``, ``pretrain_epochs``, ...), each
+        sent where it belongs. ``model_kwargs=dict(...)``: the older, deprecated way.
 
     Returns
     -------
@@ -49,7 +51,7 @@ def gmvae(adata, n_clusters: int = 10, batch_key: str | None = None, layer: str 
         The fitted model (``(adata, model)`` with ``copy=True``). Writes
         ``obsm[key_added]`` (E_q[x]), ``obsm[key_added + "_proba"]`` (E_q[p(z | x, w)],
         n_cells × K), ``obs[cluster_key]`` (categorical, categories ``"0"`` … ``"K-1"``,
-        unused ones kept) and ``uns[key_added]`` (parameters and the slot names).
+        unused ones kept) and ``uns[key_added]`` (``params`` and the slot names).
 
     Raises
     ------
@@ -57,22 +59,28 @@ def gmvae(adata, n_clusters: int = 10, batch_key: str | None = None, layer: str 
         negative, NaN) or covariates.
     KeyError : ``batch_key``, a covariate key, ``size_factor_key`` or ``layer`` missing.
     """
-    from ..vae._gmvae import GMVAE, _positive_int
+    from ..vae import GMVAE
 
-    k = _positive_int("n_clusters", n_clusters)
+    if isinstance(n_clusters, bool) or int(n_clusters) != n_clusters or n_clusters < 1:
+        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
+    k = int(n_clusters)
     cluster_key, proba_key = _slot_names(key_added, cluster_key)
-    kw = dict(model_kwargs or {}, n_clusters=k)
-    adata, model, x, s, c = fit_front(GMVAE, adata, layer=layer, batch_key=batch_key,
-                                      covariate_keys=covariate_keys, key_added=key_added,
-                                      size_factor_key=size_factor_key, model_kwargs=kw,
-                                      fit_kwargs=fit_kwargs, copy=copy, n_latent=n_latent,
-                                      params=dict(n_clusters=k, n_latent=n_latent))
-    proba = model.predict_proba(x, n_samples=proba_samples)
+    adata, model, inputs = fit_vae(GMVAE, adata, front="gmvae", n_latent=n_latent, max_epochs=max_epochs,
+                                   batch_size=batch_size, seed=seed, device=device, progress=progress,
+                                   layer=layer, batch_key=batch_key, covariate_keys=covariate_keys,
+                                   size_factor_key=size_factor_key, key_added=key_added, copy=copy,
+                                   model_kwargs=model_kwargs, kwargs=dict(kwargs, n_clusters=k),
+                                   params=dict(proba_samples=proba_samples))
+    proba = model.predict_proba(inputs.x, n_samples=proba_samples)
     adata.obsm[proba_key] = proba
     adata.obs[cluster_key] = pd.Categorical([str(v) for v in proba.argmax(axis=1)],
                                             categories=[str(v) for v in range(k)])
     adata.uns[key_added].update(cluster_key=cluster_key, proba_key=proba_key)
-    return (adata, model) if copy else model
+    return finish(adata, model, copy)
+
+
+gmvae.__doc__ = gmvae.__doc__.format(shared=_SHARED_DOC.format(
+    epochs="``GMVAE.fit``'s default, 100, after its pretraining", batch="128, ``GMVAE.fit``'s default"))
 
 
 def clustering_scores(adata, basis: str, label_key: str, batch_key: str | None = None,

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from .._checks import check_counts, check_obs_key, is_backed
-from ._vae import encode_covariates, record
+from ._front import encode_covariates, record
 
 __all__ = ["map_query", "transfer_labels", "query_inputs", "MIN_GENE_OVERLAP"]
 

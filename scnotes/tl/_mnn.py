@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_obs_key
+from ._front import begin, finish, record
 
 __all__ = ["mnn"]
 
@@ -74,8 +75,7 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
         One batch only, a batch smaller than ``n_neighbors``, NaN values, no
         MNN pairs, both ``n_neighbors`` and ``k`` with different values.
     """
-    from ..mnn import fastmnn_correct, mnn_correct
-    from ..mnn._neighbors import resolve_n_neighbors
+    from ..mnn import fastmnn_correct, mnn_correct, resolve_n_neighbors
 
     n_neighbors = resolve_n_neighbors(n_neighbors, k)
     batch = check_obs_key(adata, batch_key, min_levels=1)
@@ -99,8 +99,7 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
         res = mnn_correct(x, batch.values, **common, **kwargs)
     else:
         res = fastmnn_correct(x, batch.values, **common, **kwargs)
-    if copy:
-        adata = adata.copy()
+    adata = begin(adata, copy)
     if key_added is None:
         key_added = "mnn" if use_rep is None else f"{use_rep}_mnn"
     slot = "layers" if (use_rep is None and method == "mnn_correct") else "obsm"
@@ -108,5 +107,7 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
               "n_neighbors": n_neighbors, "backend": backend, "auto_merge": auto_merge, "seed": seed,
               "merge_order": None if merge_order is None else [str(b) for b in merge_order],
               **{kk: v for kk, v in kwargs.items() if isinstance(v, (int, float, str, bool))}}
-    res.to_adata(adata, key_added, slot=slot, params=params)
-    return (adata, res) if copy else res
+    res.to_adata(adata, key_added, slot=slot)
+    stored = {k: v for k, v in adata.uns[key_added].items() if k != "params"}
+    record(adata, key_added, params, res, **stored)
+    return finish(adata, res, copy)

@@ -3,26 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import counts_from_adata
+from ._front import begin, check_genes, finish, record, renamed, resolve_progress, slot_keys
+
 __all__ = ["nmf", "nmf_project", "topic_genes"]
 
 
 def _keys(key_added: str):
     """Slot names derived from ``key_added`` (see :func:`nmf`)."""
-    base = key_added[2:] if key_added.startswith("X_") else key_added
+    base = slot_keys(key_added)["base"]
     topics = base.replace("nmf", "topics") if "nmf" in base else f"{base}_topics"
     scale = "topic_scale" if topics == "topics" else f"{topics}_scale"
-    return {"loadings": key_added, "factors": base, "proportions": f"X_{topics}",
-            "topics": topics, "lfc": f"{topics}_lfc", "scale": scale}
-
-
-def _scalar_params(d):
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()
-            if isinstance(v, (int, float, str, bool, np.generic)) or v is None}
+    return slot_keys(key_added, loadings="{key}", factors="{base}", proportions=f"X_{topics}",
+                     topics=topics, lfc=f"{topics}_lfc", scale=scale)
 
 
 def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "scd",
-        key_added: str = "X_nmf", topics: bool = True, mask=None, max_epochs: int = 300,
-        seed: int = 0, progress: bool = False, copy: bool = False, **kwargs):
+        key_added: str = "X_nmf", topics: bool = True, mask=None, *, max_epochs: int | None = None,
+        seed: int = 0, progress: bool | None = None, copy: bool = False, **kwargs):
     """Fit a Poisson NMF to the raw counts of ``adata`` and store loadings and topics.
 
     Parameters
@@ -60,12 +58,14 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
         Also store the topic-model form (:func:`scnotes.nmf.poisson_to_topics`).
     mask : array or sparse (n_cells, n_genes), optional
         Weights in [0, 1] (0 = missing); see :class:`scnotes.nmf.PoissonNMF`.
-    max_epochs : int
-        Sweeps (``max_iter`` is accepted as its older name, in ``kwargs``).
+    max_epochs : int or None
+        Sweeps (None: :class:`scnotes.nmf.PoissonNMF`'s default, 300; ``max_iter``: the older
+        name, deprecated).
     seed : int
         Seed of the random start (the global random state is not touched).
-    progress : bool
-        Progress bar over the sweeps.
+    progress : bool or None
+        Progress bar over the sweeps (None: ``scnotes.settings.progress``, on only in an
+        interactive session).
     copy : bool
         Work on a copy of ``adata`` (the input is left unchanged) and return
         ``(adata_copy, model)``.
@@ -85,16 +85,15 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
     ValueError
         Counts that are not raw integers, bad mask or hyperparameters.
     """
-    from .._checks import counts_from_adata
     from ..nmf import PoissonNMF, topic_lfc
 
-    if "max_iter" in kwargs:
-        max_epochs = kwargs.pop("max_iter")
-    if copy:
-        adata = adata.copy()
+    max_epochs = renamed(kwargs, "max_iter", "max_epochs", max_epochs, None, "nmf")
+    if max_epochs is not None:
+        kwargs["max_epochs"] = max_epochs
+    adata = begin(adata, copy)
     x = counts_from_adata(adata, layer)
-    est = PoissonNMF(n_components, method=method, max_epochs=max_epochs, seed=seed,
-                     progress=progress, **kwargs).fit(x, w=mask)
+    est = PoissonNMF(n_components, method=method, seed=seed, progress=resolve_progress(progress),
+                     **kwargs).fit(x, w=mask)
     est.var_names_ = np.asarray(adata.var_names, dtype=object)
     keys = _keys(key_added)
     adata.obsm[keys["loadings"]] = est.L_
@@ -108,18 +107,12 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
         adata.obs[keys["scale"]] = tm.scale
         slots = {"obsm": [keys["loadings"], keys["proportions"]],
                  "varm": [keys["factors"], keys["topics"], keys["lfc"]], "obs": [keys["scale"]]}
-    adata.uns[key_added] = {
-        "params": _scalar_params(dict(n_components=int(n_components), method=method, layer=layer,
-                                      max_epochs=int(max_epochs), seed=seed, topics=topics,
-                                      masked=mask is not None, **kwargs)),
-        "model": type(est).__name__,
-        "loglik": est.loglik_,
-        "n_epochs": est.n_iter_,
-        "converged": est.converged_,
-        "history": est.history_,
-        "slots": slots,
-    }
-    return (adata, est) if copy else est
+    kwargs["max_epochs"] = int(est.max_epochs)
+    record(adata, key_added, dict(n_components=int(n_components), method=method, layer=layer, seed=seed,
+                                  topics=topics, masked=mask is not None, **kwargs),
+           est, loglik=est.loglik_, n_epochs=est.n_iter_, converged=est.converged_, history=est.history_,
+           slots=slots)
+    return finish(adata, est, copy)
 
 
 def nmf_project(adata, model, layer: str | None = None, key_added: str = "X_nmf", topics: bool = True,
@@ -143,9 +136,7 @@ def nmf_project(adata, model, layer: str | None = None, key_added: str = "X_nmf"
     ValueError : genes differ from the model's (the message names the first difference).
     KeyError : unknown ``layer``.
     """
-    from .._checks import counts_from_adata
     from ..nmf import poisson_to_topics
-    from ._vae import check_genes
 
     check_genes(model, adata)
     L = model.transform(counts_from_adata(adata, layer), max_epochs=max_epochs)
@@ -155,9 +146,8 @@ def nmf_project(adata, model, layer: str | None = None, key_added: str = "X_nmf"
         tm = poisson_to_topics(L, model.F_)
         adata.obsm[keys["proportions"]] = tm.proportions
         adata.obs[keys["scale"]] = tm.scale
-    adata.uns[key_added] = {"params": {"n_components": int(model.n_components), "layer": layer,
-                                       "max_epochs": int(max_epochs), "projected": True},
-                            "model": type(model).__name__}
+    record(adata, key_added, dict(n_components=int(model.n_components), layer=layer,
+                                  max_epochs=int(max_epochs), projected=True), model)
     return L
 
 

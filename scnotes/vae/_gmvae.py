@@ -336,7 +336,7 @@ class GMVAE(_CountVAE):
     # --- fitting --------------------------------------------------------------
     def fit(self, x, w=None, s=None, covariates=None, lr: float = 3e-3, n_samples: int = 1,
             max_epochs: int = 100, batch_size: int | None = 128, objective: str = "elbo",
-            optimizer: str = "adam", pretrain_epochs: int = PRETRAIN_EPOCHS, progress: bool = True,
+            optimizer: str = "adam", pretrain_epochs: int = PRETRAIN_EPOCHS, progress: bool | None = None,
             weight_decay: float = 0.0, **kwargs):
         """Fit as :meth:`scnotes.vae.PVAE.fit` (same arguments), after a pretraining phase;
         returns ``self``. Defaults: Adam (the seed's optimiser) with lr 3e-3 (the seed's

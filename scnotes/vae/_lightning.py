@@ -245,6 +245,10 @@ def fit_lightning(module, data, *, lr, n_samples, max_epochs, batch_size, object
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping
 
+    from .._settings import resolve_progress
+
+    progress = resolve_progress(progress)  # None: scnotes.settings.progress
+
     has_val = validation_idx is not None and len(validation_idx) > 0
     if early_stopping and not has_val:
         raise ValueError("early_stopping needs a validation set: pass train_size < 1")

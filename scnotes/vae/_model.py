@@ -211,7 +211,7 @@ class _CountVAE:
     # --- fitting --------------------------------------------------------------
     def fit(self, x, w=None, s=None, covariates=None, lr: float = 1e-2, n_samples: int = 10,
             max_epochs: int = 100, batch_size: int | None = None, objective: str = "elbo",
-            optimizer: str = "rmsprop", trace: bool = True, progress: bool = True,
+            optimizer: str = "rmsprop", trace: bool = True, progress: bool | None = None,
             train_size: float = 1.0, early_stopping: bool = False, patience: int = 45,
             min_delta: float = 0.0, kl_warmup_epochs: int = 0, weight_decay: float = 0.0,
             accelerator: str | None = None, devices=None, strategy=None, trainer_kwargs=None):
@@ -235,7 +235,8 @@ class _CountVAE:
         objective : "elbo" or "iwae" (importance-weighted bound with ``n_samples``).
         optimizer : "rmsprop" (default) or "adam".
         trace : kept for older callers; the training record ``history_`` is always kept.
-        progress : show a tqdm progress bar.
+        progress : show a progress bar (None: ``scnotes.settings.progress``, on only in an
+            interactive session).
         train_size : fraction of cells used for training (1.0: all, the seed); the
             rest, a random subset drawn with the model's seed (``validation_indices_``),
             is scored every epoch into ``history_["validation_…"]``.
