@@ -221,8 +221,8 @@ def _caller_stacklevel() -> int:
     Python shows a DeprecationWarning by default only when it is attributed to ``__main__``; a
     chapter's cells run in ``__main__``, and a warning there lands on the executed page (stderr).
     Attributed to ``scnotes.tl`` it stays out of pages and is seen by pytest and ``-W error``.
-    (book/map_query.md still uses ``latent_dim`` / ``model_kwargs``; once it is moved to the new
-    names, point the warning at the caller.)"""
+    (Every chapter now uses the new names; pointing the warning at the caller would make a reader's
+    own notebook show it, at the cost of a page that slips back to an old name showing it too.)"""
     return 2
 
 
