@@ -63,6 +63,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -205,6 +206,7 @@ def _child(tool, mode, path, epochs, threads, split_path, shipped):
             m.fit(a.X, covariates=c, **kw)
         assert np.array_equal(m.validation_indices_, val), "scnotes drew another split"
         xv, cv = a.X[np.sort(val)], c[np.sort(val)]
+        out["curve"] = [float(v) for v in m.history_["validation_elbo"]]
         out.update(elbo=float(m.elbo(xv, covariates=cv).mean()),
                    rec=float(-m.reconstruction_error(xv, covariates=cv).mean()))
     else:
@@ -219,6 +221,7 @@ def _child(tool, mode, path, epochs, threads, split_path, shipped):
                 enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
                 plan_kwargs=dict(lr=1e-3, n_epochs_kl_warmup=None, weight_decay=0.0, eps=1e-8),
                 datasplitter_kwargs=dict(external_indexing=[tr, val, np.array([], dtype=int)]))
+        out["curve"] = [-float(v) for v in m.history["elbo_validation"].to_numpy().ravel()]
         out.update(elbo=float(m.get_elbo(indices=val, batch_size=2048)),
                    rec=float(-m.get_reconstruction_error(indices=val, batch_size=2048)["reconstruction_loss"]))
     ep = clock.epochs[1:] if len(clock.epochs) > 1 else clock.epochs
@@ -285,6 +288,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.child:
         return _child(*a.child[:3], a.epochs, a.threads, a.child[3], a.shipped)
+    # Without --out-dir the files live in a temporary directory removed at the end.
     out = Path(a.out_dir or tempfile.mkdtemp(prefix="scnotes_scvi_scale_"))
     out.mkdir(parents=True, exist_ok=True)
     ours_name = "scnotes-tl" if a.shipped else "scnotes"
@@ -308,6 +312,10 @@ def main(argv=None):
             for tool, r in ((ours_tool, ours), (ref_tool, ref)):
                 if r is not None:
                     print(f"  {n:>8} {mode:>6} {fmt(tool, r)}", flush=True)
+            if ours is not None and ref is not None and a.epochs > 2:
+                print("  validation ELBO per epoch (nats/cell, each tool's own training-time record): "
+                      + ", ".join(f"{i + 1}: {o:.1f} / {r:.1f}" for i, (o, r) in
+                                  enumerate(zip(ours["curve"], ref["curve"]))), flush=True)
             if ours is not None and ref is not None:
                 ratio, gap, rss, ok = compare(f"{n} {mode} {ours_tool} / {ref_tool}", ours, ref)
                 summary.append(f"{n} {mode}{' LDVAE' if 'ldvae' in ours_tool else ''}: {ratio:.2f}x s/epoch "
@@ -345,6 +353,8 @@ def main(argv=None):
                            f"(scvi-tools {per['scvi', 600] / per['scvi', 12000]:.2f}x)")
     print(f"SUMMARY bench_scvi_scale ({a.threads} thread(s), {a.epochs} epochs, scnotes / scvi-tools 1.4.2; "
           f"targets <= 1.00x, ELBO >= -0.5 %, RSS <= 1.00x): " + "; ".join(summary), flush=True)
+    if a.out_dir is None:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
