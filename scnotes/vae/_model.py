@@ -121,9 +121,14 @@ class _CountVAE:
     def decoder(self):
         return self.module.decoder
 
+    def get_params(self) -> dict:
+        """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
+        return dict(self._init_kwargs(), device=str(self.device))
+
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self._init_kwargs().items())
-        return f"{type(self).__name__}({args}, device={str(self.device)!r})"
+        from .._persist import params_repr
+
+        return params_repr(self)
 
     # --- input handling -------------------------------------------------------
     def _size_factors(self, x, w, s, fitting: bool):
@@ -503,18 +508,31 @@ class _CountVAE:
 
     # --- persistence ----------------------------------------------------------
     def save(self, path):
-        """Write the model to ``path`` (a new file; torch format): constructor
-        arguments, weights, fitted state, training record, the genes it was
-        fitted on (``var_names_``) and its covariate category registry."""
-        state = dict(cls=type(self).__name__, init=self._init_kwargs(),
-                     module=self.module.state_dict(),
-                     fitted=dict(s_mode=self._s_mode, s_value=self._s_value,
-                                 n_train=getattr(self, "_n_train", None),
-                                 var_names=None if self.var_names_ is None else list(self.var_names_),
-                                 registry=self.covariate_registry_,
-                                 history=None if self.history_ is None else self.history_.to_dict("list"),
-                                 extra=self._extra_state()))
-        torch.save(state, path)
+        """Write the model to ``path`` (exactly that file; the one scnotes format, see
+        :mod:`scnotes._persist`): ``get_params()``, weights, fitted state, training record,
+        the genes it was fitted on (``var_names_``) and its covariate category registry."""
+        from .._persist import save_model
+
+        save_model(self, path)
+
+    def _get_state(self):
+        return dict(module=self.module.state_dict(), s_mode=self._s_mode, s_value=self._s_value,
+                    n_train=getattr(self, "_n_train", None), history=self.history_,
+                    covariate_names=getattr(self, "covariate_names_", None),
+                    fit_time=getattr(self, "fit_time_", None), extra=self._extra_state())
+
+    @classmethod
+    def _from_state(cls, params, state, device="cpu"):
+        model = cls(**dict(params, device=device))
+        model.module.load_state_dict(state["module"])
+        model._s_mode, model._s_value, model._n_train = state["s_mode"], state["s_value"], state["n_train"]
+        model.history_ = state["history"]
+        if state.get("covariate_names") is not None:
+            model.covariate_names_ = list(state["covariate_names"])
+        if state.get("fit_time") is not None:
+            model.fit_time_ = state["fit_time"]
+        model._load_extra(state.get("extra") or {})
+        return model
 
     def _extra_state(self):
         return {}
@@ -524,21 +542,26 @@ class _CountVAE:
 
     @classmethod
     def load(cls, path, device="cpu"):
-        """Read a model written by :meth:`save`; returns a fitted model on ``device``.
+        """Read a model written by :meth:`save` (this or the older per-family format);
+        returns a fitted model on ``device``.
 
         Raises
         ------
         TypeError : the file holds another model class.
+        ValueError : not a scnotes model file, or one written by a newer scnotes.
         """
+        from .._persist import load_model
+
+        return load_model(path, expected_class=cls, device=device)
+
+    @classmethod
+    def _load_legacy(cls, state, device="cpu"):
+        """The format written before :mod:`scnotes._persist` (a torch pickle of ``cls``,
+        ``init``, ``module``, ``fitted``)."""
         import pandas as pd
 
-        state = torch.load(path, map_location=torch.device(device), weights_only=False)
-        name = state["cls"]
-        target = _registry().get(name)
-        if target is None or not issubclass(target, cls):
-            raise TypeError(f"{path} holds a {name}, not a {cls.__name__}")
-        model = target(**state["init"], device=device)
-        model.module.load_state_dict(state["module"])
+        model = cls(**state["init"], device=device)
+        model.module.load_state_dict({k: v.to(model.device) for k, v in state["module"].items()})
         f = state["fitted"]
         model._s_mode, model._s_value, model._n_train = f["s_mode"], f["s_value"], f["n_train"]
         model.var_names_ = None if f["var_names"] is None else np.asarray(f["var_names"], dtype=object)
@@ -546,16 +569,6 @@ class _CountVAE:
         model.history_ = None if f["history"] is None else pd.DataFrame(f["history"])
         model._load_extra(f.get("extra", {}))
         return model
-
-
-def _registry():
-    """Estimator classes by name, for :meth:`_CountVAE.load`."""
-    out, todo = {}, [_CountVAE]
-    while todo:
-        c = todo.pop()
-        out[c.__name__] = c
-        todo += c.__subclasses__()
-    return out
 
 
 def epochs_for(n_cells: int, batch_size: int | None, min_steps: int = 2000, cap: int = 400) -> int:
