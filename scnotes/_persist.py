@@ -257,9 +257,8 @@ def load_model(path, expected_class=None, device="cpu"):
     target = _check_class(path, payload["class"], expected_class)
     data = _decode(payload)
     model = target._from_state(data["params"], data["state"], device=device)
-    if data["var_names_"] is not None or hasattr(model, "var_names_"):
-        names = data["var_names_"]
-        model.var_names_ = None if names is None else np.asarray(names, dtype=object)
+    names = data["var_names_"]  # every fitted estimator has var_names_ (None: fitted on an array)
+    model.var_names_ = None if names is None else np.asarray(names, dtype=object)
     if data["covariate_registry_"] is not None or hasattr(model, "covariate_registry_"):
         model.covariate_registry_ = data["covariate_registry_"]
     return model

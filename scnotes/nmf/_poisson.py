@@ -49,7 +49,6 @@ only; the caller's global NumPy and torch states are never touched.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -210,24 +209,6 @@ def _sweeps(n, progress, desc):
     return tqdm(range(1, n + 1), desc=desc, leave=False)
 
 
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(a) for a in v]
-    return v
-
-
-def _registry():
-    """Fitted-factor classes by name (for :meth:`_FactorResults.load`)."""
-    out, todo = {}, [_FactorResults]
-    while todo:
-        c = todo.pop()
-        out[c.__name__] = c
-        todo += c.__subclasses__()
-    return out
-
-
 class _FactorResults:
     """Shared read-outs, aliases and persistence of a fitted L (n_cells × k), F (n_genes × k).
 
@@ -270,8 +251,13 @@ class _FactorResults:
         return self.n_iter_
 
     def get_params(self) -> dict:
-        """Constructor arguments (scikit-learn style)."""
+        """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
         return {name: getattr(self, name) for name in self._param_names}
+
+    def __repr__(self):
+        from .._persist import params_repr
+
+        return params_repr(self)
 
     # --- read-outs ------------------------------------------------------------------
     @property
@@ -300,64 +286,57 @@ class _FactorResults:
 
     # --- persistence ----------------------------------------------------------------
     def save(self, path):
-        """Write the fitted model to ``path`` (exactly that file; NumPy ``.npz`` format, no
-        pickles): class, hyperparameters, factors, fitted θ (NBMF), the training record,
-        the fit's scalars and the genes it was fitted on (``var_names_``, set by
-        :func:`scnotes.tl.nmf`; None for array fits).
+        """Write the fitted model to ``path`` (exactly that file; the one scnotes format, see
+        :mod:`scnotes._persist`, read back without unpickling): ``get_params()``, factors,
+        fitted θ (NBMF), the training record, the fit's scalars and the genes it was fitted
+        on (``var_names_``, set by :func:`scnotes.tl.nmf`; None for array fits).
 
         Raises RuntimeError if the model is not fitted.
         """
+        from .._persist import save_model
+
         self._check_fitted()
-        params, arrays = {}, {}
-        for name, value in self.get_params().items():
-            if name == "init" and not isinstance(value, str):
-                arrays["param__init_L"], arrays["param__init_F"] = (np.asarray(a, dtype=np.float64)
-                                                                  for a in value)
-                params[name] = {"arrays": ["param__init_L", "param__init_F"]}
-            elif name in self._array_params and np.ndim(value) > 0:
-                arrays[f"param__{name}"] = np.asarray(value, dtype=np.float64)
-                params[name] = {"arrays": [f"param__{name}"]}
-            else:
-                params[name] = _jsonable(value)
-        for name in self._fitted_arrays:
-            arrays[f"fitted__{name}"] = np.asarray(getattr(self, name))
-        for c in self.history_.columns:
-            arrays[f"history__{c}"] = self.history_[c].to_numpy()
-        names = getattr(self, "var_names_", None)
-        meta = {"format": "scnotes.nmf", "version": 1, "cls": type(self).__name__, "params": params,
-                "history_columns": list(self.history_.columns),
-                "scalars": {"loglik_": self.loglik_, "n_iter_": self.n_iter_,
-                            "converged_": self.converged_, "n_cells_": int(self.n_cells_),
-                            "n_genes_": int(self.n_genes_)},
-                "var_names": None if names is None else [str(g) for g in names]}
-        with open(path, "wb") as f:
-            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
+        save_model(self, path)
+
+    _SCALARS = ("loglik_", "n_iter_", "converged_", "n_cells_", "n_genes_")
+
+    def _get_state(self):
+        out = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays}
+        out.update({k: getattr(self, k) for k in self._SCALARS}, history=self.history_)
+        return out
+
+    @classmethod
+    def _from_state(cls, params, state, device=None):
+        model = cls(**params)
+        for k, v in state.items():
+            setattr(model, "history_" if k == "history" else k, v)
+        return model
 
     @classmethod
     def load(cls, path):
-        """Read a model written by :meth:`save`; returns the fitted estimator.
+        """Read a model written by :meth:`save` (this or the older ``.npz`` format);
+        returns the fitted estimator.
 
         Raises
         ------
         TypeError : the file holds another model class (e.g. an NBMF read as PoissonNMF).
-        ValueError : the file is not a scnotes NMF model.
+        ValueError : the file is not a scnotes model, or was written by a newer scnotes.
         """
-        with np.load(path, allow_pickle=False) as z:
-            if "__meta__" not in z.files:
-                raise ValueError(f"{path} is not a model written by scnotes.nmf save()")
-            meta = json.loads(str(z["__meta__"]))
-            arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        target = _registry().get(meta.get("cls"))
-        if target is None or not issubclass(target, cls):
-            raise TypeError(f"{path} holds a {meta.get('cls')}, not a {cls.__name__}")
+        from .._persist import load_model
+
+        return load_model(path, expected_class=cls)
+
+    @classmethod
+    def _load_legacy(cls, meta, arrays, device=None):
+        """The NMF format written before :mod:`scnotes._persist` (``.npz`` + JSON meta)."""
         params = {}
         for name, value in meta["params"].items():
             if isinstance(value, dict) and "arrays" in value:
                 got = [arrays[k] for k in value["arrays"]]
                 value = tuple(got) if name == "init" else got[0]
             params[name] = value
-        model = target(**params)
-        for name in target._fitted_arrays:
+        model = cls(**params)
+        for name in cls._fitted_arrays:
             setattr(model, name, arrays[f"fitted__{name}"])
         model.history_ = pd.DataFrame({c: arrays[f"history__{c}"] for c in meta["history_columns"]})
         for k, v in meta["scalars"].items():
