@@ -206,6 +206,15 @@ class NBGLMMVEB:
         self.tol = float(tol)
         self.history_ = None
 
+    def get_params(self) -> dict:
+        """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
+        return dict(self._init_kwargs(), device=self.device, dtype=self.dtype)
+
+    def __repr__(self):
+        from .._persist import params_repr
+
+        return params_repr(self)
+
     def _init_kwargs(self):
         keys = ("sample_effect", "theta", "moderate", "robust", "trend", "shrink_theta", "n_quad", "max_epochs",
                 "moderated_epochs", "optimizer", "lr", "lr_decay", "prior_b", "prior_sd_b", "seed", "progress", "tol")
@@ -771,46 +780,61 @@ class NBGLMMVEB:
                "u_classes_", "u_units_")
 
     def save(self, path):
-        """Write the fitted model to ``path`` (torch format): constructor arguments, the posterior
-        means / sds, the group covariance, variance components, dfs and priors, the training record
-        and the design (genes, groups, donors, covariates, ``obs`` keys). Neither the data nor the
-        full covariance ``cov_`` are saved; :meth:`summary` does not need them.
+        """Write the fitted model to ``path`` (the one scnotes format, see :mod:`scnotes._persist`):
+        ``get_params()``, the posterior means / sds, the group covariance, variance components, dfs
+        and priors, the training record and the design (genes, groups, donors, covariates, ``obs``
+        keys). Neither the data nor the full covariance ``cov_`` are saved; :meth:`summary` does not
+        need them.
 
         Raises
         ------
         RuntimeError : the model is not fitted.
         """
+        from .._persist import save_model
+
         if getattr(self, "b_mean_", None) is None:
             raise RuntimeError("nothing to save: the model is not fitted")
-        init = self._init_kwargs()
-        init["dtype"] = str(self.dtype).replace("torch.", "")
-        fitted = {k: getattr(self, k) for k in self._FITTED if hasattr(self, k)}
-        state = dict(cls=type(self).__name__, init=init, fitted=fitted, design=self.design_.to_dict(),
-                     samples=self.samples_.to_dict("list"), history=self.history_.to_dict("list"))
-        torch.save(state, path)
+        save_model(self, path)
+
+    def _get_state(self):
+        return dict(fitted={k: getattr(self, k) for k in self._FITTED if hasattr(self, k)},
+                    design=self.design_.to_dict(), samples=self.samples_, history=self.history_)
 
     @classmethod
-    def load(cls, path, device: str = "cpu"):
-        """Read a model written by :meth:`save`; returns a fitted model on ``device``.
+    def _from_state(cls, params, state, device="cpu"):
+        return cls._restore(dict(params, device=device), state, state["samples"], state["history"])
 
-        Raises
-        ------
-        TypeError : the file holds another class.
-        """
-        state = torch.load(path, map_location=torch.device(device), weights_only=False)
-        if state.get("cls") != cls.__name__:
-            raise TypeError(f"{path} holds a {state.get('cls')}, not a {cls.__name__}")
-        init = dict(state["init"])
-        init["dtype"] = getattr(torch, init["dtype"])
-        m = cls(**init, device=device)
+    @classmethod
+    def _restore(cls, init, state, samples, history):
+        m = cls(**init)
         for k, v in state["fitted"].items():
             setattr(m, k, v)
         m.design_ = GLMMDesign.from_dict(state["design"])
         m.var_names_ = np.asarray(m.design_.genes, dtype=object)
         m.covariate_registry_ = m.design_.registry()
-        m.samples_ = pd.DataFrame(state["samples"])
-        m.history_ = pd.DataFrame(state["history"])
+        m.samples_, m.history_ = samples, history
         return m
+
+    @classmethod
+    def load(cls, path, device: str = "cpu"):
+        """Read a model written by :meth:`save` (this or the older format); returns a fitted
+        model on ``device``.
+
+        Raises
+        ------
+        TypeError : the file holds another class.
+        ValueError : not a scnotes model file, or one written by a newer scnotes.
+        """
+        from .._persist import load_model
+
+        return load_model(path, expected_class=cls, device=device)
+
+    @classmethod
+    def _load_legacy(cls, state, device="cpu"):
+        """The format written before :mod:`scnotes._persist` (a torch pickle)."""
+        init = dict(state["init"], device=device)
+        init["dtype"] = getattr(torch, init["dtype"])
+        return cls._restore(init, state, pd.DataFrame(state["samples"]), pd.DataFrame(state["history"]))
 
 
 def fit_nb_veb(data: GLMMData, **kwargs) -> NBGLMMVEB:

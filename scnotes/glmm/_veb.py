@@ -173,6 +173,15 @@ class PoissonGLMMVEB:
             return 1500
         return int(math.ceil(self.min_steps / math.ceil(n_cells / min(int(self.batch_size), n_cells))))
 
+    def get_params(self) -> dict:
+        """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
+        return dict(self._init_kwargs(), device=self.device)
+
+    def __repr__(self):
+        from .._persist import params_repr
+
+        return params_repr(self)
+
     def _init_kwargs(self):
         return dict(guide=self.guide, rank=self.rank, prior=self.prior, expectation=self.expectation,
                     n_samples=self.n_samples, batch_size=self.batch_size, max_epochs=self.max_epochs,
@@ -519,49 +528,61 @@ class PoissonGLMMVEB:
 
     # ---------------------------------------------------------------- persistence
     def save(self, path):
-        """Write the fitted model to ``path`` (torch format): constructor arguments,
-        the variational and prior parameters, the training record, the genes
-        (``var_names_``), cell groups, donors and their ``obs`` keys
-        (``covariate_registry_``). The data are not saved."""
+        """Write the fitted model to ``path`` (the one scnotes format, see :mod:`scnotes._persist`):
+        ``get_params()``, the variational and prior parameters, the training record, the genes
+        (``var_names_``), cell groups, donors and their ``obs`` keys (``covariate_registry_``).
+        The data are not saved."""
+        from .._persist import save_model
+
         if getattr(self, "_p", None) is None:
             raise RuntimeError("nothing to save: the model is not fitted")
-        init = self._init_kwargs()
-        init["dtype"] = str(self.dtype).replace("torch.", "")
-        state = dict(cls=type(self).__name__, init=init,
-                     params={k: v.detach().cpu() for k, v in self._p.items()},
-                     fitted=dict(design=self.design_.to_dict(),
-                                 history=None if self.history_ is None else self.history_.to_dict("list"),
-                                 elbo_history=getattr(self, "elbo_history_", None),
-                                 n_epochs=getattr(self, "n_epochs_", None),
-                                 fit_time=getattr(self, "fit_time_", None)))
-        torch.save(state, path)
+        save_model(self, path)
+
+    def _get_state(self):
+        return dict(params={k: v.detach().cpu() for k, v in self._p.items()}, design=self.design_.to_dict(),
+                    history=self.history_, elbo_history=getattr(self, "elbo_history_", None),
+                    n_epochs=getattr(self, "n_epochs_", None), fit_time=getattr(self, "fit_time_", None))
 
     @classmethod
-    def load(cls, path, device: str = "cpu"):
-        """Read a model written by :meth:`save`; returns a fitted model on ``device``.
+    def _from_state(cls, params, state, device="cpu"):
+        return cls._restore(dict(params, device=device), state, state["history"], device)
 
-        Raises
-        ------
-        TypeError : the file holds another class.
-        """
-        state = torch.load(path, map_location=torch.device(device), weights_only=False)
-        if state.get("cls") != cls.__name__:
-            raise TypeError(f"{path} holds a {state.get('cls')}, not a {cls.__name__}")
-        init = dict(state["init"])
-        init["dtype"] = getattr(torch, init["dtype"])
-        m = cls(**init, device=device)
-        f = state["fitted"]
+    @classmethod
+    def _restore(cls, init, f, history, device):
+        m = cls(**init)
         m.design_ = GLMMDesign.from_dict(f["design"])
         m.var_names_ = np.asarray(m.design_.genes, dtype=object)
         m.covariate_registry_ = m.design_.registry()
         m._G, m._D = m.design_.n_groups, m.design_.n_donors
         m._set_basis(m._G, m._D)
-        m._p = {k: v.to(device=device, dtype=m.dtype).requires_grad_(True) for k, v in state["params"].items()}
-        m.history_ = None if f["history"] is None else pd.DataFrame(f["history"])
+        m._p = {k: v.to(device=device, dtype=m.dtype).requires_grad_(True) for k, v in f["params"].items()}
+        m.history_ = history
         m.elbo_history_, m.n_epochs_, m.fit_time_ = f["elbo_history"], f["n_epochs"], f["fit_time"]
         m._data = None
         m._store()
         return m
+
+    @classmethod
+    def load(cls, path, device: str = "cpu"):
+        """Read a model written by :meth:`save` (this or the older format); returns a fitted
+        model on ``device``.
+
+        Raises
+        ------
+        TypeError : the file holds another class.
+        ValueError : not a scnotes model file, or one written by a newer scnotes.
+        """
+        from .._persist import load_model
+
+        return load_model(path, expected_class=cls, device=device)
+
+    @classmethod
+    def _load_legacy(cls, state, device="cpu"):
+        """The format written before :mod:`scnotes._persist` (a torch pickle)."""
+        init = dict(state["init"], device=device)
+        init["dtype"] = getattr(torch, init["dtype"])
+        f = dict(state["fitted"], params=state["params"])
+        return cls._restore(init, f, None if f["history"] is None else pd.DataFrame(f["history"]), device)
 
 
 def fit_veb(data: GLMMData, **kwargs) -> PoissonGLMMVEB:
