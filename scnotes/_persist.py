@@ -187,9 +187,9 @@ def _read(path):
         if foreign:
             raise _not_a_model(path, f" (its pickle references {', '.join(foreign[:3])})") from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 (not a torch file: the NMF .npz format, or not ours)
         return "nmf", _read_nmf(path)
     if not isinstance(obj, dict):
         raise _not_a_model(path)
@@ -212,9 +212,9 @@ def _read_nmf(path):
                 raise _not_a_model(path)
             meta = json.loads(str(z["__meta__"]))
             arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 (any unreadable file gets the same message)
         raise _not_a_model(path) from e
     return meta, arrays
 
