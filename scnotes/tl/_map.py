@@ -41,16 +41,11 @@ def _resolve_model(model):
     from ..vae._model import _CountVAE
 
     if isinstance(model, (str, os.PathLike)):
-        try:
-            state = torch.load(model, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 (any unreadable file gets the same message)
-            raise TypeError(f"{model} is not a saved scnotes VAE ({e.__class__.__name__}: {e})") from e
-        name = state.get("cls") if isinstance(state, dict) else None
-        if name not in _FAMILY_KEYS:
-            raise TypeError(f"{model} holds a {name or type(state).__name__}, not one of the VAEs "
-                            f"reference mapping supports ({', '.join(_FAMILY_KEYS)}); load it with "
-                            "its own class")
-        model = _CountVAE.load(model)
+        # the one reader of saved models: checks the format before anything is unpickled
+        # (ValueError: not a scnotes model file / a newer format; TypeError: another class)
+        from .._persist import load_model
+
+        model = load_model(model, expected_class=_CountVAE)
     if not isinstance(model, _CountVAE) or type(model).__name__ not in _FAMILY_KEYS:
         raise TypeError(f"model must be a fitted {', '.join(_FAMILY_KEYS)} (or the path of one "
                         f"saved with .save), got {type(model).__name__}")
