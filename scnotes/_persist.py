@@ -288,3 +288,24 @@ def params_repr(model) -> str:
         if p is None or p.default is inspect.Parameter.empty or not _same(v, p.default):
             shown.append(f"{k}={v!r}")
     return f"{type(model).__name__}({', '.join(shown)})"
+
+
+class Persistent:
+    """What every saved estimator shares: ``repr`` from ``get_params()`` (:func:`params_repr`) and
+    ``Class.load(path, device="cpu")`` through :func:`load_model`. A family supplies ``get_params``,
+    ``save`` (with its own "not fitted" check), ``_get_state`` / ``_from_state`` and ``_load_legacy``."""
+
+    def __repr__(self):
+        return params_repr(self)
+
+    @classmethod
+    def load(cls, path, device: str = "cpu"):
+        """Read a model written by ``save`` (this format or the family's older one); returns the
+        fitted estimator (torch families on ``device``; ignored by NMF).
+
+        Raises
+        ------
+        TypeError : the file holds another model class (the message names both).
+        ValueError : not a scnotes model file, or one written by a newer scnotes.
+        """
+        return load_model(path, expected_class=cls, device=device)

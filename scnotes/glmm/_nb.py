@@ -91,6 +91,7 @@ from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_
 from ._nb_lik import ExpectedNBLogLik, moment_theta
 from ._nb_newton import NewtonVEB, fisher_variance_step
 from ._tidy import contrast_terms, tidy_effects
+from .._persist import Persistent
 
 __all__ = ["NBGLMMVEB", "fit_nb_veb", "fit_genes_nb"]
 
@@ -98,7 +99,7 @@ _SAMPLE_EFFECTS = (None, "condition", "group")
 _ALL = "all"  # the one variance class of sample effects not tied to a cell type
 
 
-class NBGLMMVEB:
+class NBGLMMVEB(Persistent):
     """Variational empirical Bayes fit of the NB GLMM for every gene of a :class:`GLMMData`.
 
     Parameters
@@ -209,11 +210,6 @@ class NBGLMMVEB:
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
         return dict(self._init_kwargs(), device=self.device, dtype=self.dtype)
-
-    def __repr__(self):
-        from .._persist import params_repr
-
-        return params_repr(self)
 
     def _init_kwargs(self):
         keys = ("sample_effect", "theta", "moderate", "robust", "trend", "shrink_theta", "n_quad", "max_epochs",
@@ -814,20 +810,6 @@ class NBGLMMVEB:
         m.covariate_registry_ = m.design_.registry()
         m.samples_, m.history_ = samples, history
         return m
-
-    @classmethod
-    def load(cls, path, device: str = "cpu"):
-        """Read a model written by :meth:`save` (this or the older format); returns a fitted
-        model on ``device``.
-
-        Raises
-        ------
-        TypeError : the file holds another class.
-        ValueError : not a scnotes model file, or one written by a newer scnotes.
-        """
-        from .._persist import load_model
-
-        return load_model(path, expected_class=cls, device=device)
 
     @classmethod
     def _load_legacy(cls, state, device="cpu"):

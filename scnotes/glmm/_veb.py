@@ -48,6 +48,7 @@ from ..likelihoods import poisson_log_pmf
 from ._common import descend as _descend, helmert as _helmert
 from ._design import GLMMData, GLMMDesign
 from ._tidy import tidy_effects
+from .._persist import Persistent
 
 __all__ = ["PoissonGLMMVEB", "fit_veb"]
 
@@ -55,7 +56,7 @@ _GUIDES = ("factorised", "full", "lowrank")
 _PRIORS = ("shared", "per_group")
 
 
-class PoissonGLMMVEB:
+class PoissonGLMMVEB(Persistent):
     """Variational empirical Bayes fit of the Poisson GLMM for every gene of a :class:`GLMMData`.
 
     Genes are an extra (leading) tensor dimension sharing the design, so one
@@ -176,11 +177,6 @@ class PoissonGLMMVEB:
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
         return dict(self._init_kwargs(), device=self.device)
-
-    def __repr__(self):
-        from .._persist import params_repr
-
-        return params_repr(self)
 
     def _init_kwargs(self):
         return dict(guide=self.guide, rank=self.rank, prior=self.prior, expectation=self.expectation,
@@ -561,20 +557,6 @@ class PoissonGLMMVEB:
         m._data = None
         m._store()
         return m
-
-    @classmethod
-    def load(cls, path, device: str = "cpu"):
-        """Read a model written by :meth:`save` (this or the older format); returns a fitted
-        model on ``device``.
-
-        Raises
-        ------
-        TypeError : the file holds another class.
-        ValueError : not a scnotes model file, or one written by a newer scnotes.
-        """
-        from .._persist import load_model
-
-        return load_model(path, expected_class=cls, device=device)
 
     @classmethod
     def _load_legacy(cls, state, device="cpu"):

@@ -59,6 +59,7 @@ from scipy.special import gammaln
 from .._checks import check_counts, check_mask
 from . import _kernels
 from ._topics import TopicModel, poisson_to_topics
+from .._persist import Persistent
 
 __all__ = ["PoissonNMF", "poisson_nmf", "poisson_loglik"]
 
@@ -209,7 +210,7 @@ def _sweeps(n, progress, desc):
     return tqdm(range(1, n + 1), desc=desc, leave=False)
 
 
-class _FactorResults:
+class _FactorResults(Persistent):
     """Shared read-outs, aliases and persistence of a fitted L (n_cells × k), F (n_genes × k).
 
     Subclasses set ``_param_names`` (constructor arguments, in order), ``_array_params``
@@ -253,11 +254,6 @@ class _FactorResults:
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
         return {name: getattr(self, name) for name in self._param_names}
-
-    def __repr__(self):
-        from .._persist import params_repr
-
-        return params_repr(self)
 
     # --- read-outs ------------------------------------------------------------------
     @property
@@ -311,20 +307,6 @@ class _FactorResults:
         for k, v in state.items():
             setattr(model, "history_" if k == "history" else k, v)
         return model
-
-    @classmethod
-    def load(cls, path):
-        """Read a model written by :meth:`save` (this or the older ``.npz`` format);
-        returns the fitted estimator.
-
-        Raises
-        ------
-        TypeError : the file holds another model class (e.g. an NBMF read as PoissonNMF).
-        ValueError : the file is not a scnotes model, or was written by a newer scnotes.
-        """
-        from .._persist import load_model
-
-        return load_model(path, expected_class=cls)
 
     @classmethod
     def _load_legacy(cls, meta, arrays, device=None):

@@ -40,13 +40,14 @@ from .._checks import check_counts, check_mask, row_sums
 from ._data import CountData, batch_indices
 from ._module import CountVAEModule
 from ._lightning import fit_lightning
+from .._persist import Persistent
 
 __all__ = ["PVAE", "NBVAE", "ZINBVAE"]
 
 _EVAL_BATCH = 2048
 
 
-class _CountVAE:
+class _CountVAE(Persistent):
     """Shared estimator logic; use :class:`PVAE`, :class:`NBVAE` or :class:`ZINBVAE`."""
 
     _likelihood = "poisson"
@@ -124,11 +125,6 @@ class _CountVAE:
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
         return dict(self._init_kwargs(), device=str(self.device))
-
-    def __repr__(self):
-        from .._persist import params_repr
-
-        return params_repr(self)
 
     # --- input handling -------------------------------------------------------
     def _size_factors(self, x, w, s, fitting: bool):
@@ -539,20 +535,6 @@ class _CountVAE:
 
     def _load_extra(self, extra):
         pass
-
-    @classmethod
-    def load(cls, path, device="cpu"):
-        """Read a model written by :meth:`save` (this or the older per-family format);
-        returns a fitted model on ``device``.
-
-        Raises
-        ------
-        TypeError : the file holds another model class.
-        ValueError : not a scnotes model file, or one written by a newer scnotes.
-        """
-        from .._persist import load_model
-
-        return load_model(path, expected_class=cls, device=device)
 
     @classmethod
     def _load_legacy(cls, state, device="cpu"):
