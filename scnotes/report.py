@@ -6,7 +6,8 @@ import platform
 import sys
 from importlib import metadata
 
-__all__ = ["package_versions", "glue", "glues", "glue_md", "table", "SHOW_GLUED_ENV", "GLUED_COPY_KEY"]
+__all__ = ["package_versions", "glue", "glues", "glue_md", "table", "compare_word", "stopwatch",
+           "SHOW_GLUED_ENV", "GLUED_COPY_KEY"]
 
 #: Environment variable that makes :func:`glue` also display figures it stores
 #: (``scnotes run`` sets it to ``"1"`` for the chapter's kernel).
@@ -148,3 +149,54 @@ def table(df, decimals: int = 3, na_rep: str = "–"):
         return v
 
     return df.map(cell) if hasattr(df, "map") and isinstance(df, pd.DataFrame) else df.apply(cell)
+
+
+def compare_word(a, b, more: str = "higher", less: str = "lower", equal: str = "about equal",
+                 tol: float = 0.0) -> str:
+    """The word a sentence uses to compare two computed numbers ``a`` and ``b``:
+    ``more`` when a > b + ``tol``, ``less`` when a < b − ``tol``, else ``equal``.
+
+    Why: a comparison in the prose ("scnotes' ELBO is higher than scvi-tools'") must
+    be computed by the run, so that a rerun on other data never states the book's
+    result. ``tol`` (same units as ``a``) says how large a difference the chapter
+    calls a difference (e.g. seed noise). Raises ValueError for NaN input or a
+    negative ``tol``: a comparison with a missing number has no word.
+    """
+    import math
+
+    a, b, tol = float(a), float(b), float(tol)
+    if math.isnan(a) or math.isnan(b):
+        raise ValueError(f"compare_word: cannot compare {a!r} with {b!r} (NaN)")
+    if tol < 0 or math.isnan(tol):
+        raise ValueError(f"compare_word: tol must be >= 0, got {tol!r}")
+    if a > b + tol:
+        return more
+    if a < b - tol:
+        return less
+    return equal
+
+
+class stopwatch:
+    """Wall-clock seconds of a block, for the timing tables chapters report::
+
+        with scnotes.report.stopwatch() as t:
+            model = scnotes.tl.nbvae(adata)
+        t.seconds  # float, set when the block ends (also if it raises)
+
+    Uses :func:`time.perf_counter`. Timings are reported, never asserted.
+    """
+
+    def __init__(self):
+        self.seconds = float("nan")
+
+    def __enter__(self):
+        import time
+
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        self.seconds = time.perf_counter() - self._t0
+        return False

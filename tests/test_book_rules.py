@@ -118,3 +118,27 @@ def test_report_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
     assert repr(seen["a"][0]) == "0.25" and seen["a"][1] is False
     assert type(seen["b"][0]) is int and seen["b"][1] is True
     assert seen["c"] == ("text", False)
+
+
+def test_compare_word_is_two_sided_and_refuses_nan():
+    from scnotes.report import compare_word
+
+    assert compare_word(2, 1) == "higher" and compare_word(1, 2) == "lower"
+    assert compare_word(1.01, 1.0, tol=0.02) == "about equal"
+    assert compare_word(1.05, 1.0, more="faster", less="slower", tol=0.02) == "faster"
+    with pytest.raises(ValueError, match="NaN"):
+        compare_word(float("nan"), 1.0)
+
+
+def test_stopwatch_measures_the_block_even_when_it_raises():
+    import time
+
+    from scnotes.report import stopwatch
+
+    with stopwatch() as t:
+        time.sleep(0.05)
+    assert 0.04 < t.seconds < 5
+    with pytest.raises(RuntimeError):
+        with stopwatch() as t2:
+            raise RuntimeError("x")
+    assert t2.seconds >= 0
