@@ -430,6 +430,28 @@ def test_tl_mnn_stores_the_estimators_outputs():
     assert a.uns["X_pca_mnn"]["params"]["n_neighbors"] == 15 and len(res2.pairs) == len(ref2.pairs)
 
 
+def test_to_adata_writes_the_fronts_record_itself():
+    """MNNResult.to_adata records through tl._front.record: the same record as tl.mnn's, so the
+    front does not patch it afterwards; params keep None and drop what write_h5ad cannot store."""
+    import scnotes.tl as tl
+
+    a, b = _toy_adata(), _toy_adata()
+    res = mnn.fastmnn_correct(a.obsm["X_pca"], a.obs["batch"].to_numpy(), n_neighbors=15)
+    res.to_adata(a, "X_direct", params={"n_neighbors": 15, "layer": None, "weights": np.ones(3)})
+    rec = a.uns["X_direct"]
+    assert rec["model"] == "MNNResult" and rec["slot"] == "obsm"
+    assert rec["params"] == {"n_neighbors": 15, "layer": None}
+    assert rec["n_pairs"].tolist() == [len(res.pairs)] and rec["merge_order"] == ["p", "q"]
+    tl.mnn(b, "batch", use_rep="X_pca", n_neighbors=15, key_added="X_direct")
+    assert set(b.uns["X_direct"]) == set(rec) and b.uns["X_direct"]["model"] == rec["model"]
+    np.testing.assert_array_equal(b.uns["X_direct"]["n_pairs"], rec["n_pairs"])
+    res.to_adata(a, "X_bare")  # no params: an empty record of the call, the result still readable
+    assert a.uns["X_bare"]["params"] == {}
+    np.testing.assert_array_equal(mnn.MNNResult.from_adata(a, "X_bare").corrected, res.corrected)
+    with pytest.raises(ValueError, match="slot"):
+        res.to_adata(a, "X_bad", slot="varm")
+
+
 def test_tl_mnn_copy_leaves_the_input_unchanged():
     import scnotes.tl as tl
 

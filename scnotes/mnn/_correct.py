@@ -433,14 +433,23 @@ class MNNResult:
         """Write the result into ``adata`` (rows must be its cells, in order).
 
         - ``adata.layers[key_added]`` (``slot="layers"``) or ``adata.obsm[key_added]``:
-          :attr:`corrected`;
+          :attr:`corrected` (n_cells × n_features);
         - ``adata.obsp[key_added + "_pairs"]``: sparse n_cells × n_cells, entry
           (left cell, right cell) = merge step + 1 for each MNN pair;
-        - ``adata.uns[key_added]``: ``params`` (scalars and lists; ``None`` values
-          are left out so that ``write_h5ad`` can save them), ``slot``,
-          ``batches``, ``merge_order``, ``n_pairs`` (per step) and ``steps``
-          (per step, the batches on each side).
+        - ``adata.uns[key_added]``: the record every ``scnotes.tl`` front writes
+          (``scnotes.tl._front.record``: ``params``, the call's arguments that
+          ``write_h5ad`` can store, ``None`` included; ``model`` = ``"MNNResult"``),
+          plus ``slot``, ``batches``, ``merge_order``, ``n_pairs`` (per step) and
+          ``steps`` (per step, the batches on each side). Replaces an earlier
+          record under ``key_added``.
+
+        Raises ValueError for another ``slot`` than ``"layers"`` / ``"obsm"`` or a
+        result whose cells are not ``adata``'s.
         """
+        # The one recorder of the tl fronts, imported here because scnotes.tl imports this
+        # package (and so that every MNN record, by the front or not, has one shape).
+        from ..tl._front import record
+
         if slot not in ("layers", "obsm"):
             raise ValueError(f"slot must be 'layers' or 'obsm', got {slot!r}")
         n = adata.n_obs
@@ -451,15 +460,12 @@ class MNNResult:
         adata.obsp[f"{key_added}_pairs"] = sp.csr_matrix(
             (p["step"].to_numpy() + 1, (p["left"].to_numpy(), p["right"].to_numpy())),
             shape=(n, n), dtype=np.int32)
-        adata.uns[key_added] = {
-            "params": {k: v for k, v in (params or {}).items() if v is not None},
-            "slot": slot,
-            "batches": [str(b) for b in self.batches],
-            "merge_order": [str(b) for b in self.merge_order],
-            "n_pairs": np.array([st.n_pairs for st in self.steps], dtype=np.int64),
-            "steps": {str(i): {"left": [str(b) for b in st.left], "right": [str(b) for b in st.right]}
-                      for i, st in enumerate(self.steps)},
-        }
+        record(adata, key_added, dict(params or {}), self, slot=slot,
+               batches=[str(b) for b in self.batches],
+               merge_order=[str(b) for b in self.merge_order],
+               n_pairs=np.array([st.n_pairs for st in self.steps], dtype=np.int64),
+               steps={str(i): {"left": [str(b) for b in st.left], "right": [str(b) for b in st.right]}
+                      for i, st in enumerate(self.steps)})
 
     @classmethod
     def from_adata(cls, adata, key_added: str):

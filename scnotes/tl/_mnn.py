@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_obs_key
-from ._front import begin, finish, record
+from ._front import begin, finish
 
 __all__ = ["mnn"]
 
@@ -105,9 +105,6 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
     slot = "layers" if (use_rep is None and method == "mnn_correct") else "obsm"
     params = {"method": method, "batch_key": batch_key, "use_rep": use_rep, "layer": layer,
               "n_neighbors": n_neighbors, "backend": backend, "auto_merge": auto_merge, "seed": seed,
-              "merge_order": None if merge_order is None else [str(b) for b in merge_order],
-              **{kk: v for kk, v in kwargs.items() if isinstance(v, (int, float, str, bool))}}
-    res.to_adata(adata, key_added, slot=slot)
-    stored = {k: v for k, v in adata.uns[key_added].items() if k != "params"}
-    record(adata, key_added, params, res, **stored)
+              "merge_order": None if merge_order is None else [str(b) for b in merge_order], **kwargs}
+    res.to_adata(adata, key_added, slot=slot, params=params)
     return finish(adata, res, copy)
