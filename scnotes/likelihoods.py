@@ -1,6 +1,7 @@
-"""Count log-likelihoods in torch: Poisson, negative binomial, zero-inflated NB.
+"""Log-likelihoods in torch: Poisson, negative binomial, zero-inflated NB counts, and
+the Gaussian pieces of the VAEs' bounds (log-density, KL between diagonal Gaussians).
 
-Every function is elementwise, broadcasts its arguments like ordinary torch
+Every count function is elementwise, broadcasts its arguments like ordinary torch
 arithmetic, is differentiable in the parameters, and returns log-probabilities
 (natural log) of the counts ``x``. Counts are floats holding integers, as the
 VAEs feed them; ``x`` is not checked here (the estimators validate it once).
@@ -11,6 +12,8 @@ Parametrisations
 * NB(x; μ, θ) with mean μ and *inverse dispersion* θ (variance μ + μ²/θ): the
   Gamma-Poisson marginal of x | u ~ Poisson(μ u), u ~ Gamma(θ, rate θ). In
   scipy terms ``scipy.stats.nbinom(n=θ, p=θ / (θ + μ))``.
+* N(x; m, s²) with mean m and standard deviation (scale) s > 0, elementwise;
+  a diagonal Gaussian's log-density or KL is the sum over its last axis.
 * ZINB(x; μ, θ, η): with probability π = sigmoid(η) the count is a structural
   zero ("dropout"), else NB(μ, θ). η is the log-odds of dropout; η → −∞ gives
   the NB.
@@ -40,14 +43,34 @@ float32 (training) the lgamma difference is accurate only for moderate θ
 """
 from __future__ import annotations
 
+import functools
+import math
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["poisson_log_pmf", "poisson_log_lik_rows", "nb_log_pmf", "zinb_log_pmf", "nb_log_pmf_zero",
-           "zinb_nonzero_posterior", "normal_kl"]
+           "zinb_nonzero_posterior", "normal_log_pdf", "normal_kl"]
+
+_LOG_2PI = math.log(2 * math.pi)
 
 # θ / (x + 1) above which A(x, θ) is taken from its series (see module docstring).
 _SERIES_SWITCH = 1e3
+
+
+def _accepts_inv_disp(func):
+    """Accept ``inv_disp=``, the older name of ``theta``, with a DeprecationWarning (one release)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if "inv_disp" in kwargs:
+            if "theta" in kwargs:
+                raise TypeError(f"{func.__name__}: pass theta only (inv_disp is its older name)")
+            warnings.warn(f"{func.__name__}(inv_disp=...) is deprecated; pass theta=... (the same "
+                          "NB inverse dispersion)", DeprecationWarning, stacklevel=2)
+            kwargs["theta"] = kwargs.pop("inv_disp")
+        return func(*args, **kwargs)
+    return wrapper
 
 
 def _xlog(x, mean, log_mean):
@@ -131,7 +154,8 @@ def _log_gamma_ratio64_dense(x: torch.Tensor, theta: torch.Tensor) -> torch.Tens
     return torch.where(theta > _SERIES_SWITCH * (x + 1), series, direct)
 
 
-def nb_log_pmf(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
+@_accepts_inv_disp
+def nb_log_pmf(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor,
                log_mean: torch.Tensor | None = None) -> torch.Tensor:
     """log NB(x; mean μ, inverse dispersion θ), stable for large x and large θ.
 
@@ -142,7 +166,8 @@ def nb_log_pmf(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
     ----------
     x : tensor of counts
     mean : tensor > 0 (μ = 0 gives log 1 at x = 0 and −inf elsewhere)
-    inv_disp : tensor > 0 (θ)
+    theta : tensor > 0 (θ; ``inv_disp=`` is its older name, accepted with a
+        DeprecationWarning for one release; both at once raise TypeError)
     log_mean : optional tensor, log μ (see :func:`poisson_log_pmf`)
 
     Returns
@@ -154,20 +179,22 @@ def nb_log_pmf(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
     # The θ-dependent part, A(x, θ) − (θ + x) log1p(μ/θ), is a difference of
     # nearly equal O(μ) terms when θ ≫ μ; in float32 its gradient in θ was off by
     # 10–16× at θ = 1e5. Both pieces are computed in float64 and the sum cast back.
-    dtype = torch.promote_types(mean.dtype, inv_disp.dtype)
-    th = inv_disp.double()
+    dtype = torch.promote_types(mean.dtype, theta.dtype)
+    th = theta.double()
     core = _log_gamma_ratio64(x.double(), th) - (th + x.double()) * torch.log1p(mean.double() / th)
     return core.to(dtype) + _xlog(x, mean, log_mean) - torch.lgamma(x + 1)
 
 
-def nb_log_pmf_zero(mean: torch.Tensor, inv_disp: torch.Tensor) -> torch.Tensor:
+@_accepts_inv_disp
+def nb_log_pmf_zero(mean: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """log NB(0; μ, θ) = −θ log(1 + μ/θ) (float64 inside, as :func:`nb_log_pmf`)."""
-    dtype = torch.promote_types(mean.dtype, inv_disp.dtype)
-    th = inv_disp.double()
+    dtype = torch.promote_types(mean.dtype, theta.dtype)
+    th = theta.double()
     return (-th * torch.log1p(mean.double() / th)).to(dtype)
 
 
-def zinb_log_pmf(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
+@_accepts_inv_disp
+def zinb_log_pmf(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor,
                  logodds: torch.Tensor, log_mean: torch.Tensor | None = None) -> torch.Tensor:
     """log ZINB(x; μ, θ, η) with dropout probability π = sigmoid(η).
 
@@ -179,7 +206,7 @@ def zinb_log_pmf(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
     Parameters
     ----------
     x : tensor of counts
-    mean, inv_disp, log_mean : as :func:`nb_log_pmf`
+    mean, theta, log_mean : as :func:`nb_log_pmf`
     logodds : tensor, η = log(π / (1 − π)), may be −inf
 
     Returns
@@ -188,29 +215,57 @@ def zinb_log_pmf(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
     """
     log_pi = -F.softplus(-logodds)
     log_1m_pi = -F.softplus(logodds)
-    nb = nb_log_pmf(x, mean, inv_disp, log_mean)
-    zero = torch.logaddexp(log_pi, log_1m_pi + nb_log_pmf_zero(mean, inv_disp))
+    nb = nb_log_pmf(x, mean, theta, log_mean)
+    zero = torch.logaddexp(log_pi, log_1m_pi + nb_log_pmf_zero(mean, theta))
     return torch.where(x < 0.5, zero, log_1m_pi + nb)
 
 
-def zinb_nonzero_posterior(x: torch.Tensor, mean: torch.Tensor, inv_disp: torch.Tensor,
+@_accepts_inv_disp
+def zinb_nonzero_posterior(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor,
                            logodds: torch.Tensor) -> torch.Tensor:
     """Posterior probability that an entry is *not* a structural zero, given x.
 
     1 for x > 0; for x = 0 it is (1 − π) NB(0) / (π + (1 − π) NB(0)) (Bayes'
     rule on the ZINB mixture). Shapes broadcast.
     """
-    x, mean, inv_disp, logodds = torch.broadcast_tensors(x, mean, inv_disp, logodds)
+    x, mean, theta, logodds = torch.broadcast_tensors(x, mean, theta, logodds)
     log_pi = -F.softplus(-logodds)
-    log_nz = -F.softplus(logodds) + nb_log_pmf_zero(mean, inv_disp)
+    log_nz = -F.softplus(logodds) + nb_log_pmf_zero(mean, theta)
     post0 = torch.exp(log_nz - torch.logaddexp(log_pi, log_nz))
     return torch.where(x < 0.5, post0, torch.ones_like(post0))
 
 
-def normal_kl(mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """KL( N(mean, scale²) ‖ N(0, 1) ) elementwise: ½ (m² + s² − 1 − 2 log s).
+def normal_log_pdf(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, scale²) = −½ ((x − m)/s)² − ½ log 2π − log s, elementwise.
 
-    (The scmodes reference adds +1 instead of −1, shifting every ELBO by
-    n × latent_dim.) Sum over the latent axis for a diagonal Gaussian.
+    Parameters
+    ----------
+    x, mean : tensors, broadcastable
+    scale : tensor > 0, the standard deviation s (not the variance)
+
+    Returns
+    -------
+    tensor of the broadcast shape (nats); sum over the last axis for a diagonal
+    Gaussian. Equals ``torch.distributions.Normal(mean, scale).log_prob(x)``.
     """
-    return 0.5 * (mean * mean + scale * scale - 1) - torch.log(scale)
+    e = (x - mean) / scale
+    return -0.5 * (e * e + _LOG_2PI) - torch.log(scale)
+
+
+def normal_kl(mean: torch.Tensor, scale: torch.Tensor, prior_mean: torch.Tensor | None = None,
+              prior_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """KL( N(mean, scale²) ‖ N(prior_mean, prior_scale²) ) elementwise, in nats.
+
+    Without a prior (the default) the prior is N(0, 1): ½ (m² + s² − 1 − 2 log s)
+    (the scmodes reference adds +1 instead of −1, shifting every ELBO by
+    n × latent_dim). With one: log(s₂/s₁) + (s₁² + (m₁ − m₂)²) / (2 s₂²) − ½
+    (a missing ``prior_mean`` is 0, a missing ``prior_scale`` 1). Scales are
+    standard deviations > 0; arguments broadcast; sum over the latent axis for
+    diagonal Gaussians. Equals ``torch.distributions.kl_divergence`` of the two
+    ``Normal`` distributions (Kingma & Welling 2014, appendix B, for the N(0, 1) case).
+    """
+    if prior_mean is None and prior_scale is None:
+        return 0.5 * (mean * mean + scale * scale - 1) - torch.log(scale)
+    m2 = torch.zeros_like(mean) if prior_mean is None else prior_mean
+    s2 = torch.ones_like(scale) if prior_scale is None else prior_scale
+    return torch.log(s2 / scale) + (scale * scale + (mean - m2) ** 2) / (2 * s2 * s2) - 0.5

@@ -1,11 +1,12 @@
-"""Count log-pmfs against scipy, limits, and the Gaussian KL against torch.distributions."""
+"""Count log-pmfs against scipy, limits, and the Gaussian log-density and KLs against
+torch.distributions."""
 import numpy as np
 import pytest
 import scipy.stats as st
 import torch
 
-from scnotes.likelihoods import (nb_log_pmf, normal_kl, poisson_log_lik_rows, poisson_log_pmf,
-                                 zinb_log_pmf, zinb_nonzero_posterior)
+from scnotes.likelihoods import (nb_log_pmf, nb_log_pmf_zero, normal_kl, normal_log_pdf, poisson_log_lik_rows,
+                                 poisson_log_pmf, zinb_log_pmf, zinb_nonzero_posterior)
 
 D = torch.float64
 
@@ -133,6 +134,58 @@ def test_normal_kl_matches_torch():
                                             torch.distributions.Normal(torch.zeros_like(m), torch.ones_like(s)))
     np.testing.assert_allclose(normal_kl(m, s).numpy(), ref.numpy(), rtol=1e-12, atol=1e-14)
     assert normal_kl(t(0.0), t(1.0)).item() == 0.0
+
+
+def _gaussians(seed=0, shape=(7, 4)):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(shape, generator=g, dtype=D) * 2
+    s = torch.rand(shape, generator=g, dtype=D) * 3 + 1e-3
+    return m, s
+
+
+def test_normal_kl_between_two_gaussians_matches_torch():
+    (m1, s1), (m2, s2) = _gaussians(1), _gaussians(2)
+    N = torch.distributions.Normal
+    np.testing.assert_allclose(normal_kl(m1, s1, m2, s2).numpy(),
+                               torch.distributions.kl_divergence(N(m1, s1), N(m2, s2)).numpy(), rtol=1e-12, atol=1e-13)
+    # KL(q ‖ q) = 0; a prior of N(0, 1) given explicitly equals the default; a missing
+    # prior_scale is 1 and a missing prior_mean 0 (broadcast against the K axis).
+    np.testing.assert_allclose(normal_kl(m1, s1, m1, s1).numpy(), 0.0, atol=1e-13)
+    np.testing.assert_allclose(normal_kl(m1, s1, t(0.0), t(1.0)).numpy(), normal_kl(m1, s1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(normal_kl(m1, s1, prior_mean=m2).numpy(),
+                               torch.distributions.kl_divergence(N(m1, s1), N(m2, 1.0)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(normal_kl(m1, s1, prior_scale=s2).numpy(),
+                               torch.distributions.kl_divergence(N(m1, s1), N(0.0, s2)).numpy(), rtol=1e-12)
+    # Mixture components: q of shape B × 1 × d against K priors B × K × d.
+    mk, sk = _gaussians(3, (7, 3, 4))
+    np.testing.assert_allclose(normal_kl(m1[:, None], s1[:, None], mk, sk).numpy(),
+                               torch.distributions.kl_divergence(N(m1[:, None], s1[:, None]), N(mk, sk)).numpy(),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_normal_log_pdf_matches_torch_and_integrates_to_one():
+    m, s = _gaussians(4)
+    x = torch.randn(7, 4, generator=torch.Generator().manual_seed(5), dtype=D) * 3
+    np.testing.assert_allclose(normal_log_pdf(x, m, s).numpy(),
+                               torch.distributions.Normal(m, s).log_prob(x).numpy(), rtol=1e-12, atol=1e-12)
+    grid = torch.linspace(-12, 14, 20001, dtype=D)
+    dens = torch.exp(normal_log_pdf(grid, t(1.0), t(1.7)))
+    assert torch.trapezoid(dens, grid).item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_theta_keyword_and_its_deprecated_older_name():
+    xx, mm = np.meshgrid(X, MU, indexing="ij")
+    x, mu, th, eta = t(xx), t(mm), t(2.5), t(-1.0)
+    ref = nb_log_pmf(x, mu, theta=th)
+    torch.testing.assert_close(ref, nb_log_pmf(x, mu, th), rtol=0, atol=0)
+    for fn, args, kw in [(nb_log_pmf, (x, mu), {}), (nb_log_pmf_zero, (mu,), {}),
+                         (zinb_log_pmf, (x, mu), dict(logodds=eta)),
+                         (zinb_nonzero_posterior, (x, mu), dict(logodds=eta))]:
+        with pytest.warns(DeprecationWarning, match="theta"):
+            old = fn(*args, inv_disp=th, **kw)
+        torch.testing.assert_close(old, fn(*args, theta=th, **kw), rtol=0, atol=0)
+        with pytest.raises(TypeError, match="theta only"):
+            fn(*args, theta=th, inv_disp=th, **kw)
 
 
 @pytest.mark.parametrize("theta", [3e3, 2e4, 1e5])
