@@ -22,7 +22,9 @@ fixed effects, donor random effects, the cell's total count as offset.
 - :func:`fit_f_dist`, :func:`squeeze_var`, :func:`dispersion_trend`, :func:`ash_normal`: what the NB GLMM
   shares across genes; :func:`satterthwaite_df`: its tests' degrees of freedom
 - :func:`thin_de`, :func:`split_donors`, :func:`paired_fake_conditions`: semi-synthetic DE and nulls on
-  real cells; :func:`null_calibration`, :func:`power_fdr`, :func:`roc_pr`, :func:`qq_points`: evaluation
+  real cells; :func:`null_calibration`, :func:`power_fdr`, :func:`roc_pr`, :func:`qq_points`: evaluation;
+  :func:`calibration_band`, :func:`split_se`, :func:`calibration_check`, :func:`calibration_verdict`: the band a
+  calibrated share of p < 0.05 lies in, and each share against it
 - :func:`fit_lme4`, :func:`lme4_available`, :func:`r_versions`: lme4 ``glmer`` through ``Rscript``
 - :func:`tidy_effects`: the shared tidy table (effects and condition contrasts)
 - :func:`compare_to_reference`, :func:`simulate_from_fit`, :func:`calibration_table`,
@@ -37,7 +39,8 @@ from ._design import (GLMMData, GLMMDesign, SufficientStats, code_covariates, co
                       glmm_data_from_adata)
 from ._lme4 import INSTALL_HINT, Lme4Result, fit_lme4, lme4_available, r_versions
 from ._lmm import fit_lmm, gls_fixed_effects, lmm_marginal_loglik, random_effects_posterior
-from ._evaluate import null_calibration, p_qq_points, power_fdr, qq_points, roc_pr
+from ._evaluate import (calibration_band, calibration_check, calibration_verdict, null_calibration, p_qq_points,
+                        power_fdr, qq_points, roc_pr, split_se)
 from ._nb import NBGLMMVEB, fit_genes_nb, fit_nb_veb
 from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_matched_sd
 from ._nb_nuts import NBNUTSResult, fit_nb_nuts
@@ -61,5 +64,6 @@ __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_
            "GlmmTMBResult", "r_package_available", "R_INSTALL_HINTS", "code_covariates", "residual_df",
            "satterthwaite_df", "contrast_variance_shares", "fit_f_dist", "squeeze_var", "dispersion_trend",
            "ash_normal", "t_matched_sd", "thin_de", "split_donors", "split_donor_designs", "paired_fake_conditions",
-           "null_calibration", "power_fdr", "roc_pr", "qq_points", "p_qq_points", "fit_limma_voom",
+           "null_calibration", "calibration_band", "split_se", "calibration_check", "calibration_verdict",
+           "power_fdr", "roc_pr", "qq_points", "p_qq_points", "fit_limma_voom",
            "fit_glmgampoi", "fit_pydeseq2", "wilcoxon_de", "pydeseq2_available", "PYDESEQ2_INSTALL_HINT"]

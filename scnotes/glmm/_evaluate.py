@@ -12,6 +12,9 @@ absent) give NaN in the results, never an error.
 
 * :func:`null_calibration`: under a null (every true effect 0), the share of p < α,
   of lfsr < level, interval coverage of 0, the sd of T = estimate / sd, calls.
+* :func:`calibration_band`, :func:`split_se`, :func:`calibration_check`,
+  :func:`calibration_verdict`: the band a calibrated share of p < α lies in (binomial,
+  widened by the splits' cluster-robust scatter), and each share against it.
 * :func:`power_fdr`: with known DE genes, power, observed FDR, sign errors.
 * :func:`roc_pr`: ROC and precision–recall curves and their areas, ranking by p.
 * :func:`qq_points`, :func:`p_qq_points`: the points of QQ plots, for ``scnotes.pl``.
@@ -22,7 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-__all__ = ["null_calibration", "power_fdr", "roc_pr", "qq_points", "p_qq_points"]
+__all__ = ["null_calibration", "calibration_band", "split_se", "calibration_check", "calibration_verdict",
+           "power_fdr", "roc_pr", "qq_points", "p_qq_points"]
 
 
 def _require(table, cols, func):
@@ -149,6 +153,183 @@ def null_calibration(table: pd.DataFrame, by="cell_type", alpha: float = 0.05, l
     out = pd.DataFrame(rows)
     out.attrs.update(alpha=alpha, lfsr_level=lfsr_level, fdr=fdr, level_truth=level_truth)
     return out
+
+
+def calibration_band(n, se_split=None, alpha: float = 0.05, floor=(0.02, 0.08), n_se: float = 3.0):
+    """Bounds that a calibrated test's share of p < ``alpha`` among ``n`` null tests should lie in.
+
+    The rule: the fixed band ``floor`` (default [0.02, 0.08], for alpha = 0.05), widened to
+    alpha ± ``n_se`` standard errors wherever that is wider, the standard error being the
+    larger of the binomial one, √(alpha (1 − alpha) / n) (independent tests), and
+    ``se_split``, a cluster-robust error measured from independent replicates of the design
+    (:func:`split_se`; tests that share donors are not independent, so a real null's share
+    scatters from one donor split to the next far more than binomially). The lower bound is
+    clipped at 0, the upper at 1. With ``n_se`` = 3 a share of independent tests falls
+    outside with probability about 0.003 (normal approximation of the binomial; exactly
+    ``scipy.stats.binom`` in the tests); the cluster-robust error is the standard error of a
+    mean of cluster means (Cameron & Miller 2015, "A practitioner's guide to cluster-robust
+    inference", J. Human Resources 50: 317–372).
+
+    Parameters
+    ----------
+    n : int or array
+        Null tests behind each share (≥ 1), e.g. ``null_calibration(...)["n_tests"]``.
+    se_split : None, float or array (broadcast with ``n``)
+        Cluster-robust standard error of each share (≥ 0; NaN or None: none measured,
+        the binomial error alone).
+    alpha : float in (0, 1)
+        Nominal level (the share expected under the null).
+    floor : (float, float)
+        The narrowest band: the lower bound is never above ``floor[0]``, the upper never
+        below ``floor[1]``.
+    n_se : float
+        Half-width of the band in standard errors (> 0).
+
+    Returns
+    -------
+    (lower, upper) : two floats, or two arrays of the broadcast shape.
+
+    Raises
+    ------
+    ValueError : n < 1 or not finite, negative ``se_split``, alpha outside (0, 1),
+        ``floor`` not a pair with floor[0] ≤ floor[1], n_se ≤ 0.
+    """
+    n = np.asarray(n, dtype=float)
+    if np.any(~np.isfinite(n)) or np.any(n < 1):
+        raise ValueError(f"calibration_band: n (the number of tests) must be finite and >= 1, got {n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"calibration_band: alpha must lie in (0, 1), got {alpha}")
+    if len(floor) != 2 or floor[0] > floor[1]:
+        raise ValueError(f"calibration_band: floor must be a pair (lower, upper) with lower <= upper, got {floor}")
+    if not n_se > 0:
+        raise ValueError(f"calibration_band: n_se must be > 0, got {n_se}")
+    se = np.sqrt(alpha * (1 - alpha) / n)
+    if se_split is not None:
+        s = np.asarray(se_split, dtype=float)
+        if np.any(s < 0):
+            raise ValueError("calibration_band: se_split must be >= 0 (a standard error)")
+        se = np.maximum(se, np.nan_to_num(s, nan=0.0))  # NaN: no replicate scatter measured
+    half = n_se * se
+    lower = np.maximum(np.minimum(floor[0], alpha - half), 0.0)
+    upper = np.minimum(np.maximum(floor[1], alpha + half), 1.0)
+    return lower, upper
+
+
+def split_se(table: pd.DataFrame, by="cell_type", alpha: float = 0.05, split_key: str = "split") -> pd.DataFrame:
+    """Cluster-robust standard error of a share of p < ``alpha`` pooled over replicate splits.
+
+    A real null is built by splitting the donors at random between two fake conditions,
+    several times (``split_key`` numbers the splits). The tests of one split share its
+    donors, so they are one cluster: the share pooled over k splits of equal size is the
+    mean of the k splits' shares, and its standard error is their sd (ddof = 1) over √k,
+    the standard error of a mean of independent cluster means (Cameron & Miller 2015).
+    Per split, the share counts the tests with a finite p, as :func:`null_calibration`.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Tidy DE table(s) of the splits concatenated (see the module notes), with ``p``,
+        ``split_key`` and the ``by`` columns.
+    by : str, list of str or None
+        Groups within each method, as the ``by`` of :func:`null_calibration` (a split
+        is never a group).
+    alpha : float
+        Level of the share.
+    split_key : str
+        Column numbering the splits.
+
+    Returns
+    -------
+    DataFrame, one row per method × group: ``method``, the ``by`` columns, ``se_split``
+    (0 for a group seen in one split only: no scatter measured) and ``n_splits``.
+    Merge it onto :func:`null_calibration`'s rows on ``["method", *by]``.
+
+    Raises
+    ------
+    TypeError : ``table`` not a DataFrame.
+    ValueError : missing columns (named), no contrast rows, ``split_key`` among ``by``.
+    """
+    by = _by_list(by)
+    _require(table, ["p", split_key] + by, "split_se")
+    if split_key in by:
+        raise ValueError(f"split_se: {split_key!r} is the split column; it cannot also group the tests (by)")
+    t = _tests(table)
+    t = t[np.isfinite(_col(t, "p"))]
+    if t.empty:
+        raise ValueError("split_se: the table has no contrast rows with a finite p")
+    keys = ["method"] + by
+    per = t.assign(hit=t["p"] < alpha).groupby(keys + [split_key], observed=True).hit.mean()
+    g = per.groupby(level=list(range(len(keys))), observed=True)
+    out = pd.DataFrame({"se_split": (g.std(ddof=1) / np.sqrt(g.size())).fillna(0.0), "n_splits": g.size()})
+    return out.reset_index()
+
+
+def calibration_check(cal: pd.DataFrame, alpha: float = 0.05, **band_kw) -> pd.DataFrame:
+    """Each share of p < ``alpha`` of a :func:`null_calibration` table against its band.
+
+    Parameters
+    ----------
+    cal : DataFrame
+        Rows of :func:`null_calibration` (``n_tests``, ``share_p``; ``se_split`` from
+        :func:`split_se` where measured, NaN or absent otherwise).
+    alpha : float
+        Nominal level of the shares.
+    **band_kw
+        ``floor``, ``n_se`` of :func:`calibration_band`.
+
+    Returns
+    -------
+    A copy of ``cal`` with ``band_lower``, ``band_upper`` (:func:`calibration_band`) and
+    ``position``: ``"below"``, ``"inside"`` or ``"above"`` the band (bounds included in
+    the band), ``"no p"`` where the share is NaN.
+
+    Raises
+    ------
+    TypeError, ValueError : ``cal`` not a DataFrame, columns missing (named); as
+        :func:`calibration_band`.
+    """
+    _require(cal, ["n_tests", "share_p"], "calibration_check")
+    out = cal.copy()
+    se = out["se_split"].to_numpy(dtype=float) if "se_split" in out.columns else None
+    lo, hi = calibration_band(out["n_tests"].to_numpy(dtype=float), se, alpha=alpha, **band_kw)
+    share = out["share_p"].to_numpy(dtype=float)
+    out["band_lower"], out["band_upper"] = lo, hi
+    out["position"] = np.select([np.isnan(share), share < lo, share > hi], ["no p", "below", "above"], "inside")
+    return out
+
+
+def calibration_verdict(cal: pd.DataFrame, by="cell_type", alpha: float = 0.05, **band_kw) -> str:
+    """The words a report uses for one method's null calibration, from :func:`calibration_check`.
+
+    ``"inside its band in every cell type"`` when every share of p < ``alpha`` is inside
+    its band (:func:`calibration_band`), else ``"outside its band in "`` and the groups
+    outside, each as its ``by`` values and its share to three decimals, e.g.
+    ``"outside its band in 4 vs 4 B cells (0.112)"``. Rows over all tests (``"all"`` in
+    every ``by`` column) and rows without a share are left out.
+
+    Parameters
+    ----------
+    cal : DataFrame
+        One method's rows of :func:`null_calibration` (with ``se_split`` where measured).
+    by : str or list of str
+        The group columns named in the words.
+    alpha, **band_kw : as :func:`calibration_check`.
+
+    Raises
+    ------
+    ValueError : ``by`` empty or columns missing (named).
+    """
+    by = _by_list(by)
+    if not by:
+        raise ValueError("calibration_verdict: by must name at least one group column")
+    _require(cal, by, "calibration_verdict")
+    chk = calibration_check(cal, alpha=alpha, **band_kw)
+    overall = (chk[by].astype(str) == "all").all(axis=1)
+    out = chk[~overall & chk["position"].isin(["below", "above"])]
+    if out.empty:
+        return "inside its band in every cell type"
+    return "outside its band in " + ", ".join(
+        f"{' '.join(str(r[c]) for c in by)} ({r['share_p']:.3f})" for _, r in out.iterrows())
 
 
 def _with_truth(table, truth, func):
