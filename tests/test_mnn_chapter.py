@@ -15,7 +15,7 @@ BOOK_ONLY = ["cellbench_3cl_celseq2_dropseq", "pbmc_joined", "cellbench_5cl_cels
              "pbmc4k_10x_soupx", "CellBench", "CEL-seq2", "protocol effect", "three cell lines", "first version",
              "Earlier versions", "Tian et al"]
 
-SMALL = {"max_cells": 300, "n_top_genes": 300, "nmf_max_epochs": 10, "vae_max_epochs": 20,
+SMALL = {"max_cells": 300, "n_top_genes": 300, "nmf_max_epochs": 10, "max_epochs": 20,
          "n_topics": 4, "compare_search": False, "second_dataset": None}
 
 
@@ -81,7 +81,7 @@ def test_mnn_topics_chapter_reruns_on_foreign_data(tmp_path):
     _foreign(path)
     out = scnotes.cli.run_chapter(
         "mnn_topics", {"dataset": str(path), "layer": "raw", "batch_key": "tech", "label_key": "celltype",
-                       "n_top_genes": 200, "nmf_max_epochs": 10, "vae_max_epochs": 20, "n_topics": 4,
+                       "n_top_genes": 200, "nmf_max_epochs": 10, "max_epochs": 20, "n_topics": 4,
                        "n_neighbors": 10},
         output=tmp_path / "foreign.ipynb")
     nb = nbformat.read(out, as_version=4)
@@ -131,3 +131,7 @@ def test_mnn_topics_prose_has_no_typed_numbers_and_no_private_imports():
         assert std in names
     assert {p.name for p in params if p.required} == {"batch_key", "label_key"}
     assert all(p.description for p in params)
+    # a time in a description only with the conditions it was measured under (issue 27)
+    assert not [p.name for p in params if re.search(r"\d\s*(s|sec|min|minutes?)\b", p.description)
+                and "measured" not in p.description]
+    assert "max_epochs" in names and "vae_max_epochs" not in names  # the contract's name (issue 24)

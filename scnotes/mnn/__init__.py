@@ -16,6 +16,7 @@
 - :func:`pair_summary`, :func:`score_methods`, :func:`compare_backends`: checks
   of the pairs, integration scores, exact vs approximate search.
 - :func:`load_data`: the curated datasets of the chapter ``mnn_topics``.
+- :func:`harmony_embedding`, :func:`bbknn_graph`, :func:`method_story`, :func:`discussion_numbers`: that chapter's baselines and the numbers and words of its discussion.
 
 Names follow DEVELOPING.md: the neighbour count is ``n_neighbors`` (``k``,
 batchelor's name, is accepted as an alias); ``seed`` seeds every draw (only the
@@ -33,6 +34,7 @@ from ._embedding import (center_along_batch_vector, fastmnn_correct, tricube_wei
                          tricube_weights)
 from ._evaluate import compare_backends, pair_summary, score_methods
 from ._data import BOOK_DATASETS, PBMC_LABELS, load_data
+from ._study import STORY_WORDS, bbknn_graph, discussion_numbers, harmony_embedding, method_story
 
 __all__ = [
     "BACKENDS", "find_mutual_nn", "knn_query", "pair_recall", "resolve_n_neighbors", "MergeStep",
@@ -41,3 +43,4 @@ __all__ = [
     "fastmnn_correct", "tricube_weighted_correction", "tricube_weights", "pair_summary",
     "score_methods", "compare_backends", "load_data", "BOOK_DATASETS", "PBMC_LABELS",
 ]
+__all__ += ["harmony_embedding", "bbknn_graph", "method_story", "discussion_numbers", "STORY_WORDS"]
