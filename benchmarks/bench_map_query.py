@@ -20,7 +20,7 @@ Per family (``--families``, default LDVAE GMVAE NBVAE):
    mapping cells detect, with the chapter's de novo settings (as many epochs as the reference;
    LDVAE and GMVAE ``train_size=1.0``; NBVAE as its reference), timed;
 5. **held-out ELBO** of both on the held-out cells (nats per cell, ``--elbo-samples`` 10 draws),
-   from ``scnotes.tl.query_inputs`` + the model's ``elbo`` as the chapter does; gap =
+   from ``scnotes.tl.heldout_elbo`` as the chapter does; gap =
    (mapped − de novo) / |de novo|, target |gap| ≤ 5 % (the chapter's assertion; a gap below
    −5 % would mean the time was bought with fit, one above +5 % that the de novo fit is short of
    data or epochs).
@@ -92,12 +92,6 @@ def uptime():
 
 
 # --- data ------------------------------------------------------------------------------
-def split(a, frac, seed):
-    """(mapping cells, held-out cells) of a query, a seeded random split (the chapter's)."""
-    held = np.random.default_rng(seed).random(a.n_obs) < frac
-    return a[~held].copy(), a[held].copy()
-
-
 def sim_data(args):
     """Reference (two batches) and query (a third) from one low-rank Gamma-Poisson simulation."""
     n = args.n_ref + args.n_query
@@ -168,25 +162,6 @@ def book_data(args):
 
 
 # --- the chapter's comparison ----------------------------------------------------------------
-def common_genes(model, a):
-    """The model's genes that ``a`` measures with at least one count, in the model's order."""
-    have = set(a.var_names)
-    g = [v for v in model.var_names_ if v in have]
-    n = np.asarray(a[:, g].layers[COUNTS].sum(axis=0)).ravel()
-    return [v for v, k in zip(g, n) if k > 0]
-
-
-def on_genes(a, genes):
-    b = a[:, genes].copy()
-    keep = np.asarray(b.layers[COUNTS].sum(axis=1)).ravel() > 0
-    return b[keep].copy()
-
-
-def held_out_elbo(model, held, genes, n_samples):
-    x, w, s, c = scnotes.tl.query_inputs(model, on_genes(held, genes), layer=COUNTS, batch_key=BATCH)
-    return float(model.elbo(x, w=w, s=s, covariates=c, n_samples=n_samples).mean())
-
-
 def fitter(family, args):
     """(reference fit, de novo fit) of ``family`` with the chapter's settings."""
     base = dict(n_latent=10, layer=COUNTS, batch_key=BATCH, max_epochs=args.max_epochs, seed=args.seed, **FIT_KW)
@@ -198,7 +173,7 @@ def fitter(family, args):
         return (lambda a: scnotes.tl.gmvae(a, train_size=0.9, **kw),
                 lambda a: scnotes.tl.gmvae(a, train_size=1.0, **kw))
     kw = dict(base, optimizer="adam", lr=3e-3, n_samples=1)
-    fit = lambda a: scnotes.tl.nbvae(a, **kw)  # the chapter's nbvae(): the same for both
+    fit = lambda a: scnotes.tl.nbvae(a, **kw)  # the chapter's nb_kw: the same for both
     return fit, fit
 
 
@@ -217,17 +192,17 @@ def timed(fn, *a, **kw):
 
 def run_family(family, ref, qry, args):
     fit_ref, fit_new = fitter(family, args)
-    q_map, q_held = split(qry, args.heldout, args.seed)
+    q_map, q_held = scnotes.tl.heldout_split(qry, args.heldout, args.seed)
     load0 = uptime()
     model, t_ref, _ = timed(fit_ref, ref)
     mapped, t_map, c_map = timed(scnotes.tl.map_query, q_map, model, layer=COUNTS, batch_key=BATCH,
                                  max_epochs=args.map_epochs, lr=args.map_lr, seed=args.seed)
-    genes = common_genes(model, q_map)
+    genes = scnotes.tl.shared_genes(model, q_map, layer=COUNTS)
     q_new = q_map[:, genes].copy()
     new, t_new, c_new = timed(fit_new, q_new)
     load1 = uptime()
-    e_map = held_out_elbo(mapped, q_held, genes, args.elbo_samples)
-    e_new = held_out_elbo(new, q_held, genes, args.elbo_samples)
+    e_map, e_new = (scnotes.tl.heldout_elbo(m, q_held, genes, layer=COUNTS, batch_key=BATCH,
+                                            n_samples=args.elbo_samples) for m in (mapped, new))
     return dict(family=family, n_ref=ref.n_obs, n_map=q_map.n_obs, n_held=q_held.n_obs, genes=len(genes),
                 ref_s=t_ref, map_s=t_map, map_cpu=c_map, new_s=t_new, new_cpu=c_new,
                 ratio=t_map / t_new, ratio_cpu=c_map / c_new, e_map=e_map, e_new=e_new,

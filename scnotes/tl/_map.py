@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._checks import check_counts, check_obs_key, is_backed
+from .._checks import check_counts, check_obs_key, is_backed, row_sums
 from ._front import encode_covariates, record
 
 __all__ = ["map_query", "transfer_labels", "query_inputs", "MIN_GENE_OVERLAP"]
@@ -36,17 +36,29 @@ _CHUNK = 20000
 
 
 # --- inputs ----------------------------------------------------------------------------
+def _vae_classes():
+    """The five VAE families (public classes) and the estimator base they share.
+
+    Why the base: a saved file is checked against one class before its contents are
+    decoded; it is found from the public classes rather than imported from the VAE
+    package's private modules."""
+    from ..vae import GMVAE, LDVAE, NBVAE, PVAE, ZINBVAE
+
+    families = (PVAE, NBVAE, ZINBVAE, LDVAE, GMVAE)
+    base = next(c for c in PVAE.__mro__ if all(issubclass(f, c) for f in families))
+    return families, base
+
+
 def _resolve_model(model):
     """The estimator itself, or one loaded from a path written by its ``save``."""
-    from ..vae._model import _CountVAE
-
+    families, base = _vae_classes()
     if isinstance(model, (str, os.PathLike)):
         # the one reader of saved models: checks the format before anything is unpickled
         # (ValueError: not a scnotes model file / a newer format; TypeError: another class)
         from .._persist import load_model
 
-        model = load_model(model, expected_class=_CountVAE)
-    if not isinstance(model, _CountVAE) or type(model).__name__ not in _FAMILY_KEYS:
+        model = load_model(model, expected_class=base)
+    if not isinstance(model, families) or type(model).__name__ not in _FAMILY_KEYS:
         raise TypeError(f"model must be a fitted {', '.join(_FAMILY_KEYS)} (or the path of one "
                         f"saved with .save), got {type(model).__name__}")
     if model._s_mode is None:
@@ -177,11 +189,8 @@ def _missing_gene_library(q, x, w, c):
     Why: the total of a cell counts only the measured genes, while μ spreads the expected
     count over all of the model's genes; plain totals would put every rate too low by the
     share of the missing genes."""
-    from .._checks import row_sums
-    from ..vae._data import CountData
-
     present = torch.as_tensor(np.asarray(w[0]) > 0, device=q.device)
-    data = CountData(x, np.ones(x.shape[0]), w, c, q.device)
+    data, _ = q._data(x, w, None, c, need_s=False)  # size factors 1: only the profile is read
     m = q.module
 
     def share(x_, w_, s_, c_, g):
@@ -325,9 +334,7 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
     Source: Lotfollahi et al. 2022, Nat Biotechnol 40:121 (scArches: architecture
     surgery, frozen reference, new condition weights trained on the query).
     """
-    from ..vae._lightning import fit_lightning
-    from ..vae._model import _fork_devices
-    from ..vae._surgery import extend_registry, freeze_for_query, query_model, unfreeze
+    from ..vae import extend_registry, fit_lightning, freeze_for_query, query_model, unfreeze
 
     ref = _resolve_model(model)
     name = type(ref).__name__
@@ -350,8 +357,6 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
     c = _covariates(obs, new_reg)
     lib_stats = None
     if getattr(ref.module, "library", "observed") == "latent" and ref.n_batches and added:
-        from .._checks import row_sums
-
         log_s = np.log(np.maximum(row_sums(x, w), 1.0))
         cats = new_reg[0][1]
         lib_stats = {}
@@ -374,7 +379,7 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
         freeze_for_query(q, new_cols, train_encoder_first_layer)
         try:
             # Dropout draws from torch's global RNG: seeded inside a fork, caller untouched.
-            with torch.random.fork_rng(devices=_fork_devices(q.device)):
+            with torch.random.fork_rng(devices=[q.device.index or 0] if q.device.type == "cuda" else []):
                 torch.manual_seed(int(seed))
                 q.history_, q.best_epoch_ = fit_lightning(
                     q.module, data, lr=lr, n_samples=int(n_samples), max_epochs=int(max_epochs),
@@ -417,6 +422,21 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
 
 
 # --- label transfer ----------------------------------------------------------------------
+def _latent(adata, key, name):
+    """``adata.obsm[key]`` as a float64 cells × dimensions array, finite and not empty."""
+    z = np.asarray(adata.obsm[key])
+    label = f"{name}.obsm[{key!r}]"
+    if z.dtype == object or not np.issubdtype(z.dtype, np.number) or z.ndim != 2:
+        raise TypeError(f"{label} must be a numeric cells × dimensions matrix, got dtype {z.dtype}, "
+                        f"shape {z.shape}")
+    if z.size == 0:
+        raise ValueError(f"{label} is empty (shape {z.shape})")
+    z = z.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"{label} contains NaN or infinite values")
+    return z
+
+
 def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: str | None = None,
                     n_neighbors: int = 15, key_added: str | None = None,
                     unknown_label: str = "unknown", distance_quantile: float | None = 0.99,
@@ -475,7 +495,7 @@ def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: st
     Source: Lotfollahi et al. 2022, Nat Biotechnol 40:121 (scArches' kNN label transfer
     and its uncertainty).
     """
-    from ..mnn._neighbors import check_matrix, knn_query, resolve_n_neighbors
+    from ..mnn import knn_query, resolve_n_neighbors
 
     if label_key not in adata_reference.obs.columns:
         raise KeyError(f"obs key {label_key!r} not found in adata_reference.obs; available columns: "
@@ -504,8 +524,8 @@ def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: st
     for nm, a in (("adata_query", adata_query), ("adata_reference", adata_reference)):
         if use_rep not in a.obsm:
             raise KeyError(f"obsm key {use_rep!r} not found in {nm}; available: {list(a.obsm.keys())}")
-    zr = check_matrix(np.asarray(adata_reference.obsm[use_rep]), f"adata_reference.obsm[{use_rep!r}]")
-    zq = check_matrix(np.asarray(adata_query.obsm[use_rep]), f"adata_query.obsm[{use_rep!r}]")
+    zr = _latent(adata_reference, use_rep, "adata_reference")
+    zq = _latent(adata_query, use_rep, "adata_query")
     if zr.shape[1] != zq.shape[1]:
         raise ValueError(f"obsm[{use_rep!r}] has {zq.shape[1]} columns in the query but "
                          f"{zr.shape[1]} in the reference: not the same latent space")

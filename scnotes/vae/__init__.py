@@ -13,3 +13,4 @@ from ._module import CountVAEModule, LinearDecoder, MLPDecoder
 
 __all__ = ["epochs_for", "PVAE", "NBVAE", "ZINBVAE", "LDVAE", "CountVAEModule", "LinearDecoder", "MLPDecoder"]
 from ._gmvae import GMVAE; __all__.append("GMVAE")  # noqa: E402,E702 (Gaussian-mixture VAE)
+from ._surgery import extend_registry, freeze_for_query, query_model, unfreeze; from ._lightning import fit_lightning; __all__ += ["extend_registry", "query_model", "freeze_for_query", "unfreeze", "fit_lightning"]  # noqa: E402,E702 (scArches surgery and the training engine, public for scnotes.tl.map_query)
