@@ -135,8 +135,7 @@ def method_story(scores=None, pairs=None, ilisi_by_k=None) -> dict:
         A method named above is missing from ``scores``.
     """
     if scores is None:
-        return {k: "n/a" if k in STORY_WORDS else np.nan for k in STORY_WORDS[:3] + _STORY_NUMBERS
-                + STORY_WORDS[3:]}
+        return {**dict.fromkeys(STORY_WORDS, "n/a"), **dict.fromkeys(_STORY_NUMBERS, np.nan)}
     mix, lab = scores["batch mixing"], scores["label conservation"]
     best = mix.drop("Uncorrected").idxmax()
     best_mnn = mix[[m for m in scores.index if m.startswith("MNN")]].idxmax()
