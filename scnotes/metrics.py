@@ -16,8 +16,12 @@
   NMI with the labels, and the ARI and NMI of that one clustering. Both are
   optimistic (the labels choose the resolution); :func:`cluster_scores` scores
   a clustering fixed in advance (e.g. a model's own clusters).
-  :func:`leiden_ari` is the older best-ARI-over-resolutions score.
+  :func:`leiden_ari` is the older best-ARI-over-resolutions score (deprecated).
 - :func:`kmeans_ari` — ARI/NMI of k-means with k = number of labels.
+- :func:`score_embedding` — the one embedding scorer: all of the above on one
+  embedding or graph under one stated protocol (kBET per label where there are
+  labels), checked against scib-metrics; ``tl.clustering_scores``,
+  ``mnn.score_methods`` and :func:`score_integration` report its values.
 - :func:`poisson_loglik`, :func:`nb_loglik` — held-out count log-likelihoods
   of predicted means (per entry, per cell or in total, with a mask).
 
@@ -33,7 +37,7 @@ import scipy.sparse as sp
 
 __all__ = ["knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
            "silhouette_label", "silhouette_batch", "leiden_ari", "leiden_clustering", "cluster_scores",
-           "kmeans_ari", "score_integration", "poisson_loglik", "nb_loglik", "occupancy", "zinb_loglik"]
+           "kmeans_ari", "score_embedding", "score_integration", "poisson_loglik", "nb_loglik", "occupancy", "zinb_loglik"]
 
 
 def _codes(labels, n):
@@ -304,29 +308,38 @@ def cluster_scores(labels, clusters) -> dict:
             "nmi": float(normalized_mutual_info_score(codes, cl))}
 
 
-def leiden_clustering(labels, x=None, graph=None, n_neighbors: int = 15,
-                      resolutions=tuple(np.round(np.arange(0.1, 2.01, 0.1), 2)), seed: int = 0) -> dict:
+RESOLUTIONS = tuple(np.round(np.arange(0.1, 2.01, 0.1), 2))
+
+
+def _leiden_runs(x, graph, n_neighbors, resolutions, seed):
+    """Leiden cluster codes (shape n_cells) of one graph at each resolution, as (resolution, codes)."""
+    import scanpy as sc
+
+    a = _leiden_graph(x, graph, n_neighbors, seed)
+    for r in resolutions:
+        sc.tl.leiden(a, resolution=float(r), random_state=seed, flavor="igraph", n_iterations=2,
+                     directed=False, key_added="_leiden")
+        yield float(r), a.obs["_leiden"].cat.codes.to_numpy()
+
+
+def leiden_clustering(labels, x=None, graph=None, n_neighbors: int = 15, resolutions=RESOLUTIONS,
+                      seed: int = 0) -> dict:
     """scIB's clustering score: Leiden over ``resolutions``, choose the one with the
     highest NMI against ``labels``, report its ARI and NMI.
 
     Returns ``{"ari", "nmi", "resolution", "n_clusters", "clusters"}`` (clusters:
     int codes, shape n_cells). Optimistic by construction: the labels pick the
-    resolution. The graph is scanpy's kNN graph of ``x`` (exact search) or the
-    connectivities ``graph``.
+    resolution. The graph is scanpy's kNN graph of ``x`` (exact search,
+    ``n_neighbors`` including the cell, UMAP connectivities) or the
+    connectivities ``graph``; igraph's Leiden (modularity, 2 iterations, ``seed``).
     """
-    import scanpy as sc
-
     n = (x if x is not None else graph).shape[0]
     _codes(labels, n)
-    a = _leiden_graph(x, graph, n_neighbors, seed)
     best = None
-    for r in resolutions:
-        sc.tl.leiden(a, resolution=float(r), random_state=seed, flavor="igraph", n_iterations=2,
-                     directed=False, key_added="_leiden")
-        cl = a.obs["_leiden"].cat.codes.to_numpy()
+    for r, cl in _leiden_runs(x, graph, n_neighbors, resolutions, seed):
         sc_ = cluster_scores(labels, cl)
         if best is None or sc_["nmi"] > best["nmi"]:
-            best = dict(sc_, resolution=float(r), n_clusters=int(cl.max() + 1), clusters=cl)
+            best = dict(sc_, resolution=r, n_clusters=int(cl.max() + 1), clusters=cl)
     return best
 
 
@@ -351,9 +364,11 @@ def occupancy(clusters, n_clusters: int | None = None) -> dict:
 
 
 def silhouette_batch(x, batch, labels) -> float:
-    """scIB's batch ASW: per label, 1 − |silhouette of batch| averaged over cells,
-    then over labels; 1 = batches perfectly mixed within every label. Labels
-    with one batch or a single cell are skipped."""
+    """scIB's batch ASW (Luecken et al. 2022; ``scib_metrics.silhouette_batch``):
+    per label, 1 − |silhouette of batch| averaged over cells, then over labels;
+    1 = batches perfectly mixed within every label. As in scIB, a label is
+    skipped when its cells come from one batch, or each from a different batch
+    (no silhouette is defined there); NaN when every label is skipped."""
     from sklearn.metrics import silhouette_samples
 
     x = np.asarray(x)
@@ -362,7 +377,8 @@ def silhouette_batch(x, batch, labels) -> float:
     scores = []
     for k in range(n_l):
         sel = lab == k
-        if sel.sum() < 3 or len(np.unique(b[sel])) < 2:
+        n_batches = len(np.unique(b[sel]))
+        if n_batches == 1 or n_batches == sel.sum():
             continue
         scores.append(np.mean(1 - np.abs(silhouette_samples(x[sel], b[sel]))))
     return float(np.mean(scores)) if scores else float("nan")
@@ -412,14 +428,18 @@ def poisson_loglik(x, mean, mask=None, per: str = "entry", floor: float = 0.0):
     below it by it: a mean of exactly 0 gives −inf at any positive count, which
     is the model's honest score unless a floor is stated.
 
+    Evaluated by :func:`scnotes.likelihoods.poisson_log_pmf` in float64 (x = μ = 0 scores 0).
+
     Raises ValueError on shape mismatch or negative means.
     """
-    from scipy.special import gammaln, xlogy
+    import torch
+
+    from .likelihoods import poisson_log_pmf
 
     x, mu = _counts_and_means(x, mean)
     if floor > 0:
         mu = np.maximum(mu, floor)
-    ll = xlogy(x, mu) - mu - gammaln(x + 1)
+    ll = poisson_log_pmf(torch.as_tensor(x), torch.as_tensor(mu)).numpy()
     return _masked_sum(ll, mask, per)
 
 
@@ -427,15 +447,12 @@ def nb_loglik(x, mean, theta, mask=None, per: str = "entry"):
     """Negative binomial log-likelihood (mean μ, inverse dispersion θ, variance
     μ + μ²/θ) of counts ``x``, in nats; ``theta`` broadcasts against the genes.
     Evaluated by :func:`scnotes.likelihoods.nb_log_pmf` in float64. ``mask`` and
-    ``per`` as :func:`poisson_loglik`."""
+    ``per`` as :func:`poisson_loglik`. Raises ValueError on shape mismatch or negative means."""
     import torch
 
     from .likelihoods import nb_log_pmf
 
-    x = _dense_counts(x)
-    mu = np.asarray(mean, dtype=np.float64)
-    if mu.shape != x.shape:
-        raise ValueError(f"mean has shape {mu.shape} but x has shape {x.shape}")
+    x, mu = _counts_and_means(x, mean)
     th = torch.as_tensor(np.broadcast_to(np.asarray(theta, dtype=np.float64), (x.shape[1],)).copy())
     ll = nb_log_pmf(torch.as_tensor(x), torch.as_tensor(mu), th).numpy()
     return _masked_sum(ll, mask, per)
@@ -443,68 +460,179 @@ def nb_loglik(x, mean, theta, mask=None, per: str = "entry"):
 
 def leiden_ari(labels, x=None, graph=None, n_neighbors: int = 15,
                resolutions=(0.1, 0.25, 0.5, 1.0), seed: int = 0) -> float:
-    """Best adjusted Rand index between Leiden clusters and ``labels`` over ``resolutions``.
+    """Deprecated: the best adjusted Rand index between Leiden clusters and ``labels``
+    over ``resolutions``, a second, more optimistic protocol than scIB's. Use
+    :func:`leiden_clustering` (resolution chosen by NMI) or :func:`score_embedding`.
+    The graph is as in :func:`leiden_clustering`."""
+    import warnings
 
-    The graph is scanpy's UMAP-style kNN graph of ``x`` (``n_neighbors``), or
-    the connectivities given as ``graph`` (e.g. BBKNN's).
-    """
-    import anndata as ad
-    import scanpy as sc
     from sklearn.metrics import adjusted_rand_score
 
+    warnings.warn("metrics.leiden_ari is deprecated (best ARI over resolutions); use "
+                  "metrics.leiden_clustering or metrics.score_embedding (scIB: resolution chosen by NMI)",
+                  DeprecationWarning, stacklevel=2)
     codes, _ = _codes(labels, (x if x is not None else graph).shape[0])
-    n = codes.size
-    a = ad.AnnData(X=np.zeros((n, 1), dtype=np.float32))
-    if graph is not None:
-        a.obsp["connectivities"] = sp.csr_matrix(graph)
-        a.obsp["distances"] = sp.csr_matrix(graph)
-        a.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
-                              "params": {"method": "umap", "n_neighbors": n_neighbors}}
+    return float(max(adjusted_rand_score(codes, cl)
+                     for _, cl in _leiden_runs(x, graph, n_neighbors, resolutions, seed)))
+
+
+def _label_scores(x, graph, connectivities, labels, knn, perplexity, n_neighbors, resolutions, skip,
+                  seed) -> dict:
+    """The label-conservation part of :func:`score_embedding`."""
+    if labels is None:
+        return dict.fromkeys(_LABEL_KEYS, np.nan)
+    if graph is not None and connectivities is None:
+        raise ValueError("graph input with labels needs connectivities (the graph Leiden clusters)")
+    ld = leiden_clustering(labels, x=x, graph=connectivities, n_neighbors=n_neighbors,
+                           resolutions=resolutions, seed=seed)
+    km = (kmeans_ari(labels, x, seed=seed) if "kmeans" not in skip and x is not None
+          else {"ari": np.nan, "nmi": np.nan})
+    return {"leiden_ari": ld["ari"], "leiden_nmi": ld["nmi"], "leiden_resolution": ld["resolution"],
+            "leiden_n_clusters": float(ld["n_clusters"]), "kmeans_ari": km["ari"], "kmeans_nmi": km["nmi"],
+            "asw_label": silhouette_label(x, labels) if "asw_label" not in skip and x is not None else np.nan,
+            "clisi": clisi_score(labels, knn=knn, perplexity=perplexity)}
+
+
+def _batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_k, skip, seed) -> dict:
+    """The batch-mixing part of :func:`score_embedding`."""
+    if batch is None:
+        return dict.fromkeys(_BATCH_KEYS, np.nan)
+    # kBET within each label when there are labels (scIB's way), so batches of
+    # different cell-type composition are not scored as poorly mixed.
+    kbet = kbet_acceptance(batch, x=x, graph=graph, knn=knn, k=kbet_k, seed=seed, labels=labels)
+    return {"ilisi": ilisi_score(batch, knn=lisi_knn, perplexity=perplexity), "kbet": kbet,
+            "asw_batch": (silhouette_batch(x, batch, labels)
+                          if "asw_batch" not in skip and x is not None and labels is not None else np.nan)}
+
+
+def _cluster_scores(clusters, labels, n_clusters) -> dict:
+    """The fixed-clustering part of :func:`score_embedding` (ARI/NMI and occupancy)."""
+    if clusters is None:
+        return dict.fromkeys(_CLUSTER_KEYS, np.nan)
+    if isinstance(clusters, pd.Categorical) or isinstance(getattr(clusters, "dtype", None), pd.CategoricalDtype):
+        cat = pd.Categorical(clusters)  # unused categories kept: they are empty clusters
+        codes, n_clusters = cat.codes, n_clusters or len(cat.categories)
     else:
-        a.obsm["X_rep"] = np.asarray(x, dtype=np.float32)
-        sc.pp.neighbors(a, use_rep="X_rep", n_neighbors=n_neighbors, random_state=seed,
-                        transformer="sklearn")  # exact; avoids pynndescent compile time
-    best = -1.0
-    for r in resolutions:
-        sc.tl.leiden(a, resolution=r, random_state=seed, flavor="igraph", n_iterations=2,
-                     directed=False, key_added="_leiden")
-        best = max(best, adjusted_rand_score(codes, a.obs["_leiden"].cat.codes))
-    return float(best)
+        codes = pd.Categorical(np.asarray(clusters)).codes
+    if np.any(codes < 0):
+        raise ValueError("clusters contain missing values")
+    out = {k: float(v) for k, v in occupancy(codes, n_clusters).items()}
+    sc_ = cluster_scores(labels, codes) if labels is not None else {"ari": np.nan, "nmi": np.nan}
+    return dict(cluster_ari=sc_["ari"], cluster_nmi=sc_["nmi"], **out)
+
+
+_LABEL_KEYS = ("leiden_ari", "leiden_nmi", "leiden_resolution", "leiden_n_clusters", "kmeans_ari", "kmeans_nmi",
+               "asw_label", "clisi")
+_BATCH_KEYS = ("ilisi", "kbet", "asw_batch")
+_CLUSTER_KEYS = ("cluster_ari", "cluster_nmi", "n_used", "n_small", "max_fraction")
+_SKIPPABLE = {"kmeans", "asw_label", "asw_batch"}
+
+
+def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectivities=None, clusters=None,
+                    n_clusters: int | None = None, perplexity: float = 30.0, kbet_k: int = 25,
+                    n_neighbors: int = 15, resolutions=RESOLUTIONS, skip=(), seed: int = 0) -> dict:
+    """Every score of one embedding (or kNN graph), one protocol: the library's one embedding scorer.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_cells, d), optional
+        Embedding (Euclidean distances).
+    labels, batch : array-like, shape (n_cells,), optional
+        Cell types and batches; the scores that need them are NaN without them.
+    graph, connectivities : sparse (n_cells, n_cells), optional
+        Instead of ``x``, for graph-only methods (BBKNN): distances (LISI, kBET)
+        and connectivities (Leiden; needed with ``labels``).
+    clusters : array-like, shape (n_cells,), optional
+        A clustering fixed in advance (e.g. a GMVAE's argmax); with a categorical,
+        unused categories count as empty clusters; ``n_clusters`` sets the total otherwise.
+    perplexity : float
+        LISI perplexity; LISI uses the 3 × ``perplexity`` nearest other cells.
+    kbet_k : int
+        kBET neighbourhood size (the cell included).
+    n_neighbors, resolutions : Leiden's kNN graph size (cell included) and resolution grid.
+    skip : iterable of str
+        Scores not computed (NaN): any of ``"kmeans"`` (10 restarts), ``"asw_label"``,
+        ``"asw_batch"`` (silhouettes: all pairwise distances). k-means and both
+        silhouettes need an embedding and are NaN for a graph.
+    seed : int
+        Seed of Leiden, k-means and kBET's sample of cells (per label: ``seed`` + label code).
+
+    Returns
+    -------
+    dict of floats (NaN where a score does not apply), in [0, 1] and higher = better except the
+    resolution and the counts:
+
+    * label conservation (with ``labels``): ``leiden_nmi``, ``leiden_ari``,
+      ``leiden_resolution``, ``leiden_n_clusters``: scIB's protocol (Luecken et al. 2022,
+      Nat Methods 19:41), Leiden (igraph, modularity) on scanpy's UMAP kNN graph at
+      each resolution of ``resolutions``, the one with the highest NMI (arithmetic
+      normalisation) against the labels kept and its ARI reported. **Optimistic**:
+      the labels choose the resolution. ``kmeans_ari``, ``kmeans_nmi``: k-means with
+      k = number of labels (10 restarts). ``asw_label``: mean silhouette width by
+      label, (s + 1) / 2. ``clisi``: median cLISI rescaled, (L − median) / (L − 1).
+    * batch mixing (with ``batch``): ``ilisi``: median iLISI rescaled, (median − 1) / (B − 1)
+      (Korsunsky et al. 2019); ``kbet``: kBET acceptance (Büttner et al. 2019) at level
+      0.05 — within each label, averaged over labels, when there are labels (scIB's way),
+      else against the global batch mix; ``asw_batch``: scIB's batch ASW (needs labels).
+    * fixed clusters (with ``clusters``): ``cluster_ari``, ``cluster_nmi`` and the occupancy
+      ``n_used``, ``n_small`` (< 1 % of cells), ``max_fraction`` (:func:`occupancy`).
+
+    Against scib-metrics 0.5.10 (checked in ``tests/test_metrics_scib.py``): the label and
+    batch ASW are scIB's definitions (same values). LISI is computed on the 3 × perplexity
+    nearest *other* cells (harmonypy 2 / R LISI); scib-metrics' ``ilisi_knn``/``clisi_knn``
+    take neighbour lists that include the cell itself and drop it, so on 90 columns they
+    see 89 others: the same values given the cell plus our 90. kBET's statistic is the same
+    (Pearson χ² of the cell and its k − 1 neighbours against k × the expected mix, df = B − 1),
+    but per label scib-metrics searches diffusion-map neighbours of the connectivities with
+    k₀ = min(70, max(10, ¼ mean batch size)) on every cell, where we use exact Euclidean
+    neighbours within the label, one ``kbet_k`` for all labels and at most 1,000 sampled cells
+    per label: the two agree on the verdict (mixed or not), not to the digit. Leiden: the same
+    graph and igraph call, so at the same resolution and seed the same clusters; scib-metrics'
+    grid is 0.2, 0.4, …, 2.0 and ours (default) 0.1, 0.2, …, 2.0, a superset, so our NMI is
+    at least theirs. k-means: scib-metrics' own (JAX) k-means against scikit-learn's; equal on
+    well-separated labels. We keep our own NumPy path rather than calling scib-metrics: its
+    LISI, kBET and silhouettes run through JAX (compiled on first call, float32) and its
+    per-label kBET through UMAP and diffusion maps, which a chapter pays on every call.
+
+    Raises
+    ------
+    ValueError
+        Neither ``x`` nor ``graph``, or both; ``graph`` with labels but no ``connectivities``;
+        labels, batches or clusters of the wrong length or with missing values; NaN in ``x``.
+    """
+    if (x is None) == (graph is None):
+        raise ValueError("give an embedding x or a graph (not both)")
+    skip = set(skip)
+    if not skip <= _SKIPPABLE:
+        raise ValueError(f"skip: unknown scores {sorted(skip - _SKIPPABLE)}; choose from {sorted(_SKIPPABLE)}")
+    if x is not None:
+        x = np.asarray(x, dtype=np.float64)
+    n = (x if x is not None else graph).shape[0]
+    for name, v in (("labels", labels), ("batch", batch), ("clusters", clusters)):
+        if v is not None:
+            _codes(v, n)
+    knn = knn_graph(x, k=max(int(3 * perplexity), kbet_k - 1), graph=graph)
+    lisi_knn = (knn[0][:, :int(3 * perplexity)], knn[1][:, :int(3 * perplexity)])
+    return {**_label_scores(x, graph, connectivities, labels, lisi_knn, perplexity, n_neighbors,
+                            resolutions, skip, seed),
+            **_batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_k, skip, seed),
+            **_cluster_scores(clusters, labels, n_clusters)}
 
 
 def score_integration(batch, labels=None, x=None, graph=None, connectivities=None,
                       perplexity: float = 30.0, seed: int = 0) -> dict:
-    """All metrics for one integration result.
+    """Integration scores of one result: :func:`score_embedding` under the older key names.
 
-    Parameters
-    ----------
-    batch : array-like, shape (n_cells,)
-    labels : array-like, optional
-        Cell-type labels; label metrics are NaN without them.
-    x : ndarray (n_cells, d), optional
-        Integrated embedding.
-    graph, connectivities : sparse (n_cells, n_cells), optional
-        For graph-only methods (BBKNN): distances and connectivities.
-
-    Returns
-    -------
-    dict
-        ``ilisi``, ``kbet`` (batch mixing) and ``clisi``, ``silhouette``,
-        ``ari`` (label conservation), all in [0, 1], higher = better.
+    Returns ``ilisi``, ``kbet`` (batch mixing) and ``clisi``, ``silhouette`` (label ASW),
+    ``ari`` (scIB's NMI-chosen Leiden ARI) — label scores NaN without ``labels``. Since
+    :func:`score_embedding` became the one scorer, ``kbet`` is computed within each label
+    when there are labels and ``ari`` is no longer the best ARI over four resolutions.
+    Raises ValueError as :func:`score_embedding`.
     """
-    if x is None and graph is None:
-        raise ValueError("give an embedding x or a graph")
-    knn = knn_graph(x, k=int(3 * perplexity), graph=graph)
-    out = {"ilisi": ilisi_score(batch, knn=knn, perplexity=perplexity),
-           "kbet": kbet_acceptance(batch, knn=knn, seed=seed)}
-    if labels is None:
-        out.update(clisi=np.nan, silhouette=np.nan, ari=np.nan)
-        return out
-    out["clisi"] = clisi_score(labels, knn=knn, perplexity=perplexity)
-    out["silhouette"] = silhouette_label(x, labels) if x is not None else np.nan
-    out["ari"] = leiden_ari(labels, x=x if graph is None else None,
-                            graph=connectivities if graph is not None else None, seed=seed)
-    return out
+    s = score_embedding(x, labels, batch, graph=graph, connectivities=connectivities,
+                        perplexity=perplexity, skip=("kmeans", "asw_batch"), seed=seed)
+    return {"ilisi": s["ilisi"], "kbet": s["kbet"], "clisi": s["clisi"], "silhouette": s["asw_label"],
+            "ari": s["leiden_ari"]}
 
 
 def zinb_loglik(x, mean, theta, logodds, mask=None, per: str = "entry"):

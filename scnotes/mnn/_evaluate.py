@@ -3,8 +3,8 @@
 - :func:`pair_summary`: are the MNN pairs right? (pairs, share of the corrected
   batches' cells in a pair, share of pairs whose cells share a label).
 - :func:`score_methods`: every stored embedding or graph scored the same way
-  with :mod:`scnotes.metrics` (iLISI, kBET, cLISI, silhouette, scIB Leiden
-  clustering), one tidy row per method.
+  with :func:`scnotes.metrics.score_embedding` (iLISI, kBET, cLISI, silhouette,
+  scIB Leiden clustering), one tidy row per method.
 - :func:`compare_backends`: exact against approximate (pynndescent) MNN search
   on the same cells: wall time and recall of the exact pairs.
 """
@@ -78,13 +78,13 @@ def score_methods(adata, batch_key: str, label_key: str | None = None, embedding
         ``label conservation`` (mean of cLISI and ARI, both defined for graphs
         too); all scores in [0, 1], higher is better.
 
-    The clustering scores follow scIB (:func:`scnotes.metrics.leiden_clustering`):
-    Leiden over a grid of resolutions, the resolution with the highest NMI
-    against the labels kept, and the ARI and NMI of that clustering. They are
+    Every value is :func:`scnotes.metrics.score_embedding`'s (the library's one
+    embedding scorer; its docstring states the protocol). The clustering scores
+    follow scIB: Leiden over a grid of resolutions, the resolution with the highest
+    NMI against the labels kept, and the ARI and NMI of that clustering. They are
     optimistic: the labels choose the resolution. For a graph, LISI and kBET use
-    the 90 nearest cells by shortest path through it (:func:`scnotes.metrics.knn_graph`).
-    With ``label_key``, kBET is computed within each label and averaged
-    (:func:`scnotes.metrics.kbet_acceptance` with ``labels``, as scIB).
+    the nearest cells by shortest path through it (:func:`scnotes.metrics.knn_graph`).
+    With ``label_key``, kBET is computed within each label and averaged (scIB's way).
 
     Raises
     ------
@@ -102,20 +102,11 @@ def score_methods(adata, batch_key: str, label_key: str | None = None, embedding
               for m, (d, c) in (graphs or {}).items()]
     rows = []
     for method, rep in items:
-        x, graph = rep.get("x"), rep.get("graph")
-        knn = metrics.knn_graph(x, k=int(3 * perplexity), graph=graph)
-        row = {"method": method, "ilisi": metrics.ilisi_score(b, knn=knn, perplexity=perplexity),
-               # kBET within each label when there are labels (scIB's way), so batches of
-               # different composition are not scored as poorly mixed.
-               "kbet": metrics.kbet_acceptance(b, x=x, graph=graph, knn=knn, seed=seed, labels=lab)}
-        if lab is None:
-            row.update(clisi=np.nan, silhouette=np.nan, ari=np.nan, nmi=np.nan, resolution=np.nan)
-        else:
-            cl = metrics.leiden_clustering(lab, x=x, graph=rep.get("connectivities"), seed=seed)
-            row.update(clisi=metrics.clisi_score(lab, knn=knn, perplexity=perplexity),
-                       silhouette=metrics.silhouette_label(x, lab) if x is not None else np.nan,
-                       ari=cl["ari"], nmi=cl["nmi"], resolution=cl["resolution"])
-        rows.append(row)
+        s = metrics.score_embedding(labels=lab, batch=b, perplexity=perplexity, skip=("kmeans", "asw_batch"),
+                                    seed=seed, **rep)
+        rows.append({"method": method, "ilisi": s["ilisi"], "kbet": s["kbet"], "clisi": s["clisi"],
+                     "silhouette": s["asw_label"], "ari": s["leiden_ari"], "nmi": s["leiden_nmi"],
+                     "resolution": s["leiden_resolution"]})
     out = pd.DataFrame(rows)
     out["batch mixing"] = out[["ilisi", "kbet"]].mean(axis=1)
     out["label conservation"] = out[["clisi", "ari"]].mean(axis=1, skipna=False)
