@@ -21,7 +21,7 @@ def test_gmvae_chapter_runs_small(tmp_path, have_data):
     assert not any(o["output_type"] == "stream" and o["name"] == "stderr" for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # sweep x2, UMAP x2, curves
     glued = {o["metadata"]["scrapbook"]["name"] for o in outputs if "scrapbook" in o.get("metadata", {})}
-    assert {"main_best_own_ari", "main_km_gm", "lam_d_ari", "z_best_own", "wall_minutes"} <= glued
+    assert {"main_best_own_ari", "main_km_gm", "lam_d_ari", "z_best_own", "main_epochs", "wall_minutes"} <= glued
 
 
 def test_gmvae_chapter_reruns_on_foreign_data(tmp_path):
@@ -37,6 +37,7 @@ def test_gmvae_chapter_reruns_on_foreign_data(tmp_path):
     text = text_outputs(out)
     assert "dropped 5 cell(s)" in text and "second_dataset is None" in text
     assert int(glued["n_batches"]) == 2 and int(glued["n_labels"]) == 25
+    assert int(glued["main_epochs"]) == SMALL["max_epochs"] and int(glued["main_pretrain"]) == SMALL["pretrain_epochs"]
     # every sentence filled from this run (no nan, n/a, 0 cells, unfilled glue), none about the book's data
     check_rendered(out, book_only=BOOK_ONLY)
 
