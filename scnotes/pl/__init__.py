@@ -1,3 +1,4 @@
 """Plots. Plotting never computes: every function here draws what a model or ``tl`` call stored."""
 from ._common import *  # noqa: F401,F403
 from ._de import *  # noqa: F401,F403
+from ._gmvae import *  # noqa: F401,F403

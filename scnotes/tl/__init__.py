@@ -9,3 +9,5 @@ from ._map_eval import *  # noqa: F401,F403
 from ._loadings import *  # noqa: F401,F403
 from ._scvi_ref import *  # noqa: F401,F403
 from ._fit_many import *  # noqa: F401,F403
+from ._baselines import *  # noqa: F401,F403
+from ._gmvae_sweep import *  # noqa: F401,F403
