@@ -406,6 +406,17 @@ def test_transfer_labels_unknown_for_a_cell_type_the_reference_lacks():
         scnotes.tl.transfer_labels(wide, ref, "cell_type")
     with pytest.raises(KeyError, match="X_other"):
         scnotes.tl.transfer_labels(qry, ref, "cell_type", use_rep="X_other")
+    holed = qry.copy()
+    holed.obsm["X_lat"] = zq.copy()
+    holed.obsm["X_lat"][5, 1] = np.nan
+    with pytest.raises(ValueError, match=r"adata_query.obsm\['X_lat'\] contains NaN"):
+        scnotes.tl.transfer_labels(holed, ref, "cell_type")
+    # float32 latents are read exactly as float64: the same calls and distances
+    q32, r32, q64, r64 = qry.copy(), ref.copy(), qry.copy(), ref.copy()
+    q32.obsm["X_lat"], r32.obsm["X_lat"] = zq.astype(np.float32), zr.astype(np.float32)
+    q64.obsm["X_lat"], r64.obsm["X_lat"] = (z.astype(np.float32).astype(np.float64) for z in (zq, zr))
+    pd.testing.assert_frame_equal(scnotes.tl.transfer_labels(q32, r32, "cell_type"),
+                                  scnotes.tl.transfer_labels(q64, r64, "cell_type"))
 
 
 def test_backed_query_maps_like_the_same_query_in_memory(data, refs, tmp_path):
