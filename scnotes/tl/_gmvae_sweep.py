@@ -101,7 +101,7 @@ def _nbvae_row(adata, model_seed, label_key, batch_key, layer, seed, resolutions
     from ._gmvae import clustering_scores
     from ._vae import nbvae
 
-    model = nbvae(adata, n_latent=10, layer=layer, batch_key=batch_key, key_added="X_nbvae", seed=model_seed,
+    model = nbvae(adata, layer=layer, batch_key=batch_key, key_added="X_nbvae", seed=model_seed,
                   encoder_input="log1p", hidden_dim=128, max_epochs=epochs[0] + epochs[1], batch_size=128,
                   optimizer="adam", **fit)
     leiden_fixed(adata, "X_nbvae", key_added="nbvae_leiden", seed=seed)
@@ -112,7 +112,8 @@ def _nbvae_row(adata, model_seed, label_key, batch_key, layer, seed, resolutions
 
 def gmvae_sweep(adata, label_key: str, batch_key: str | None = None, n_clusters_grid=(1, 10, 20),
                 model_seeds=(0, 1), *, layer: str | None = "counts", seed: int = 0, resolutions=_RESOLUTIONS,
-                max_epochs: int | None = None, pretrain_epochs: int | None = None, free_bits: float = 0.0,
+                n_latent: int = 10, max_epochs: int | None = None, pretrain_epochs: int | None = None,
+                free_bits: float = 0.0,
                 lr: float = 3e-3, n_samples: int = 1, train_size: float = 0.9, baselines: bool = True):
     """GMVAE fits (``scnotes.tl.gmvae``) for every K in ``n_clusters_grid`` and seed in
     ``model_seeds``, on a random ``train_size`` of the cells (the rest held out for the
@@ -129,6 +130,7 @@ def gmvae_sweep(adata, label_key: str, batch_key: str | None = None, n_clusters_
         (one-hot in the decoders; None: one batch, batch mixing not scored)
     seed : seed of the scores, of Leiden and of PCA (the model seeds are ``model_seeds``)
     resolutions : Leiden resolutions of the NMI-chosen Leiden score
+    n_latent : latent dimension of the GMVAE's x and of the NBVAE's z
     max_epochs, pretrain_epochs : epochs of the GMVAE phase and of its count-VAE pretraining
         (None: sized to the data by :func:`gmvae_epochs`); the NBVAE trains their sum
     free_bits : λ (nats) of the free-bits threshold on the minibatch mean of KL_z
@@ -158,7 +160,7 @@ def gmvae_sweep(adata, label_key: str, batch_key: str | None = None, n_clusters_
     if batch_key is not None:
         check_obs_key(adata, batch_key)
     epochs = gmvae_epochs(adata.n_obs, train_size, 128, max_epochs, pretrain_epochs)
-    fit = dict(lr=lr, n_samples=n_samples, train_size=train_size)
+    fit = dict(n_latent=n_latent, lr=lr, n_samples=n_samples, train_size=train_size)
     score = dict(label_key=label_key, batch_key=batch_key, layer=layer, seed=seed, resolutions=resolutions)
     rows, models = [], {}
     for k in n_clusters_grid:
