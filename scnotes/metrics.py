@@ -37,7 +37,8 @@ import scipy.sparse as sp
 
 __all__ = ["knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
            "silhouette_label", "silhouette_batch", "leiden_ari", "leiden_clustering", "cluster_scores",
-           "kmeans_ari", "score_embedding", "score_integration", "poisson_loglik", "nb_loglik", "occupancy", "zinb_loglik"]
+           "kmeans_ari", "score_embedding", "score_integration", "poisson_loglik", "nb_loglik", "occupancy",
+           "zinb_loglik", "RESOLUTIONS"]
 
 
 def _codes(labels, n):
@@ -597,7 +598,7 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
     Raises
     ------
     ValueError
-        Neither ``x`` nor ``graph``, or both; ``graph`` with labels but no ``connectivities``;
+        Neither ``x`` nor ``graph``, or both; ``x`` not 2-d; ``graph`` with labels but no ``connectivities``;
         labels, batches or clusters of the wrong length or with missing values; NaN in ``x``.
     """
     if (x is None) == (graph is None):
@@ -607,6 +608,8 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
         raise ValueError(f"skip: unknown scores {sorted(skip - _SKIPPABLE)}; choose from {sorted(_SKIPPABLE)}")
     if x is not None:
         x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"x must be an embedding of shape (n_cells, d), got shape {x.shape}")
     n = (x if x is not None else graph).shape[0]
     for name, v in (("labels", labels), ("batch", batch), ("clusters", clusters)):
         if v is not None:

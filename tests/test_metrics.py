@@ -44,7 +44,8 @@ def test_kbet_and_silhouette_and_ari():
     assert metrics.kbet_acceptance(lab, x=x) < 0.05
     assert metrics.silhouette_label(x, lab) > 0.9
     assert metrics.silhouette_label(x, mixed) == pytest.approx(0.5, abs=0.05)
-    assert metrics.leiden_ari(lab, x=x) == pytest.approx(1.0)
+    with pytest.warns(DeprecationWarning, match="leiden_clustering"):
+        assert metrics.leiden_ari(lab, x=x) == pytest.approx(1.0)
 
 
 def test_graph_input_and_missing_labels():
@@ -118,3 +119,122 @@ def test_kbet_per_label_accepts_mixed_batches_of_different_composition():
     # Batches apart within each type: rejected under both.
     x2 = x + np.c_[b * 8.0, np.zeros((2000, 4))]
     assert metrics.kbet_acceptance(b, x=x2, labels=lab) < 0.05
+
+
+def batched_blobs(seed=6):
+    """Three types (100, 80, 60 cells) with batch shares that differ by type, batches
+    mixed within each type; plus a fixed clustering that merges two types."""
+    rng = np.random.default_rng(seed)
+    lab = np.repeat([0, 1, 2], [100, 80, 60])
+    b = (rng.random(lab.size) < np.array([0.8, 0.5, 0.2])[lab]).astype(int)
+    x = np.array([[0.0] * 4, [12.0] * 4, [-12.0, 12.0, -12.0, 12.0]])[lab] + rng.normal(size=(lab.size, 4))
+    return x, lab, b, np.minimum(lab, 1)
+
+
+def test_score_embedding_is_the_individual_scores():
+    x, lab, b, cl = batched_blobs()
+    s = metrics.score_embedding(x, lab, b, clusters=cl, n_clusters=4, seed=2)
+    ld = metrics.leiden_clustering(lab, x=x, seed=2)
+    km = metrics.kmeans_ari(lab, x, seed=2)
+    knn = metrics.knn_graph(x, k=90)
+    fixed = metrics.cluster_scores(lab, cl)
+    expected = {"leiden_ari": ld["ari"], "leiden_nmi": ld["nmi"], "leiden_resolution": ld["resolution"],
+                "leiden_n_clusters": ld["n_clusters"], "kmeans_ari": km["ari"], "kmeans_nmi": km["nmi"],
+                "asw_label": metrics.silhouette_label(x, lab), "clisi": metrics.clisi_score(lab, knn=knn),
+                "ilisi": metrics.ilisi_score(b, knn=knn), "asw_batch": metrics.silhouette_batch(x, b, lab),
+                "kbet": metrics.kbet_acceptance(b, x=x, labels=lab, seed=2),
+                "cluster_ari": fixed["ari"], "cluster_nmi": fixed["nmi"], **metrics.occupancy(cl, 4)}
+    assert set(s) == set(expected)
+    for k, v in expected.items():
+        assert s[k] == pytest.approx(v, rel=1e-12), k
+    # Known truth: separated types, batches mixed within types, one empty fixed cluster.
+    assert s["leiden_ari"] == 1.0 and s["kmeans_ari"] == 1.0 and s["clisi"] > 0.99
+    assert s["kbet"] > 0.8 and s["asw_batch"] > 0.9 and s["n_used"] == 2 and s["max_fraction"] == 140 / 240
+    # kBET per label forgives the different compositions; against the global mix it does not.
+    assert metrics.score_embedding(x, None, b)["kbet"] < s["kbet"] - 0.3
+
+
+def test_score_embedding_graph_input_missing_parts_and_errors():
+    x, lab, b, _ = batched_blobs()
+    from sklearn.neighbors import kneighbors_graph
+
+    g = kneighbors_graph(x, 30, mode="distance")
+    conn = kneighbors_graph(x, 15, mode="connectivity")
+    conn = sp.csr_matrix(((conn + conn.T) > 0).astype(float))
+    s = metrics.score_embedding(labels=lab, batch=b, graph=g, connectivities=conn)
+    assert s["leiden_ari"] == 1.0 and s["clisi"] > 0.99
+    assert all(np.isnan(s[k]) for k in ("kmeans_ari", "asw_label", "asw_batch", "cluster_ari", "n_used"))
+    nolab = metrics.score_embedding(x, batch=b, skip=("asw_batch",))
+    assert np.isnan(nolab["leiden_ari"]) and np.isnan(nolab["clisi"]) and 0 <= nolab["kbet"] <= 1
+    with pytest.raises(ValueError, match="not both"):
+        metrics.score_embedding(labels=lab)
+    with pytest.raises(ValueError, match=r"shape \(n_cells, d\)"):
+        metrics.score_embedding(lab)  # labels passed where the embedding goes
+    with pytest.raises(ValueError, match="not both"):
+        metrics.score_embedding(x, lab, graph=g)
+    with pytest.raises(ValueError, match="connectivities"):
+        metrics.score_embedding(labels=lab, graph=g)
+    with pytest.raises(ValueError, match="unknown scores"):
+        metrics.score_embedding(x, lab, skip=("leiden",))
+    with pytest.raises(ValueError, match="labels for"):
+        metrics.score_embedding(x, lab[:-1])
+
+
+def test_the_three_fronts_report_score_embedding():
+    import anndata as ad
+    import pandas as pd
+
+    import scnotes
+    from scnotes import mnn
+
+    x, lab, b, cl = batched_blobs()
+    a = ad.AnnData(np.zeros((lab.size, 2), dtype=np.float32))
+    a.obs["t"], a.obs["b"] = pd.Categorical(lab.astype(str)), pd.Categorical(b.astype(str))
+    a.obs["cl"] = pd.Categorical(cl.astype(str), categories=["0", "1", "2"])
+    a.obsm["X_e"] = x
+    s = metrics.score_embedding(x, lab.astype(str), b.astype(str), clusters=a.obs["cl"], seed=1)
+    cs = scnotes.tl.clustering_scores(a, "X_e", "t", "b", cluster_key="cl", seed=1)
+    assert cs == {k: s[k] for k in cs} and "clisi" not in cs and cs["n_used"] == 2
+    row = mnn.score_methods(a, "b", "t", embeddings={"e": "X_e"}, seed=1).iloc[0]
+    for col, key in (("ilisi", "ilisi"), ("kbet", "kbet"), ("clisi", "clisi"), ("silhouette", "asw_label"),
+                     ("ari", "leiden_ari"), ("nmi", "leiden_nmi"), ("resolution", "leiden_resolution")):
+        assert row[col] == s[key], col
+    si = metrics.score_integration(b.astype(str), labels=lab.astype(str), x=x, seed=1)
+    assert si == {"ilisi": s["ilisi"], "kbet": s["kbet"], "clisi": s["clisi"], "silhouette": s["asw_label"],
+                  "ari": s["leiden_ari"]}
+
+
+def test_silhouette_batch_skips_labels_without_a_silhouette():
+    # A label whose cells each come from a different batch has no batch silhouette (scIB skips it).
+    x, lab, b, _ = batched_blobs()
+    x2 = np.r_[x, [[50.0] * 4, [51.0] * 4]]
+    lab2, b2 = np.r_[lab, [7, 7]], np.r_[b, [0, 1]]
+    assert metrics.silhouette_batch(x2, b2, lab2) == pytest.approx(metrics.silhouette_batch(x, b, lab), rel=1e-12)
+
+
+def test_loglik_agree_with_scipy_stats():
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    x = rng.poisson(2.0, size=(30, 12))
+    mu = rng.gamma(2.0, 1.0, size=(30, 12))
+    mu[0, :3], x[0, :3] = 0.0, [0, 0, 0]  # a zero mean at a zero count scores 0
+    mask = rng.random(x.shape) < 0.4
+    ref = stats.poisson.logpmf(x, mu)
+    assert metrics.poisson_loglik(x, mu) == pytest.approx(ref.mean(), rel=1e-12)
+    assert metrics.poisson_loglik(x, mu, mask=mask, per="total") == pytest.approx(ref[mask].sum(), rel=1e-12)
+    np.testing.assert_allclose(metrics.poisson_loglik(sp.csr_matrix(x), mu, per="cell"), ref.sum(axis=1),
+                               rtol=1e-12)
+    floored = stats.poisson.logpmf(x, np.maximum(mu, 0.5)).mean()
+    assert metrics.poisson_loglik(x, mu, floor=0.5) == pytest.approx(floored, rel=1e-12)
+    x1 = x.copy()
+    x1[0, 0] = 1
+    assert metrics.poisson_loglik(x1, mu) == -np.inf
+    theta = rng.gamma(3.0, 1.0, size=12)
+    nb = stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+    assert metrics.nb_loglik(x, mu, theta, per="total") == pytest.approx(nb.sum(), rel=1e-10)
+    for f, args in ((metrics.poisson_loglik, ()), (metrics.nb_loglik, (theta,))):
+        with pytest.raises(ValueError, match="non-negative"):
+            f(x, -mu, *args)
+        with pytest.raises(ValueError, match="shape"):
+            f(x, mu[:, :-1], *args)

@@ -11,7 +11,7 @@ import pytest
 from scnotes import metrics
 
 sm = pytest.importorskip("scib_metrics")
-from scib_metrics.nearest_neighbors import NeighborsResults  # noqa: E402
+from scib_metrics.nearest_neighbors import NeighborsResults
 
 SCIB_RESOLUTIONS = [2 * i / 10 for i in range(1, 11)]  # nmi_ari_cluster_labels_leiden's grid
 
@@ -79,7 +79,7 @@ def test_kbet_statistic_matches_globally_and_per_label(data):
 
 
 def test_leiden_matches_on_scib_grid_and_ours_is_a_superset(data):
-    x, lab, b, s = data
+    x, lab, _, s = data
     ref = sm.nmi_ari_cluster_labels_leiden(with_self(*metrics.knn_graph(x, k=14)), lab, seed=3)
     ours = metrics.leiden_clustering(lab, x=x, resolutions=SCIB_RESOLUTIONS, seed=3)
     assert ours["nmi"] == pytest.approx(float(ref["nmi"]), abs=1e-9)
@@ -95,7 +95,7 @@ def test_leiden_matches_on_scib_grid_and_ours_is_a_superset(data):
 
 def test_kmeans_agrees_on_separated_labels(data):
     # scib-metrics has its own (JAX) k-means; on separated labels both find them.
-    x, lab, b, s = data
+    x, lab, _, s = data
     ref = sm.nmi_ari_cluster_labels_kmeans(x, lab)
     assert s["kmeans_ari"] == pytest.approx(float(ref["ari"]), abs=0.05)
     assert s["kmeans_nmi"] == pytest.approx(float(ref["nmi"]), abs=0.05)
