@@ -27,6 +27,9 @@ def test_ldvae_chapter_runs_small(tmp_path, have_data):
     # importance sampling tightens the one-sample bound (the chapter asserts it too)
     assert float(glued["gap_mll_elbo"]) > -1.0
     assert 0 <= float(glued["r_mean"]) <= 1
+    # the settings the Methods paragraph states are this run's, not the defaults
+    assert int(glued["max_epochs"]) == 2 and int(glued["n_genes"]) <= 150
+    assert 0 <= float(glued["cc_min"]) <= float(glued["cc_median"]) <= 1
 
 
 def test_ldvae_chapter_reruns_on_foreign_data(tmp_path):
@@ -42,7 +45,7 @@ def test_ldvae_chapter_reruns_on_foreign_data(tmp_path):
     glued = check_executed(out)
     text = text_outputs(out)
     assert "dropped 5 cell(s)" in text and "foreign" in text
-    assert int(glued["n_latent"]) == 3
+    assert int(glued["n_latent"]) == 3 and int(glued["max_epochs"]) == 3 and int(glued["n_genes"]) <= 150
     assert 0 <= float(glued["ld_ari_fixed"]) <= 1
     # every sentence filled from this run (no nan, n/a, 0 cells, unfilled glue), none about the book's data
     check_rendered(out, book_only=BOOK_ONLY)
