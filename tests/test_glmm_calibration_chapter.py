@@ -11,7 +11,7 @@ from scnotes import glmm
 
 # Small sizes: every experiment runs, on a few genes and cells.
 SMALL = {"n_splits": 1, "power_b_splits": 1, "null_n_types": 3, "null_genes": 20, "null_max_cells": 600, "pos_max_cells": 600,
-         "sim_genes": 30, "sim_cells": 20, "nb_epochs": 30, "glmmtmb_genes": 0, "glmmtmb_sim_genes": 0,
+         "sim_genes": 30, "sim_cells": 20, "max_epochs": 30, "glmmtmb_genes": 0, "glmmtmb_sim_genes": 0,
          "min_cells": 3}
 NB, WILC = "NB GLMM", "Wilcoxon (cells)"
 
@@ -113,8 +113,8 @@ def test_calibration_chapter_reruns_without_positive_control(tmp_path):
 def test_calibration_chapter_misspelt_parameter_names_it():
     from scnotes.cli import run_chapter
 
-    with pytest.raises(ValueError, match="unknown parameter 'nb_epoch'.*did you mean 'nb_epochs'"):
-        run_chapter("glmm_calibration", {"nb_epoch": 3})
+    with pytest.raises(ValueError, match="unknown parameter 'max_epoch'.*did you mean 'max_epochs'"):
+        run_chapter("glmm_calibration", {"max_epoch": 3})
 
 
 def test_calibration_chapter_missing_key_names_the_parameter(tmp_path):
