@@ -40,6 +40,9 @@ def test_gmvae_epochs_keep_the_book_and_give_a_small_file_its_steps():
         scnotes.tl.gmvae_epochs(0)
     with pytest.raises(ValueError, match="train_size"):
         scnotes.tl.gmvae_epochs(100, train_size=0)
+    for bad in (dict(max_epochs=0), dict(max_epochs=2.5), dict(max_epochs="20"), dict(pretrain_epochs=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            scnotes.tl.gmvae_epochs(100, **bad)
 
 
 # --- baselines ---------------------------------------------------------------------------

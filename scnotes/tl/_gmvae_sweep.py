@@ -43,10 +43,14 @@ def gmvae_epochs(n_cells: int, train_size: float = 0.9, batch_size: int = 128, m
     minibatches per epoch) a third of the steps of the book's 2,000 cells, and it ends
     under-trained; with this rule the book's subsample keeps its 20 + 10 epochs.
 
-    Raises ValueError for ``n_cells`` < 1 or ``train_size`` outside (0, 1].
+    Raises ValueError for ``n_cells`` < 1, ``train_size`` outside (0, 1], or a given
+    ``max_epochs`` (``pretrain_epochs``) that is not a positive (non-negative) integer.
     """
     from ..vae import epochs_for
 
+    for name, v, low in (("max_epochs", max_epochs, 1), ("pretrain_epochs", pretrain_epochs, 0)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low):
+            raise ValueError(f"{name} must be None (sized to the data) or an integer >= {low}, got {v!r}")
     if n_cells < 1:
         raise ValueError(f"n_cells must be positive, got {n_cells!r}")
     if not 0 < train_size <= 1:
