@@ -162,3 +162,32 @@ def check_rendered(notebook, book_only: list[str] | tuple[str, ...] = ()) -> Pat
                 problems.append(f"book-only text {s!r} in the prose: …{text[max(0, i - 80):i + len(s) + 80]}…")
     assert problems == [], f"{len(problems)} finding(s) in {page}:\n" + "\n".join(problems)
     return page
+
+
+def run_checked(chapter: str, params: dict, tmp_path, expect_text=(), rendered: bool = True,
+                book_only=()) -> dict:
+    """Execute ``chapter`` with ``params`` (small sizes) into ``tmp_path`` and check it: every
+    cell clean and every used glue key glued (:func:`check_executed`), each string of
+    ``expect_text`` in the printed or displayed outputs, and (``rendered``) the rerun's report
+    (:func:`check_rendered` with ``book_only``). Returns {glue key: text/plain value}."""
+    from scnotes.cli import run_chapter
+
+    out = run_chapter(chapter, params, output=Path(tmp_path) / f"{chapter}.ipynb")
+    glued = check_executed(out)
+    text = text_outputs(out)
+    missing = [s for s in expect_text if s not in text]
+    assert not missing, f"not in the outputs of {chapter}: {missing}"
+    if rendered:
+        check_rendered(out, book_only=book_only)
+    return glued
+
+
+def check_misspelt_parameter(chapter: str, wrong: str, right: str, value=1) -> None:
+    """``scnotes run`` refuses the misspelt parameter ``wrong`` before running anything and
+    suggests ``right``."""
+    import pytest
+
+    from scnotes.cli import run_chapter
+
+    with pytest.raises(ValueError, match=f"{re.escape(wrong)}.*did you mean '{re.escape(right)}'"):
+        run_chapter(chapter, {wrong: value})
