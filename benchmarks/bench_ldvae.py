@@ -60,7 +60,7 @@ def fit_scnotes(adata, epochs, library, seed):
     import scnotes
 
     c0 = time.process_time()
-    m = scnotes.tl.ldvae(adata, n_latent=10, max_epochs=epochs, progress=False,
+    m = scnotes.tl.ldvae(adata, n_latent=10, layer="counts", max_epochs=epochs, progress=False,
                          model_kwargs=dict(seed=seed, library=library), copy=True)[1]
     return m, m.fit_time_ / m.n_epochs_, (time.process_time() - c0) / m.n_epochs_
 

@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 
 #: The one registry of loadable classes: public name → (module, attribute).
 _CLASSES = {
+    "scnotes.vae.CountVAE": ("scnotes.vae._model", "CountVAE"),
     "scnotes.vae.PVAE": ("scnotes.vae._model", "PVAE"),
     "scnotes.vae.NBVAE": ("scnotes.vae._model", "NBVAE"),
     "scnotes.vae.ZINBVAE": ("scnotes.vae._model", "ZINBVAE"),

@@ -36,6 +36,18 @@ def test_shared_keywords_by_name_with_one_default(front):
     assert "latent_dim" not in params and "return_model" not in params or front == "glmm"
 
 
+@pytest.mark.parametrize("front", ["pvae", "nbvae", "zinbvae", "ldvae", "gmvae"])
+def test_vae_fronts_share_one_signature_order(front):
+    params = list(inspect.signature(getattr(tl, front)).parameters.values())
+    first = "n_clusters" if front == "gmvae" else "n_latent"
+    assert [p.name for p in params[:7]] == ["adata", first, "layer", "batch_key", "covariate_keys",
+                                            "size_factor_key", "key_added"]
+    assert params[1].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[2:]), front
+    assert all(p.default is None for p in params[2:6]), front  # layer=None: adata.X, as every front
+    assert params[6].default == "X_" + front
+
+
 def test_settings_progress_is_off_when_not_interactive(monkeypatch):
     monkeypatch.delenv("SCNOTES_PROGRESS", raising=False)
     monkeypatch.setenv("CI", "1")

@@ -146,7 +146,7 @@ def test_k1_is_a_vae_with_a_learned_gaussian_prior():
         t = m.terms_from_draws(y, None, s, None, d)
         N = torch.distributions.Normal
         mu = s[:, None] * torch.exp(m.decode(d["x"]))
-        theta = m.inv_disp
+        theta = m.theta
         rec = torch.distributions.NegativeBinomial(total_count=theta, probs=mu / (mu + theta)).log_prob(y).sum(-1).mean(0)
         kl_w = torch.distributions.kl_divergence(N(d["mean_w"], d["scale_w"]), N(0.0, 1.0)).sum(-1)
         pm, ps = d["prior_mean"][:, :, 0], d["prior_scale"][:, :, 0]  # the one component

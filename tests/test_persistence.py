@@ -157,11 +157,12 @@ def test_only_registered_classes_save(tmp_path):
 def test_repr_shows_the_non_default_params():
     from scnotes.glmm import NBGLMMVEB, PoissonGLMMVEB
     from scnotes.nmf import NBMF, PoissonNMF
-    from scnotes.vae import GMVAE, LDVAE, NBVAE, ZINBVAE
+    from scnotes.vae import GMVAE, LDVAE, NBVAE, ZINBVAE, CountVAE
 
     assert repr(NBVAE(5)) == "NBVAE(input_dim=5)"
     assert repr(ZINBVAE(5, theta_by_gene=False, n_latent=3)) == "ZINBVAE(input_dim=5, n_latent=3, theta_by_gene=False)"
     assert repr(LDVAE(4, likelihood="poisson")) == "LDVAE(input_dim=4, likelihood='poisson')"
+    assert repr(CountVAE(4, likelihood="zinb")) == "CountVAE(input_dim=4, likelihood='zinb')"
     assert repr(GMVAE(3, n_clusters=4)) == "GMVAE(input_dim=3, n_clusters=4)"
     assert repr(PoissonNMF(3)) == "PoissonNMF(n_components=3)"
     assert repr(NBMF(theta=np.ones(3))) == "NBMF(theta=array([1., 1., 1.]))"

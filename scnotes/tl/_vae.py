@@ -20,10 +20,11 @@ __all__ = ["pvae", "nbvae", "zinbvae", "ldvae", "check_genes", "encode_covariate
 
 def fit_vae(cls, adata, *, front, n_latent, max_epochs, batch_size, seed, device, progress, layer,
             batch_key, covariate_keys, size_factor_key, key_added, copy, model_kwargs, kwargs,
-            defaults=None, params=None):
+            params=None):
     """Shared body of the VAE fronts: read ``adata`` (:func:`~scnotes.tl._front.setup`), build
     ``cls`` with the shared keywords and the constructor's ``kwargs``, fit with the ``fit``
-    ones over the family ``defaults``, store the latent in ``obsm[key_added]`` and the call in
+    ones (every other training argument keeps ``cls.fit``'s own default: one set of defaults
+    per model, whatever the entry point), store the latent in ``obsm[key_added]`` and the call in
     ``uns[key_added]``. Returns ``(adata, model, inputs)``."""
     kwargs = dict(kwargs)
     n_latent = renamed(kwargs, "latent_dim", "n_latent", n_latent, SHARED["n_latent"], front)
@@ -31,7 +32,7 @@ def fit_vae(cls, adata, *, front, n_latent, max_epochs, batch_size, seed, device
     init_kw = lift_model_kwargs(model_kwargs, shared, front)
     i_kw, f_kw = route_kwargs(cls, kwargs)
     init_kw.update(i_kw)
-    fit_kw = dict(defaults or {}, **f_kw)
+    fit_kw = dict(f_kw)
     if max_epochs is not None:
         fit_kw["max_epochs"] = max_epochs
     if batch_size is not None:
@@ -71,9 +72,9 @@ _DOC = """Fit a {name} to the counts of ``adata`` and store its latent means.
     layer : str or None, layer holding the counts (None: ``adata.X``)
     batch_key : str or None, ``obs`` column one-hot encoded as decoder covariates
     covariate_keys : list of str or None, further categorical ``obs`` columns (one-hot)
-    key_added : str, ``obsm`` key for the latent means (default ``"{key}"``)
     size_factor_key : str or None, ``obs`` column of positive size factors
         (None: total counts per cell)
+    key_added : str, ``obsm`` key for the latent means (default ``"{key}"``)
     {shared}
     **kwargs : keywords of :class:`scnotes.vae.{name}` (``hidden_dim``, ``encoder_input``{extra})
         and of its ``fit`` (``lr``, ``n_samples``, ``objective``, ``optimizer``, ``train_size``,
@@ -108,8 +109,8 @@ def _count_vae(cls, front, adata, n_latent, layer, batch_key, covariate_keys, ke
     return finish(adata, model, copy)
 
 
-def pvae(adata, n_latent: int = 10, layer=None, batch_key=None, covariate_keys=None,
-         key_added: str = "X_pvae", size_factor_key=None, *, max_epochs: int | None = None,
+def pvae(adata, n_latent: int = 10, *, layer=None, batch_key=None, covariate_keys=None,
+         size_factor_key=None, key_added: str = "X_pvae", max_epochs: int | None = None,
          batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
          copy: bool = False, model_kwargs=None, **kwargs):
     from ..vae import PVAE
@@ -118,8 +119,8 @@ def pvae(adata, n_latent: int = 10, layer=None, batch_key=None, covariate_keys=N
                       kwargs)
 
 
-def nbvae(adata, n_latent: int = 10, layer=None, batch_key=None, covariate_keys=None,
-          key_added: str = "X_nbvae", size_factor_key=None, *, max_epochs: int | None = None,
+def nbvae(adata, n_latent: int = 10, *, layer=None, batch_key=None, covariate_keys=None,
+          size_factor_key=None, key_added: str = "X_nbvae", max_epochs: int | None = None,
           batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
           copy: bool = False, model_kwargs=None, **kwargs):
     from ..vae import NBVAE
@@ -128,8 +129,8 @@ def nbvae(adata, n_latent: int = 10, layer=None, batch_key=None, covariate_keys=
                       kwargs)
 
 
-def zinbvae(adata, n_latent: int = 10, layer=None, batch_key=None, covariate_keys=None,
-            key_added: str = "X_zinbvae", size_factor_key=None, *, max_epochs: int | None = None,
+def zinbvae(adata, n_latent: int = 10, *, layer=None, batch_key=None, covariate_keys=None,
+            size_factor_key=None, key_added: str = "X_zinbvae", max_epochs: int | None = None,
             batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
             copy: bool = False, model_kwargs=None, **kwargs):
     from ..vae import ZINBVAE
@@ -143,34 +144,31 @@ nbvae.__doc__ = _DOC.format(name="NBVAE", key="X_nbvae", extra=", ``theta_by_gen
 zinbvae.__doc__ = _DOC.format(name="ZINBVAE", key="X_zinbvae",
                               extra=", ``theta_by_gene``, ``logodds_by_gene``", shared=_VAE_SHARED)
 
-#: The LDVAE front's training defaults (scvi-tools' LinearSCVI tutorial settings; ``LDVAE.fit``
-#: itself keeps the seed's RMSprop, lr 1e-2, full batch, 100 epochs).
-LDVAE_DEFAULTS = dict(optimizer="adam", lr=5e-3, batch_size=128, train_size=0.9, n_samples=1, max_epochs=250)
 
-
-def ldvae(adata, n_latent: int = 10, layer="counts", batch_key=None, covariate_keys=None,
-          key_added: str = "X_ldvae", varm_key: str | None = None, size_factor_key=None, *,
+def ldvae(adata, n_latent: int = 10, *, layer=None, batch_key=None, covariate_keys=None,
+          size_factor_key=None, key_added: str = "X_ldvae", varm_key: str | None = None,
           max_epochs: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "cpu",
           progress: bool | None = None, copy: bool = False, model_kwargs=None, **kwargs):
     """Fit an :class:`~scnotes.vae.LDVAE` to the counts of ``adata``; store latent and loadings.
 
     Parameters
     ----------
-    adata : AnnData, n_cells × n_genes raw counts in ``layers[layer]`` (default
-        ``"counts"``; ``layer=None`` reads ``X``)
+    adata : AnnData, n_cells × n_genes raw counts in ``X`` or ``layers[layer]``
+    layer : str or None, layer holding the counts (None: ``adata.X``, as every front)
     batch_key : str or None, ``obs`` column whose one-hot enters the decoder
         (per-batch gene offsets; with ``library="latent"`` also the library prior)
     covariate_keys : list of str or None, further categorical ``obs`` columns
+    size_factor_key : str or None, ``obs`` column of library sizes (None: totals)
     key_added : str, ``obsm`` key of the latent means (n_cells × n_latent)
     varm_key : str or None, ``varm`` key of the loadings (n_genes × n_latent;
         default: ``key_added`` without its ``X_`` prefix, e.g. ``"ldvae"``)
-    size_factor_key : str or None, ``obs`` column of library sizes (None: totals)
     {shared}
     **kwargs : keywords of :class:`scnotes.vae.LDVAE` (``likelihood``, ``decoder_batch_norm``,
         ``library``, ``latent_distribution``, ...) and of :meth:`LDVAE.fit` (``lr``,
-        ``train_size``, ``early_stopping``, ``optimizer``, ...); the front trains with
-        :data:`LDVAE_DEFAULTS` (Adam, lr 5e-3, batches of 128, 90 % of the cells, one draw,
-        250 epochs) unless told otherwise. ``model_kwargs=dict(...)``: older, deprecated.
+        ``train_size``, ``early_stopping``, ``optimizer``, ...); unless told otherwise the
+        model trains with :meth:`LDVAE.fit`'s own defaults (Adam, lr 5e-3, batches of 128,
+        90 % of the cells, one draw, 250 epochs), the same as ``LDVAE().fit()``.
+        ``model_kwargs=dict(...)``: older, deprecated.
 
     Returns
     -------
@@ -192,7 +190,7 @@ def ldvae(adata, n_latent: int = 10, layer="counts", batch_key=None, covariate_k
                               batch_size=batch_size, seed=seed, device=device, progress=progress,
                               layer=layer, batch_key=batch_key, covariate_keys=covariate_keys,
                               size_factor_key=size_factor_key, key_added=key_added, copy=copy,
-                              model_kwargs=model_kwargs, kwargs=kwargs, defaults=LDVAE_DEFAULTS)
+                              model_kwargs=model_kwargs, kwargs=kwargs)
     keys = slot_keys(key_added, varm="{base}")
     vk = varm_key or keys["varm"]
     adata.varm[vk] = model.get_loadings().to_numpy()
@@ -201,4 +199,4 @@ def ldvae(adata, n_latent: int = 10, layer="counts", batch_key=None, covariate_k
 
 
 ldvae.__doc__ = ldvae.__doc__.format(shared=_SHARED_DOC.format(
-    epochs="250, :data:`LDVAE_DEFAULTS`", batch="128, :data:`LDVAE_DEFAULTS`"))
+    epochs="250, ``LDVAE.fit``'s default", batch="128, ``LDVAE.fit``'s default"))

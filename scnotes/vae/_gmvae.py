@@ -50,7 +50,7 @@ Departures from the references (defects not carried):
   over k on one cell alone;
 * its NB has no size factor; here s_i (total counts by default) multiplies ρ;
 * the seed 000 class has undefined names and a wrong Gaussian KL; the KLs here are
-  those of :func:`scnotes.likelihoods.normal_kl` and ``_gauss_kl`` (tested against
+  those of :func:`scnotes.likelihoods.normal_kl` (tested against
   torch.distributions and Monte Carlo).
 * scales are softplus(·) + 1e-4 (the encoder's floor) rather than exp(log σ²), so a
   component cannot collapse to zero variance and make log N infinite.
@@ -76,10 +76,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..likelihoods import normal_kl
+from ..likelihoods import normal_kl, normal_log_pdf
 from ._data import CountData
-from ._model import _CountVAE
-from ._module import LIKELIHOODS, CountVAEModule, _gauss_kl, _log_normal
+from ._model import CountVAE
+from ._module import CountVAEModule
 from ._lightning import fit_lightning
 
 __all__ = ["GMVAE", "GMVAEModule", "FREE_BITS_MODES", "CONDITIONAL_PRIORS"]
@@ -112,11 +112,11 @@ class GMVAEModule(CountVAEModule):
 
     def __init__(self, input_dim: int, latent_dim: int, n_clusters: int, w_dim: int = 10,
                  hidden_dim: int = 128, prior_hidden_dim: int | None = None, n_covariates: int = 0,
-                 likelihood: str = "nb", disp_by_gene: bool = True, logodds_by_gene: bool = True,
+                 likelihood: str = "nb", theta_by_gene: bool = True, logodds_by_gene: bool = True,
                  scale_floor: float = 1e-4, encoder_input: str = "log1p", n_layers: int = 2,
                  dropout: float = 0.0, n_batches: int = 0, free_bits: float = 0.0,
                  free_bits_mode: str = "batch", conditional_prior: str = "analytic"):
-        super().__init__(input_dim, latent_dim, hidden_dim, n_covariates, likelihood, disp_by_gene,
+        super().__init__(input_dim, latent_dim, hidden_dim, n_covariates, likelihood, theta_by_gene,
                          logodds_by_gene, scale_floor, encoder_input, n_layers, dropout,
                          n_batches=n_batches)
         if free_bits_mode not in FREE_BITS_MODES:
@@ -156,7 +156,7 @@ class GMVAEModule(CountVAEModule):
     @staticmethod
     def component_log_density(x, mean, scale):
         """log N(x; μ_k, diag σ_k²) for every k: x … × d, mean/scale … × K × d → … × K."""
-        return _log_normal(x.unsqueeze(-2), mean, scale).sum(-1)
+        return normal_log_pdf(x.unsqueeze(-2), mean, scale).sum(-1)
 
     def cluster_log_posterior(self, x, w):
         """log p(z = k | x, w) (Bayes' rule, uniform p(z)): x … × d, w … × d_w → … × K."""
@@ -179,9 +179,9 @@ class GMVAEModule(CountVAEModule):
         ``kl_x``, ``kl_z`` and the unbiased ``elbo`` (module docstring)."""
         k = self.n_clusters
         pz = torch.exp(d["log_pz"])
-        log_q = _log_normal(d["x"], d["mean_x"], d["scale_x"]).sum(-1)  # S × B
+        log_q = normal_log_pdf(d["x"], d["mean_x"], d["scale_x"]).sum(-1)  # S × B
         if self.conditional_prior == "analytic":
-            kl_comp = _gauss_kl(d["mean_x"][:, None, :], d["scale_x"][:, None, :],
+            kl_comp = normal_kl(d["mean_x"][:, None, :], d["scale_x"][:, None, :],
                                 d["prior_mean"], d["prior_scale"]).sum(-1)  # S × B × K
         else:
             kl_comp = log_q[..., None] - d["log_comp"]
@@ -251,7 +251,7 @@ def _positive_int(name, v):
     return int(v)
 
 
-class GMVAE(_CountVAE):
+class GMVAE(CountVAE):
     """Gaussian-mixture VAE: clusters of counts, with batch (and other) covariates in the decoder.
 
     Model, loss terms and departures from the references: :mod:`scnotes.vae._gmvae`.
@@ -273,7 +273,8 @@ class GMVAE(_CountVAE):
     n_covariates, n_batches : covariate columns fed to the decoder only (batch one-hot
         first, ``n_batches`` columns; set by :func:`scnotes.tl.gmvae`)
     encoder_input : "log1p" (default) or "raw"
-    disp_by_gene, logodds_by_gene : per-gene θ / dropout log-odds (NB / ZINB)
+    theta_by_gene, logodds_by_gene : per-gene θ / dropout log-odds (NB / ZINB;
+        ``disp_by_gene``: the older name of ``theta_by_gene``)
     seed, device : as the other VAEs
 
     Methods differ from the count VAEs in one name: :meth:`predict` returns the argmax
@@ -281,7 +282,8 @@ class GMVAE(_CountVAE):
     count VAEs' expected count is :meth:`expected_counts`. :meth:`latent` is E_q[x]
     and :meth:`predict_proba` E_q[p(z | x, w)]; neither needs size factors or covariates.
 
-    Fitted attributes as :class:`~scnotes.vae.PVAE`; ``history_`` has columns ``loss``,
+    Fitted attributes as :class:`~scnotes.vae.CountVAE` (``theta_`` for NB / ZINB,
+    ``logodds_`` for ZINB); ``history_`` has columns ``loss``,
     ``elbo``, ``reconstruction``, ``kl_w``, ``kl_x``, ``kl_z`` (and ``validation_…``).
 
     Raises
@@ -301,8 +303,6 @@ class GMVAE(_CountVAE):
         self.n_layers = _positive_int("n_layers", n_layers)
         self.prior_hidden_dim = (None if prior_hidden_dim is None
                                  else _positive_int("prior_hidden_dim", prior_hidden_dim))
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if not (np.isfinite(free_bits) and free_bits >= 0):
             raise ValueError(f"free_bits must be a finite number ≥ 0 (nats), got {free_bits!r}")
         if free_bits_mode not in FREE_BITS_MODES:
@@ -312,33 +312,34 @@ class GMVAE(_CountVAE):
                              f"got {conditional_prior!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        self._likelihood = likelihood
         self.dropout = float(dropout)
         self.free_bits, self.free_bits_mode = float(free_bits), free_bits_mode
         self.conditional_prior = conditional_prior
         super().__init__(input_dim, n_latent, hidden_dim, n_covariates=n_covariates, seed=seed,
-                         device=device, encoder_input=encoder_input, n_batches=n_batches, **lik_kwargs)
+                         device=device, encoder_input=encoder_input, n_batches=n_batches,
+                         likelihood=likelihood, **lik_kwargs)
 
     def _init_kwargs(self):
         return dict(super()._init_kwargs(), n_clusters=self.n_clusters, w_dim=self.w_dim,
                     prior_hidden_dim=self.prior_hidden_dim, n_layers=self.n_layers,
-                    dropout=self.dropout, likelihood=self._likelihood, free_bits=self.free_bits,
+                    dropout=self.dropout, free_bits=self.free_bits,
                     free_bits_mode=self.free_bits_mode, conditional_prior=self.conditional_prior)
 
     def _make_module(self):
         return GMVAEModule(self.input_dim, self.n_latent, self.n_clusters, self.w_dim,
-                           self.hidden_dim, self.prior_hidden_dim, self.n_covariates, self._likelihood,
+                           self.hidden_dim, self.prior_hidden_dim, self.n_covariates, self.likelihood,
                            encoder_input=self.encoder_input, n_layers=self.n_layers,
                            dropout=self.dropout, n_batches=self.n_batches, free_bits=self.free_bits,
                            free_bits_mode=self.free_bits_mode,
-                           conditional_prior=self.conditional_prior, **self._lik_kwargs)
+                           conditional_prior=self.conditional_prior, **self._lik_params(),
+                           **self._module_kwargs)
 
     # --- fitting --------------------------------------------------------------
     def fit(self, x, w=None, s=None, covariates=None, lr: float = 3e-3, n_samples: int = 1,
             max_epochs: int = 100, batch_size: int | None = 128, objective: str = "elbo",
             optimizer: str = "adam", pretrain_epochs: int = PRETRAIN_EPOCHS, progress: bool | None = None,
             weight_decay: float = 0.0, **kwargs):
-        """Fit as :meth:`scnotes.vae.PVAE.fit` (same arguments), after a pretraining phase;
+        """Fit as :meth:`scnotes.vae.CountVAE.fit` (same arguments), after a pretraining phase;
         returns ``self``. Defaults: Adam (the seed's optimiser) with lr 3e-3 (the seed's
         1e-3 needed about three times the epochs to recover the simulated clusters of
         ``tests/test_gmvae.py``), minibatches of 128, M = ``n_samples`` = 1 draw per step
@@ -361,7 +362,7 @@ class GMVAE(_CountVAE):
 
         Raises
         ------
-        ValueError : as :meth:`scnotes.vae.PVAE.fit`; ``pretrain_epochs`` negative or not an
+        ValueError : as :meth:`scnotes.vae.CountVAE.fit`; ``pretrain_epochs`` negative or not an
             integer; fewer training cells than ``n_clusters``.
         """
         if isinstance(pretrain_epochs, bool) or int(pretrain_epochs) != pretrain_epochs or pretrain_epochs < 0:
@@ -457,18 +458,6 @@ class GMVAE(_CountVAE):
 
     def expected_counts(self, x, w=None, s=None, covariates=None, n_samples: int | None = None):
         """E[y_ij | x_i, c_i], ndarray n_cells × n_genes: what ``predict`` returns for the
-        count VAEs (:meth:`scnotes.vae.PVAE.predict`; s_i ρ_ij, times (1 − π_j) for ZINB)."""
-        return _CountVAE.predict(self, x, w, s, covariates, n_samples)
+        count VAEs (:meth:`scnotes.vae.CountVAE.predict`; s_i ρ_ij, times (1 − π_j) for ZINB)."""
+        return CountVAE.predict(self, x, w, s, covariates, n_samples)
 
-    @property
-    def theta_(self):
-        """Inverse dispersion θ, ndarray (p,) or (1,); NB/ZINB only."""
-        if self._likelihood == "poisson":
-            raise AttributeError("a Poisson GMVAE has no inverse dispersion theta_")
-        return self.module.inv_disp.detach().cpu().numpy().astype(np.float64)
-
-    @property
-    def logodds_(self):
-        if self._likelihood != "zinb":
-            raise AttributeError("only a ZINB GMVAE has dropout log-odds")
-        return self.module.logodds.detach().cpu().numpy().astype(np.float64)

@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._model import _CountVAE
-from ._module import LATENT_DISTRIBUTIONS, LIBRARY, LIKELIHOODS, CountVAEModule, LinearDecoder
+from ._model import CountVAE
+from ._module import LATENT_DISTRIBUTIONS, LIBRARY, CountVAEModule, LinearDecoder
 
 __all__ = ["LDVAE"]
 
 
-class LDVAE(_CountVAE):
+class LDVAE(CountVAE):
     """Linearly decoded VAE with interpretable gene loadings.
 
     Parameters
@@ -50,9 +50,10 @@ class LDVAE(_CountVAE):
     theta_by_gene, logodds_by_gene : per-gene θ / dropout log-odds (NB / ZINB)
     seed, device : as the other VAEs
 
-    Fitted attributes as :class:`~scnotes.vae.PVAE`; ``theta_`` for NB/ZINB.
-    Use ``fit(..., optimizer="adam", lr=5e-3, batch_size=128, train_size=0.9)``
-    for the scvi-tools tutorial's settings.
+    Fitted attributes as :class:`~scnotes.vae.CountVAE` (``theta_`` for NB / ZINB,
+    ``logodds_`` for ZINB). :meth:`fit` trains with scvi-tools' LinearSCVI tutorial
+    settings (Adam, lr 5e-3, batches of 128, 90 % of the cells, 250 epochs), the same
+    through ``LDVAE().fit()`` and :func:`scnotes.tl.ldvae`.
     """
 
     def __init__(self, input_dim: int, n_latent: int = 10, hidden_dim: int = 128,
@@ -60,10 +61,6 @@ class LDVAE(_CountVAE):
                  decoder_batch_norm: bool = True, latent_distribution: str = "normal",
                  library: str = "observed", n_covariates: int = 0, n_batches: int = 0,
                  encoder_input: str = "log1p", seed: int = 0, device="cpu", **lik_kwargs):
-        if "disp_by_gene" in lik_kwargs:  # the older name
-            lik_kwargs["theta_by_gene"] = lik_kwargs.pop("disp_by_gene")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if latent_distribution not in LATENT_DISTRIBUTIONS:
             raise ValueError(f"latent_distribution must be one of {LATENT_DISTRIBUTIONS}, "
                              f"got {latent_distribution!r}")
@@ -73,38 +70,37 @@ class LDVAE(_CountVAE):
             raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        self._likelihood = likelihood
         self.n_layers, self.dropout = int(n_layers), float(dropout)
         self.decoder_batch_norm = bool(decoder_batch_norm)
         self.latent_distribution, self.library = latent_distribution, library
         super().__init__(input_dim, n_latent, hidden_dim, n_covariates=n_covariates, seed=seed,
-                         device=device, encoder_input=encoder_input, n_batches=n_batches, **lik_kwargs)
+                         device=device, encoder_input=encoder_input, n_batches=n_batches,
+                         likelihood=likelihood, **lik_kwargs)
 
     def _init_kwargs(self):
         return dict(super()._init_kwargs(), n_layers=self.n_layers, dropout=self.dropout,
-                    likelihood=self._likelihood, decoder_batch_norm=self.decoder_batch_norm,
+                    decoder_batch_norm=self.decoder_batch_norm,
                     latent_distribution=self.latent_distribution, library=self.library)
 
     def _make_module(self):
         dec = LinearDecoder(self.n_latent, self.n_covariates, self.input_dim, self.decoder_batch_norm)
         return CountVAEModule(self.input_dim, self.n_latent, self.hidden_dim, self.n_covariates,
-                              self._likelihood, encoder_input=self.encoder_input,
+                              self.likelihood, encoder_input=self.encoder_input,
                               n_layers=self.n_layers, dropout=self.dropout, decoder=dec,
                               latent_distribution=self.latent_distribution, library=self.library,
-                              n_batches=self.n_batches, **self._lik_kwargs)
+                              n_batches=self.n_batches, **self._lik_params(), **self._module_kwargs)
 
-    @property
-    def theta_(self):
-        """Inverse dispersion θ (NB variance μ + μ²/θ), ndarray (p,) or (1,); NB/ZINB only."""
-        if self._likelihood == "poisson":
-            raise AttributeError("a Poisson LDVAE has no inverse dispersion theta_")
-        return self.module.inv_disp.detach().cpu().numpy().astype(np.float64)
+    def fit(self, x, w=None, s=None, covariates=None, lr: float = 5e-3, n_samples: int = 1,
+            max_epochs: int = 250, batch_size: int | None = 128, optimizer: str = "adam",
+            train_size: float = 0.9, **kwargs):
+        """Fit as :meth:`scnotes.vae.CountVAE.fit` (same arguments and errors); returns ``self``.
 
-    @property
-    def logodds_(self):
-        if self._likelihood != "zinb":
-            raise AttributeError("only a ZINB LDVAE has dropout log-odds")
-        return self.module.logodds.detach().cpu().numpy().astype(np.float64)
+        The LDVAE's own defaults, those of scvi-tools' LinearSCVI tutorial: Adam with
+        lr 5e-3, minibatches of 128, 90 % of the cells for training (the rest scored
+        every epoch, ``validation_…``), one draw of z per cell and step, 250 epochs.
+        """
+        return super().fit(x, w, s, covariates, lr=lr, n_samples=n_samples, max_epochs=max_epochs,
+                           batch_size=batch_size, optimizer=optimizer, train_size=train_size, **kwargs)
 
     def get_loadings(self, centre: bool = False) -> pd.DataFrame:
         """Gene loadings, DataFrame n_genes × n_latent, columns ``Z_0 … Z_{K−1}``.

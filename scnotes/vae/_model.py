@@ -1,4 +1,5 @@
-"""User-facing count VAEs: :class:`PVAE`, :class:`NBVAE`, :class:`ZINBVAE`.
+"""User-facing count VAEs: :class:`CountVAE` (``likelihood="poisson" | "nb" | "zinb"``) and its
+named presets :class:`PVAE`, :class:`NBVAE`, :class:`ZINBVAE`.
 
 Model and bounds: see :mod:`scnotes.vae._module`. Departures from the seed's
 reference code (scmodes ``lra/vae.py``), each a defect fix or an extension:
@@ -38,25 +39,68 @@ import torch
 
 from .._checks import check_counts, check_mask, row_sums
 from ._data import CountData, batch_indices
-from ._module import CountVAEModule
+from ._module import LIKELIHOODS, CountVAEModule
 from ._lightning import fit_lightning
 from .._persist import Persistent
 
-__all__ = ["PVAE", "NBVAE", "ZINBVAE"]
+__all__ = ["CountVAE", "PVAE", "NBVAE", "ZINBVAE"]
 
 _EVAL_BATCH = 2048
 
 
-class _CountVAE(Persistent):
-    """Shared estimator logic; use :class:`PVAE`, :class:`NBVAE` or :class:`ZINBVAE`."""
+class CountVAE(Persistent):
+    """Count VAE: x_ij ~ p(x | s_i μ(z_i, c_i)_j) with one of ``LIKELIHOODS``, z_i ~ N(0, I).
 
-    _likelihood = "poisson"
+    The one count-VAE estimator: the likelihood is an argument, as in every VAE of
+    :mod:`scnotes.vae` (:class:`~scnotes.vae.LDVAE`, :class:`~scnotes.vae.GMVAE` are this
+    class with a part swapped). :class:`PVAE`, :class:`NBVAE` and :class:`ZINBVAE` are its
+    named presets (the same model with ``likelihood`` fixed).
+
+    Parameters
+    ----------
+    input_dim : int, number of genes
+    n_latent : int, dimension K of z (default 10; ``latent_dim`` is accepted as its older name)
+    hidden_dim : int, width of the two hidden layers of encoder and decoder (128)
+    n_covariates : int, columns of ``covariates`` fed to the decoder (0)
+    seed : int, seeds initialisation, z draws and minibatch shuffling
+    device : torch device ("cpu", "cuda", ...); every tensor lives there
+    encoder_input : "raw" (default, as the seed) or "log1p": what the encoder sees
+    n_batches : int, the first ``n_batches`` covariate columns are a batch one-hot
+        (set by ``scnotes.tl``; used by ``normalized_expression(batch=...)``)
+    likelihood : "poisson", "nb" (default) or "zinb": x_ij ~ Poisson(s μ u) with u = 1,
+        u ~ Gamma(θ_j, θ_j), or u ~ π_j δ_0 + (1 − π_j) Gamma(θ_j, θ_j)
+    theta_by_gene : bool, NB / ZINB: one inverse dispersion θ_j per gene (True), else one
+        shared θ (``disp_by_gene`` is accepted as its older name)
+    logodds_by_gene : bool, ZINB: one dropout log-odds per gene (True), else shared
+    decoder_batch_norm : bool, BatchNorm in the decoder's hidden layers (default True).
+        False is scmodes' decoder (Linear → ReLU): on the seed simulation (latent 10,
+        3,000 epochs) 1.03× scmodes' CPU time instead of 1.27×, but a held-out
+        log-likelihood per entry of −3.86 instead of −2.94 (scmodes −3.89)
+
+    Fitted attributes: ``history_`` (training record, see :meth:`fit`), ``trace_``
+    (its loss summed over cells, the older record), ``fit_time_`` (s); ``theta_``
+    (NB / ZINB) and ``logodds_``, ``pi_`` (ZINB).
+
+    Raises
+    ------
+    ValueError : a size not a positive integer, ``n_batches`` outside [0, n_covariates],
+        an unknown ``likelihood`` or ``encoder_input``.
+
+    Source: seed page "Variational autoencoders for scRNA-seq data";
+    Kingma & Welling 2014; Burda et al. 2016 (IWAE); Mattei & Frellsen 2018 (masks).
+    """
 
     def __init__(self, input_dim: int, n_latent: int = 10, hidden_dim: int = 128,
                  n_covariates: int = 0, seed: int = 0, device="cpu", encoder_input: str = "raw",
-                 n_batches: int = 0, latent_dim: int | None = None, **lik_kwargs):
+                 n_batches: int = 0, *, likelihood: str = "nb", theta_by_gene: bool = True,
+                 logodds_by_gene: bool = True, latent_dim: int | None = None,
+                 disp_by_gene: bool | None = None, **module_kwargs):
         if latent_dim is not None:  # the older name of n_latent
             n_latent = latent_dim
+        if disp_by_gene is not None:  # the older name of theta_by_gene
+            theta_by_gene = disp_by_gene
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         for name, v in (("input_dim", input_dim), ("n_latent", n_latent),
                         ("hidden_dim", hidden_dim)):
             if int(v) != v or v < 1:
@@ -72,12 +116,28 @@ class _CountVAE(Persistent):
         self.seed = int(seed)
         self.device = torch.device(device)
         self.encoder_input = encoder_input
-        self._lik_kwargs = lik_kwargs
+        self.likelihood = likelihood
+        self.theta_by_gene, self.logodds_by_gene = bool(theta_by_gene), bool(logodds_by_gene)
+        self._module_kwargs = module_kwargs
         self._s_mode, self._s_value = None, None
         self.history_ = None
         self.var_names_ = None
         self.covariate_registry_ = None
         self._build()
+
+    @property
+    def _likelihood(self):
+        """The older private name of ``likelihood``."""
+        return self.likelihood
+
+    def _lik_params(self) -> dict:
+        """The likelihood's own options, only those that apply (θ for NB / ZINB, π for ZINB)."""
+        kw = {}
+        if self.likelihood != "poisson":
+            kw["theta_by_gene"] = self.theta_by_gene
+        if self.likelihood == "zinb":
+            kw["logodds_by_gene"] = self.logodds_by_gene
+        return kw
 
     @property
     def latent_dim(self):
@@ -88,14 +148,35 @@ class _CountVAE(Persistent):
         """Constructor arguments that rebuild this model (used by :meth:`save`)."""
         return dict(input_dim=self.input_dim, n_latent=self.n_latent, hidden_dim=self.hidden_dim,
                     n_covariates=self.n_covariates, seed=self.seed, encoder_input=self.encoder_input,
-                    n_batches=self.n_batches, **self._lik_kwargs)
+                    n_batches=self.n_batches, likelihood=self.likelihood, **self._lik_params(),
+                    **self._module_kwargs)
 
     def _make_module(self):
         """The ``nn.Module``; subclasses swap parts here (LDVAE: the decoder)."""
         return CountVAEModule(self.input_dim, self.n_latent, self.hidden_dim,
-                              self.n_covariates, self._likelihood,
+                              self.n_covariates, self.likelihood,
                               encoder_input=self.encoder_input, n_batches=self.n_batches,
-                              **self._lik_kwargs)
+                              **self._lik_params(), **self._module_kwargs)
+
+    @property
+    def theta_(self):
+        """Fitted NB inverse dispersion θ (variance μ + μ²/θ), ndarray (p,) or (1,);
+        AttributeError for a Poisson model."""
+        if self.likelihood == "poisson":
+            raise AttributeError(f"a Poisson {type(self).__name__} has no inverse dispersion theta_")
+        return self.module.theta.detach().cpu().numpy().astype(np.float64)
+
+    @property
+    def logodds_(self):
+        """Fitted dropout log-odds log(π / (1 − π)), ndarray (p,) or (1,); ZINB only."""
+        if self.likelihood != "zinb":
+            raise AttributeError(f"only a ZINB {type(self).__name__} has dropout log-odds logodds_")
+        return self.module.logodds.detach().cpu().numpy().astype(np.float64)
+
+    @property
+    def pi_(self):
+        """Fitted dropout probability π = sigmoid(``logodds_``); ZINB only."""
+        return 1 / (1 + np.exp(-self.logodds_))
 
     def _build(self):
         # Parameter initialisation draws from torch's global RNG: seed it in a
@@ -376,7 +457,7 @@ class _CountVAE(Persistent):
         (seeded with the model's seed). :meth:`nb_mean` gives s μ alone.
         """
         rate = self.nb_mean(x, w, s, covariates, n_samples)
-        if self.module.likelihood == "zinb":
+        if self.likelihood == "zinb":
             rate = rate * (1 / (1 + np.exp(self.logodds_)))
         return rate
 
@@ -581,79 +662,46 @@ def _split(n: int, train_size: float, rng: np.random.Generator):
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
-class PVAE(_CountVAE):
-    """Poisson VAE: x_ij ~ Poisson(s_i μ(z_i, c_i)_j), z_i ~ N(0, I).
-
-    Parameters
-    ----------
-    input_dim : int, number of genes
-    n_latent : int, dimension K of z (default 10; ``latent_dim`` is accepted as its older name)
-    hidden_dim : int, width of the two hidden layers of encoder and decoder (128)
-    n_covariates : int, columns of ``covariates`` fed to the decoder (0)
-    seed : int, seeds initialisation, z draws and minibatch shuffling
-    device : torch device ("cpu", "cuda", ...); every tensor lives there
-    encoder_input : "raw" (default, as the seed) or "log1p": what the encoder sees
-    n_batches : int, the first ``n_batches`` covariate columns are a batch one-hot
-        (set by ``scnotes.tl``; used by ``normalized_expression(batch=...)``)
-    decoder_batch_norm : bool, BatchNorm in the decoder's hidden layers (default True).
-        False is scmodes' decoder (Linear → ReLU): on the seed simulation (latent 10,
-        3,000 epochs) 1.03× scmodes' CPU time instead of 1.27×, but a held-out
-        log-likelihood per entry of −3.86 instead of −2.94 (scmodes −3.89)
-
-    Fitted attributes: ``history_`` (training record, see :meth:`fit`), ``trace_``
-    (its loss summed over cells, the older record), ``fit_time_`` (s).
-    Source: seed page "Variational autoencoders for scRNA-seq data";
-    Kingma & Welling 2014; Burda et al. 2016 (IWAE); Mattei & Frellsen 2018 (masks).
-    """
-
-    _likelihood = "poisson"
+_CountVAE = CountVAE  # the older private name (scnotes.tl._map imports it)
 
 
-class NBVAE(_CountVAE):
-    """Negative binomial VAE: x_ij ~ Poisson(s_i μ_ij u_ij), u_ij ~ Gamma(θ_j, θ_j).
-
-    ``theta_by_gene=True``: one inverse dispersion θ_j per gene, else one shared θ
-    (``disp_by_gene`` is accepted as its older name).
-    Other parameters as :class:`PVAE`. ``theta_``: fitted θ as ndarray (p,) or (1,).
-    """
-
-    _likelihood = "nb"
-
-    def __init__(self, input_dim: int, n_latent: int = 10, theta_by_gene: bool = True,
-                 disp_by_gene: bool | None = None, **kwargs):
-        if disp_by_gene is not None:
-            theta_by_gene = disp_by_gene
-        super().__init__(input_dim, n_latent, theta_by_gene=bool(theta_by_gene), **kwargs)
-
-    @property
-    def theta_(self):
-        """Inverse dispersion θ (NB variance μ + μ²/θ), ndarray (p,) or (1,)."""
-        return self.module.inv_disp.detach().cpu().numpy().astype(np.float64)
+def _preset(cls, likelihood: str) -> str:
+    """``likelihood`` checked against a preset's own: a preset fixes it."""
+    if likelihood != cls._preset_likelihood:
+        raise ValueError(f"{cls.__name__} is the {cls._preset_likelihood!r} preset of CountVAE; for "
+                         f"likelihood={likelihood!r} use CountVAE(likelihood={likelihood!r})")
+    return likelihood
 
 
-class ZINBVAE(NBVAE):
-    """Zero-inflated NB VAE: u_ij ~ π_j δ_0 + (1 − π_j) Gamma(θ_j, θ_j).
+class PVAE(CountVAE):
+    """Poisson VAE, :class:`CountVAE` with ``likelihood="poisson"``:
+    x_ij ~ Poisson(s_i μ(z_i, c_i)_j), z_i ~ N(0, I). Parameters as :class:`CountVAE`."""
 
-    ``logodds_by_gene=True``: one dropout log-odds per gene, else shared.
-    ``logodds_``: fitted log(π / (1 − π)); ``pi_``: dropout probability.
-    """
+    _preset_likelihood = "poisson"
 
-    _likelihood = "zinb"
+    def __init__(self, input_dim: int, n_latent: int = 10, *args, likelihood: str = "poisson", **kwargs):
+        super().__init__(input_dim, n_latent, *args, likelihood=_preset(type(self), likelihood), **kwargs)
 
-    def __init__(self, input_dim: int, n_latent: int = 10, theta_by_gene: bool = True,
-                 logodds_by_gene: bool = True, disp_by_gene: bool | None = None, **kwargs):
-        if disp_by_gene is not None:
-            theta_by_gene = disp_by_gene
-        _CountVAE.__init__(self, input_dim, n_latent, theta_by_gene=bool(theta_by_gene),
-                           logodds_by_gene=bool(logodds_by_gene), **kwargs)
 
-    @property
-    def logodds_(self):
-        return self.module.logodds.detach().cpu().numpy().astype(np.float64)
+class NBVAE(CountVAE):
+    """Negative binomial VAE, :class:`CountVAE` with ``likelihood="nb"``:
+    x_ij ~ Poisson(s_i μ_ij u_ij), u_ij ~ Gamma(θ_j, θ_j). ``theta_``: fitted θ."""
 
-    @property
-    def pi_(self):
-        return 1 / (1 + np.exp(-self.logodds_))
+    _preset_likelihood = "nb"
+
+    def __init__(self, input_dim: int, n_latent: int = 10, *args, likelihood: str = "nb", **kwargs):
+        super().__init__(input_dim, n_latent, *args, likelihood=_preset(type(self), likelihood), **kwargs)
+
+
+class ZINBVAE(CountVAE):
+    """Zero-inflated NB VAE, :class:`CountVAE` with ``likelihood="zinb"``:
+    u_ij ~ π_j δ_0 + (1 − π_j) Gamma(θ_j, θ_j). ``logodds_``: fitted log(π / (1 − π));
+    ``pi_``: dropout probability; ``theta_``: θ."""
+
+    _preset_likelihood = "zinb"
+
+    def __init__(self, input_dim: int, n_latent: int = 10, *args, likelihood: str = "zinb", **kwargs):
+        super().__init__(input_dim, n_latent, *args, likelihood=_preset(type(self), likelihood), **kwargs)
 
 
 def _observed_totals(x, w):

@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..likelihoods import (nb_log_pmf, normal_kl, poisson_log_lik_rows, poisson_log_pmf, zinb_log_pmf,
-                           zinb_nonzero_posterior)
+from ..likelihoods import (nb_log_pmf, normal_kl, normal_log_pdf, poisson_log_lik_rows, poisson_log_pmf,
+                           zinb_log_pmf, zinb_nonzero_posterior)
 
 __all__ = ["CountVAEModule", "MLPDecoder", "LinearDecoder", "LIKELIHOODS"]
 
@@ -221,7 +221,8 @@ class CountVAEModule(nn.Module):
                                    batch_norm=decoder_batch_norm)
                         if decoder is None else decoder)
         if likelihood in ("nb", "zinb"):
-            # log θ = 0: θ = 1 at the start, a moderately overdispersed NB.
+            # log θ = 0: θ = 1 at the start, a moderately overdispersed NB. The parameter keeps
+            # its older name so that saved state dicts (tests/fixtures) load unchanged.
             self.log_inv_disp = nn.Parameter(torch.zeros(input_dim if theta_by_gene else 1))
         if likelihood == "zinb":
             # Start at π ≈ 0.12 rather than 0.5, so the NB part is not starved early on.
@@ -235,8 +236,11 @@ class CountVAEModule(nn.Module):
 
     # --- pieces -------------------------------------------------------------
     @property
-    def inv_disp(self):
+    def theta(self):
+        """NB inverse dispersion θ = exp(``log_inv_disp``), shape (p,) or (1,); None for Poisson."""
         return torch.exp(self.log_inv_disp) if self.likelihood != "poisson" else None
+
+    inv_disp = theta  # the older name
 
     def encode(self, x):
         """q(z | x): (mean, scale), each B × K."""
@@ -279,8 +283,8 @@ class CountVAEModule(nn.Module):
         if self.likelihood == "poisson":
             return poisson_log_pmf(x, rate, log_rate)
         if self.likelihood == "nb":
-            return nb_log_pmf(x, rate, self.inv_disp, log_rate)
-        return zinb_log_pmf(x, rate, self.inv_disp, self.logodds, log_rate)
+            return nb_log_pmf(x, rate, self.theta, log_rate)
+        return zinb_log_pmf(x, rate, self.theta, self.logodds, log_rate)
 
     def log_lik(self, x, w, s, log_mu, log_s=None):
         """Σ_j w_ij log p(x_ij | z), shape S × B (masked entries contribute 0).
@@ -316,7 +320,7 @@ class CountVAEModule(nn.Module):
                      kl_z=normal_kl(d["mean"], d["scale"]).sum(-1))
         if self.library == "latent":
             pm, ps = d["l_prior"]
-            terms["kl_library"] = _gauss_kl(d["l_mean"], d["l_scale"], pm, ps)
+            terms["kl_library"] = normal_kl(d["l_mean"], d["l_scale"], pm, ps)
         return terms
 
     def elbo(self, x, w, s, c=None, n_samples: int = 1, generator=None, analytic_kl: bool = True):
@@ -341,7 +345,7 @@ class CountVAEModule(nn.Module):
         if self.library == "latent":
             pm, ps = d["l_prior"]
             ls = d["log_s"]
-            log_w = log_w + _log_normal(ls, pm, ps) - _log_normal(ls, d["l_mean"], d["l_scale"])
+            log_w = log_w + normal_log_pdf(ls, pm, ps) - normal_log_pdf(ls, d["l_mean"], d["l_scale"])
         return log_w
 
     def iwae(self, x, w, s, c=None, n_samples: int = 10, generator=None):
@@ -376,8 +380,7 @@ class CountVAEModule(nn.Module):
 
     @staticmethod
     def _log_q(z, mean, scale):
-        e = (z - mean) / scale
-        return (-0.5 * (e * e + _LOG_2PI) - torch.log(scale)).sum(-1)
+        return normal_log_pdf(z, mean, scale).sum(-1)
 
     # --- posterior summaries -----------------------------------------------
     def denoise(self, x, w, s, log_mu):
@@ -391,7 +394,7 @@ class CountVAEModule(nn.Module):
         rate = s[:, None] * torch.exp(log_mu)
         if self.likelihood == "poisson":
             return rate
-        theta = self.inv_disp
+        theta = self.theta
         post = (x + theta) / (theta / rate + 1)
         if self.likelihood == "zinb":
             post = post * zinb_nonzero_posterior(x, rate, theta, self.logodds)
@@ -402,12 +405,3 @@ class CountVAEModule(nn.Module):
             post = torch.where(w > 0, post, prior)
         return post
 
-
-def _log_normal(v, mean, sd):
-    e = (v - mean) / sd
-    return -0.5 * (e * e + _LOG_2PI) - torch.log(sd)
-
-
-def _gauss_kl(m1, s1, m2, s2):
-    """KL(N(m1, s1²) ‖ N(m2, s2²)) elementwise."""
-    return torch.log(s2 / s1) + (s1 * s1 + (m1 - m2) ** 2) / (2 * s2 * s2) - 0.5
