@@ -477,13 +477,11 @@ def leiden_ari(labels, x=None, graph=None, n_neighbors: int = 15,
                      for _, cl in _leiden_runs(x, graph, n_neighbors, resolutions, seed)))
 
 
-def _label_scores(x, graph, connectivities, labels, knn, perplexity, n_neighbors, resolutions, skip,
+def _label_scores(x, connectivities, labels, knn, perplexity, n_neighbors, resolutions, skip,
                   seed) -> dict:
     """The label-conservation part of :func:`score_embedding`."""
     if labels is None:
         return dict.fromkeys(_LABEL_KEYS, np.nan)
-    if graph is not None and connectivities is None:
-        raise ValueError("graph input with labels needs connectivities (the graph Leiden clusters)")
     ld = leiden_clustering(labels, x=x, graph=connectivities, n_neighbors=n_neighbors,
                            resolutions=resolutions, seed=seed)
     km = (kmeans_ari(labels, x, seed=seed) if "kmeans" not in skip and x is not None
@@ -515,8 +513,6 @@ def _cluster_scores(clusters, labels, n_clusters) -> dict:
         codes, n_clusters = cat.codes, n_clusters or len(cat.categories)
     else:
         codes = pd.Categorical(np.asarray(clusters)).codes
-    if np.any(codes < 0):
-        raise ValueError("clusters contain missing values")
     out = {k: float(v) for k, v in occupancy(codes, n_clusters).items()}
     sc_ = cluster_scores(labels, codes) if labels is not None else {"ari": np.nan, "nmi": np.nan}
     return dict(cluster_ari=sc_["ari"], cluster_nmi=sc_["nmi"], **out)
@@ -603,6 +599,8 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
     """
     if (x is None) == (graph is None):
         raise ValueError("give an embedding x or a graph (not both)")
+    if graph is not None and labels is not None and connectivities is None:
+        raise ValueError("graph input with labels needs connectivities (the graph Leiden clusters)")
     skip = set(skip)
     if not skip <= _SKIPPABLE:
         raise ValueError(f"skip: unknown scores {sorted(skip - _SKIPPABLE)}; choose from {sorted(_SKIPPABLE)}")
@@ -616,7 +614,7 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
             _codes(v, n)
     knn = knn_graph(x, k=max(int(3 * perplexity), kbet_k - 1), graph=graph)
     lisi_knn = (knn[0][:, :int(3 * perplexity)], knn[1][:, :int(3 * perplexity)])
-    return {**_label_scores(x, graph, connectivities, labels, lisi_knn, perplexity, n_neighbors,
+    return {**_label_scores(x, connectivities, labels, lisi_knn, perplexity, n_neighbors,
                             resolutions, skip, seed),
             **_batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_k, skip, seed),
             **_cluster_scores(clusters, labels, n_clusters)}
