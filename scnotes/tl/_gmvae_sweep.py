@@ -55,7 +55,7 @@ def gmvae_epochs(n_cells: int, train_size: float = 0.9, batch_size: int = 128, m
         raise ValueError(f"n_cells must be positive, got {n_cells!r}")
     if not 0 < train_size <= 1:
         raise ValueError(f"train_size must be in (0, 1], got {train_size!r}")
-    n_train = int(math.ceil(train_size * n_cells))
+    n_train = math.ceil(train_size * n_cells)
     given = dict(max_epochs=max_epochs, pretrain_epochs=pretrain_epochs)
     return tuple(int(v) if v is not None else epochs_for(n_train, batch_size, min_steps=_EPOCH_RULE[k][0],
                                                           cap=_EPOCH_RULE[k][1])
