@@ -148,7 +148,16 @@ def table(df, decimals: int = 3, na_rep: str = "–"):
             return f"{v:.{decimals}f}"
         return v
 
-    return df.map(cell) if hasattr(df, "map") and isinstance(df, pd.DataFrame) else df.apply(cell)
+    def column(col):
+        # Element-wise mapping turns a nullable integer column holding a missing value into
+        # floats (1 -> "1.000"); integers are formatted as integers.
+        if pd.api.types.is_integer_dtype(col.dtype):
+            return col.astype(object).map(lambda v: na_rep if v is pd.NA or v is None else int(v))
+        return col.astype(object).map(cell)
+
+    if isinstance(df, pd.DataFrame):
+        return df.apply(column)
+    return column(df)
 
 
 def compare_word(a, b, more: str = "higher", less: str = "lower", equal: str = "about equal",

@@ -142,3 +142,19 @@ def test_stopwatch_measures_the_block_even_when_it_raises():
         with stopwatch() as t2:
             raise RuntimeError("x")
     assert t2.seconds >= 0
+
+
+def test_report_table_keeps_integer_columns_integer_when_one_is_missing():
+    import numpy as np
+    import pandas as pd
+
+    from scnotes.report import table
+
+    df = pd.DataFrame({"K": pd.array([1, 20, None], dtype="Int64"), "x": [0.5, np.nan, np.inf],
+                       "name": ["a", "b", None]})
+    out = table(df, decimals=2)
+    assert out["K"].tolist() == [1, 20, "–"]
+    assert out["x"].tolist() == ["0.50", "–", "∞"]
+    assert out["name"].tolist() == ["a", "b", "–"]
+    assert df["K"].dtype == "Int64"  # the input is not changed
+    assert table(df["x"]).tolist() == ["0.500", "–", "∞"]
