@@ -9,7 +9,7 @@ import pytest
 from scnotes import glmm
 
 # Small sizes: a full run of the chapter's code in well under a minute on 2 cores.
-SMALL = {"n_seeds": 2, "n_replicates": 8, "minibatch_epochs": 1, "full_epochs": 150,
+SMALL = {"n_seeds": 2, "n_replicates": 8, "minibatch_max_epochs": 1, "max_epochs": 150,
          "nuts_num_samples": 20, "nuts_warmup": 20, "nuts_chains": 2, "nuts_max_tree_depth": 4,
          "n_top_genes": 6}
 
