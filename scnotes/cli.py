@@ -10,7 +10,7 @@ Command line::
 Chapters are jupytext (MyST) text files in ``book/``; papermill cannot read
 those directly, so the chapter is converted to a notebook in memory and its
 ``parameters`` cell is overridden. Parameter values are parsed as YAML
-(``-p latent_dims "[3, 10]"``, ``-p seed 1``, ``-p label_key None``), strings stay
+(``-p n_latent_grid "[3, 10]"``, ``-p seed 1``, ``-p label_key None``), strings stay
 strings, and a number given for a text parameter stays text.
 
 The ``parameters`` cell is the chapter's contract (see :mod:`scnotes._params`): one
