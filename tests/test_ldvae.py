@@ -104,7 +104,7 @@ def test_validation_split_and_early_stopping(small):
     val_now = -m.elbo(xv, n_samples=1, seed=0).mean()
     assert abs(val_now - h["validation_loss"].min()) < 0.05 * abs(h["validation_loss"].min())
     with pytest.raises(ValueError, match="validation"):
-        LDVAE(x.shape[1], seed=0).fit(x, early_stopping=True, **FAST)
+        LDVAE(x.shape[1], seed=0).fit(x, early_stopping=True, train_size=1.0, **FAST)
 
 
 def test_validation_loss_is_eval_mode_elbo(small):
@@ -215,7 +215,7 @@ def test_tl_ldvae_bad_input(small):
         scnotes.tl.ldvae(ad, n_latent=0, max_epochs=1, progress=False)
     bad = ad.copy(); bad.layers["counts"] = sp.csr_matrix(x + 0.5)
     with pytest.raises(ValueError, match="non-integer"):
-        scnotes.tl.ldvae(bad, max_epochs=1, progress=False)
+        scnotes.tl.ldvae(bad, layer="counts", max_epochs=1, progress=False)
     empty = x.copy(); empty[:, 0] = 0
     with pytest.raises(ValueError, match="gene"):
         scnotes.tl.ldvae(_adata(empty), max_epochs=1, progress=False)

@@ -446,3 +446,20 @@ def test_latent_library_prior_of_a_new_batch_comes_from_the_query(data):
     logs = np.log(np.asarray(qry.X[(qry.obs["batch"] == "b2").to_numpy()].sum(1), dtype=np.float64)).ravel()
     np.testing.assert_allclose(float(lm[2]), logs.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(lv[2]), logs.var(), rtol=1e-4)
+
+
+def test_a_general_countvae_maps_like_its_preset(data, refs):
+    """CountVAE(likelihood="nb") is the model the NBVAE preset names: map_query accepts the
+    general class and maps exactly as it maps the preset, into the preset's obsm key."""
+    import copy
+
+    from scnotes.vae import CountVAE
+
+    _, _, qry = data
+    general = copy.deepcopy(refs["nbvae"])
+    general.__class__ = CountVAE  # the same fitted state, held by the general class
+    assert type(general) is CountVAE and general.likelihood == "nb"
+    a, b = qry.copy(), qry.copy()
+    scnotes.tl.map_query(a, refs["nbvae"], max_epochs=2, seed=0)
+    scnotes.tl.map_query(b, general, max_epochs=2, seed=0)
+    np.testing.assert_array_equal(a.obsm["X_nbvae"], b.obsm["X_nbvae"])

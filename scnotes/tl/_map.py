@@ -37,16 +37,21 @@ _CHUNK = 20000
 
 # --- inputs ----------------------------------------------------------------------------
 def _vae_classes():
-    """The five VAE families (public classes) and the estimator base they share.
+    """The VAE families (public classes) and the estimator base they share
+    (:class:`scnotes.vae.CountVAE`: PVAE / NBVAE / ZINBVAE are its presets, LDVAE and
+    GMVAE its variants). A saved file is checked against the base before its contents
+    are decoded."""
+    from ..vae import GMVAE, LDVAE, CountVAE
 
-    Why the base: a saved file is checked against one class before its contents are
-    decoded; it is found from the public classes rather than imported from the VAE
-    package's private modules."""
-    from ..vae import GMVAE, LDVAE, NBVAE, PVAE, ZINBVAE
+    return (CountVAE, LDVAE, GMVAE), CountVAE
 
-    families = (PVAE, NBVAE, ZINBVAE, LDVAE, GMVAE)
-    base = next(c for c in PVAE.__mro__ if all(issubclass(f, c) for f in families))
-    return families, base
+
+def _default_key(model) -> str:
+    """The ``obsm`` key a family's front writes (a general CountVAE: its likelihood's preset's)."""
+    name = type(model).__name__
+    if name in _FAMILY_KEYS:
+        return _FAMILY_KEYS[name]
+    return {"poisson": "X_pvae", "nb": "X_nbvae", "zinb": "X_zinbvae"}.get(model.likelihood, "X_countvae")
 
 
 def _resolve_model(model):
@@ -58,8 +63,8 @@ def _resolve_model(model):
         from .._persist import load_model
 
         model = load_model(model, expected_class=base)
-    if not isinstance(model, families) or type(model).__name__ not in _FAMILY_KEYS:
-        raise TypeError(f"model must be a fitted {', '.join(_FAMILY_KEYS)} (or the path of one "
+    if not isinstance(model, families):
+        raise TypeError(f"model must be a fitted {', '.join(['CountVAE', *_FAMILY_KEYS])} (or the path of one "
                         f"saved with .save), got {type(model).__name__}")
     if model._s_mode is None:
         raise ValueError("the model is not fitted; fit it (e.g. scnotes.tl.ldvae) before mapping")
@@ -348,7 +353,7 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
         raise ValueError(f"lr must be positive, got {lr!r}")
     if copy:
         adata_query = adata_query.copy()
-    key_added = key_added or _FAMILY_KEYS[name]
+    key_added = key_added or _default_key(ref)
 
     x, w, genes = _match_genes(adata_query, ref.var_names_, layer, min_gene_overlap)
     obs = _query_obs(adata_query, ref, batch_key)

@@ -662,7 +662,6 @@ def _split(n: int, train_size: float, rng: np.random.Generator):
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
-_CountVAE = CountVAE  # the older private name (scnotes.tl._map imports it)
 
 
 def _preset(cls, likelihood: str) -> str:
