@@ -35,11 +35,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
+__all__ = ["SCORE_LABELS", "knn_graph", "lisi", "ilisi_score", "clisi_score", "kbet_acceptance",
            "silhouette_label", "silhouette_batch", "leiden_ari", "leiden_clustering", "cluster_scores",
            "kmeans_ari", "score_embedding", "score_integration", "poisson_loglik", "nb_loglik", "occupancy",
            "zinb_loglik", "RESOLUTIONS"]
 
+
+#: Display names of the scores :func:`score_embedding` returns (and of a held-out −ELBO), for
+#: tables and figures; the keys are the scores' names.
+SCORE_LABELS = {"kmeans_ari": "ARI (k-means)", "leiden_nmi": "NMI (Leiden, best res.)",
+                "leiden_ari": "ARI (Leiden, best res.)", "asw_label": "ASW (label)",
+                "asw_batch": "batch ASW", "ilisi": "iLISI", "clisi": "cLISI", "kbet": "kBET",
+                "cluster_ari": "ARI (own clusters)", "cluster_nmi": "NMI (own clusters)",
+                "n_used": "clusters used", "n_small": "small clusters", "max_fraction": "largest share",
+                "neg_elbo": "−ELBO held out (nats)"}
 
 def _codes(labels, n):
     lab = pd.Series(np.asarray(labels))

@@ -196,3 +196,18 @@ def test_volcano_default_columns_draw_a_glmm_table():
     with pytest.raises(KeyError, match="p_value"):
         scnotes.pl.volcano(tab, p="p_value")
     plt.close("all")
+
+
+def test_no_family_metric_or_plot_module_imports_tl():
+    """Layering: tl (the fronts) sits above the families, metrics and pl; nothing below it
+    imports it (a family's record goes through scnotes._record, score names live in metrics)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(scnotes.__file__).parent
+    pattern = re.compile(r"^\s*(from\s+(\.\.|scnotes\.)tl\b|from\s+\.\.\s+import\s+.*\btl\b|import\s+scnotes\.tl\b)",
+                         re.M)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.parts[len(root.parts)] not in ("tl", "cli.py", "_render.py")
+                 and pattern.search(p.read_text())]
+    assert offenders == []

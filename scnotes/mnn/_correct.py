@@ -50,6 +50,7 @@ from scipy.special import logsumexp
 
 from ._merge import MergeStep, _resolve_order as _merge_order_codes, check_batches, run_merges
 from ._neighbors import BACKENDS, check_matrix, find_mutual_nn, knn_query, resolve_n_neighbors
+from .._record import record
 
 __all__ = [
     "cosine_normalize",
@@ -437,7 +438,7 @@ class MNNResult:
         - ``adata.obsp[key_added + "_pairs"]``: sparse n_cells × n_cells, entry
           (left cell, right cell) = merge step + 1 for each MNN pair;
         - ``adata.uns[key_added]``: the record every ``scnotes.tl`` front writes
-          (``scnotes.tl._front.record``: ``params``, the call's arguments that
+          (``scnotes._record.record``, the fronts' recorder: ``params``, the call's arguments that
           ``write_h5ad`` can store, ``None`` included; ``model`` = ``"MNNResult"``),
           plus ``slot``, ``batches``, ``merge_order``, ``n_pairs`` (per step) and
           ``steps`` (per step, the batches on each side). Replaces an earlier
@@ -446,9 +447,6 @@ class MNNResult:
         Raises ValueError for another ``slot`` than ``"layers"`` / ``"obsm"`` or a
         result whose cells are not ``adata``'s.
         """
-        # The one recorder of the tl fronts, imported here because scnotes.tl imports this
-        # package (and so that every MNN record, by the front or not, has one shape).
-        from ..tl._front import record
 
         if slot not in ("layers", "obsm"):
             raise ValueError(f"slot must be 'layers' or 'obsm', got {slot!r}")

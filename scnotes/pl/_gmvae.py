@@ -15,9 +15,9 @@ _STYLES = {"GMVAE": "-", "NBVAE + batch": "--", "PCA": ":"}
 
 
 def _labels():
-    from ..tl import SWEEP_METRICS
+    from ..metrics import SCORE_LABELS  # display names live with the scores, not in tl
 
-    return SWEEP_METRICS
+    return SCORE_LABELS
 
 
 def _baseline_lines(ax, base: pd.DataFrame, col: str, color: str):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_obs_key, counts_from_adata
+from .._record import record  # noqa: F401  (the one recorder; lives below tl so families can use it)
 from .._settings import resolve_progress
 
 __all__ = ["SHARED", "Inputs", "setup", "covariate_registry", "encode_covariates", "check_genes",
@@ -170,38 +171,6 @@ def slot_keys(key_added: str, **derived) -> dict:
     out = dict(uns=key_added, obsm=key_added, base=base)
     out.update({name: t.format(key=key_added, base=base) for name, t in derived.items()})
     return out
-
-
-def _plain(v):
-    """A value ``write_h5ad`` can store in ``uns`` (Python scalars, str, lists / dicts of them),
-    or ``_SKIP``."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)) and all(isinstance(e, (bool, int, float, str, np.generic)) for e in v):
-        return [e.item() if isinstance(e, np.generic) else e for e in v]
-    if isinstance(v, dict):
-        d = {str(k): _plain(e) for k, e in v.items()}
-        return {k: e for k, e in d.items() if e is not _SKIP and e is not None}
-    return _SKIP
-
-
-_SKIP = object()
-
-
-def record(adata, key_added: str, params: dict, model=None, **results):
-    """Store one front call in ``adata.uns[key_added]``: ``params`` (the call's named arguments
-    that ``write_h5ad`` can store, None included; objects such as arrays left out), ``model`` (the
-    estimator's class name) and each of ``results`` (e.g. ``results=table``, ``slots=…``)
-    under its own key. Replaces an earlier record under the same key. Returns the record."""
-    clean = {k: _plain(v) for k, v in params.items()}
-    rec = {"params": {k: v for k, v in clean.items() if v is not _SKIP}}
-    if model is not None:
-        rec["model"] = type(model).__name__
-    rec.update(results)
-    adata.uns[key_added] = rec
-    return rec
 
 
 def begin(adata, copy: bool):

@@ -15,17 +15,16 @@ import math
 import numpy as np
 import pandas as pd
 
+from .. import metrics
 from ._gmvae import _RESOLUTIONS
 
 __all__ = ["SWEEP_METRICS", "gmvae_epochs", "held_out_neg_elbo", "gmvae_sweep", "gmvae_sweep_summary",
            "sweep_mean"]
 
 #: Score columns of a sweep's table (in the order of the chapter's Methods) and their labels.
-SWEEP_METRICS = {"kmeans_ari": "ARI (k-means)", "leiden_nmi": "NMI (Leiden, best res.)", "asw_label": "ASW (label)",
-                 "asw_batch": "batch ASW", "ilisi": "iLISI", "kbet": "kBET",
-                 "cluster_ari": "ARI (own clusters)", "cluster_nmi": "NMI (own clusters)",
-                 "n_used": "clusters used", "n_small": "small clusters", "max_fraction": "largest share",
-                 "neg_elbo": "−ELBO held out (nats)"}
+SWEEP_METRICS = {k: metrics.SCORE_LABELS[k] for k in (
+    "kmeans_ari", "leiden_nmi", "asw_label", "asw_batch", "ilisi", "kbet", "cluster_ari", "cluster_nmi",
+    "n_used", "n_small", "max_fraction", "neg_elbo")}
 
 #: (min_steps, cap) of scnotes.vae.epochs_for for the GMVAE phase and for its pretraining.
 #: The book's 2,000-cell subsample has 1,800 training cells, 15 minibatches of 128 per epoch:
