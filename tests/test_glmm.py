@@ -532,6 +532,9 @@ def test_tl_glmm_drops_cell_types_missing_a_condition(capsys):
     assert "rare" not in set(tab.cell_type)
     assert "dropped 1 cell type" in capsys.readouterr().out
     assert a.uns["glmm"]["params"]["dropped_cell_types"] == ["rare"]
+    scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=2, verbose=False)
+    assert capsys.readouterr().out == ""  # verbose=False: silent, still recorded
+    assert a.uns["glmm"]["params"]["dropped_cell_types"] == ["rare"]
 
 
 def test_tl_glmm_nuts_front():

@@ -60,7 +60,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
          min_gene_cells: int = 10, min_gene_frac: float = 0.01,
          min_cells: int = 1, level: float = 0.95, key_added: str = "glmm", max_epochs: int | str | None = None,
          batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
-         copy: bool = False, return_model: bool | None = None, **kwargs):
+         copy: bool = False, return_model: bool | None = None, verbose: bool = True, **kwargs):
     """Poisson or NB GLMM per gene with donor random effects: the fitted model, whose ``summary()``
     is the tidy table of effects and contrasts.
 
@@ -126,6 +126,10 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     seed, device, progress
         Random seed (VEB, NB, NUTS), torch device (VEB, NB) and progress bar (VEB, NB, NUTS;
         None: ``scnotes.settings.progress``, on only in an interactive session).
+    verbose : bool
+        Print one line naming the cell types dropped for too few cells or donors (as
+        ``scnotes.pp.prepare`` does); they are recorded in ``uns[key_added]["params"]
+        ["dropped_cell_types"]`` either way.
     copy : bool
         Work on a copy of ``adata`` (the input is left unchanged) and return ``(adata_copy, model)``.
     return_model : bool
@@ -197,7 +201,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     if condition_key is not None and (min_cells > 0 or method == "nb"):
         keep, dropped_types = G.complete_cell_types(adata.obs, group_key, condition_key, max(min_cells, 1),
                                                     donor_key=donor_key if method == "nb" else None)
-        if dropped_types:
+        if dropped_types and verbose:
             why = " or too few donors for a sample-level test" if method == "nb" else ""
             print(f"tl.glmm: dropped {len(dropped_types)} cell type(s) with fewer than {min_cells} cell(s) "
                   f"in some condition{why} ({int((~keep).sum())} cells): {dropped_types[:10]}")
