@@ -9,7 +9,7 @@ column: ``scnotes.pp.prepare`` computes ``obs["total_counts"]`` from all 1,287 g
 file). A fake two-condition design is made by splitting the donors 4 vs 4 at random
 (``scnotes.glmm.split_donors(adata, "donor", seed=--seed)``, fake conditions ``ctrl`` / ``stim``):
 16 cell groups (cell type × fake condition), 64 (group, donor) blocks; no gene is DE. The data
-are ``glmm_data_from_adata(..., layer="counts", total_key="total_counts",
+are ``glmm_data_from_adata(..., layer="counts", size_factor_key="total_counts",
 cell_type_key="cell_type", condition_key="condition")`` on every gene and cell.
 ``--dataset kang2018_ifnb_3donors_100genes`` (the old default: 100 genes, 9,517 cells, 3 donors
 in both real conditions, no split) is kept as a cheap option.
@@ -115,7 +115,7 @@ def load(args):
         mean = np.asarray(a.layers["counts"].mean(0)).ravel()
         order = np.argsort(mean)
         genes = [genes[i] for i in np.sort(order[np.linspace(0, len(order) - 1, args.genes).round().astype(int)])]
-    data = glmm_data_from_adata(a, genes, layer="counts", total_key="total_counts", cell_type_key="cell_type",
+    data = glmm_data_from_adata(a, genes, layer="counts", size_factor_key="total_counts", cell_type_key="cell_type",
                                 condition_key="condition")
     return data, how
 

@@ -23,11 +23,11 @@ def simulate(n_cells=3000, n_types=2, n_donors=8, n_genes=1, sigma_u=0.4, seed=0
     G = 2 * n_types
     b = rng.normal(-7.0, 1.0, size=(n_genes, G))
     u = rng.normal(0, sigma_u, size=(n_genes, n_donors))
-    tmp = glmm.glmm_data(obs, np.ones((n_cells, 1)), donor_key="donor", total_key="total",
+    tmp = glmm.glmm_data(obs, np.ones((n_cells, 1)), donor_key="donor", size_factor_key="total",
                          cell_type_key="cell_type", condition_key="condition")
     eta = b[:, tmp.group] + u[:, tmp.donor]
     y = rng.poisson(obs["total"].to_numpy() * np.exp(eta)).T
-    data = glmm.glmm_data(obs, y, donor_key="donor", total_key="total", cell_type_key="cell_type",
+    data = glmm.glmm_data(obs, y, donor_key="donor", size_factor_key="total", cell_type_key="cell_type",
                           condition_key="condition")
     return data, b, u
 
@@ -60,7 +60,7 @@ def test_sufficient_stats_reproduce_counts():
 def test_bad_inputs_raise(case, err, match):
     obs = _obs()
     y = np.arange(len(obs)) % 5
-    kw = dict(donor_key="donor", total_key="total", group_key="g")
+    kw = dict(donor_key="donor", size_factor_key="total", group_key="g")
     if case == "zero_total":
         obs.loc[obs.index[3], "total"] = 0
     elif case == "nan_total":
@@ -84,7 +84,7 @@ def test_empty_cell_type_condition_combination_raises():
     obs.loc[obs.index[:5], "ct"] = "B"
     obs.loc[obs.index[5:], "cond"] = np.where(np.arange(len(obs) - 5) % 2, "ctrl", "stim")
     with pytest.raises(ValueError, match="no cells"):
-        glmm.glmm_data(obs, np.ones(len(obs)), donor_key="donor", total_key="total",
+        glmm.glmm_data(obs, np.ones(len(obs)), donor_key="donor", size_factor_key="total",
                        cell_type_key="ct", condition_key="cond")
 
 
@@ -376,7 +376,7 @@ def test_veb_save_load_roundtrip(tmp_path):
     other = glmm.glmm_data(pd.DataFrame({"cell_type": np.asarray(data.group_table.cell_type)[data.group],
                                          "condition": np.asarray(data.group_table.condition)[data.group],
                                          "donor": np.asarray(data.donors)[data.donor], "total": data.total}),
-                           data.counts[:, ::-1], donor_key="donor", total_key="total", cell_type_key="cell_type",
+                           data.counts[:, ::-1], donor_key="donor", size_factor_key="total", cell_type_key="cell_type",
                            condition_key="condition", genes=data.genes[::-1])
     with pytest.raises(ValueError, match="genes differ"):
         m2.elbo(other)
@@ -473,7 +473,7 @@ def test_tl_glmm_veb_matches_the_estimator_and_records_params():
                               size_factor_key="libsize", max_epochs=200)
     tab = model.summary()
     assert list(tab.columns) == glmm.TIDY_COLUMNS
-    d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", total_key="libsize",
+    d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", size_factor_key="libsize",
                        cell_type_key="ct", condition_key="stim", genes=genes)
     est = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=200, lr=0.05).fit(d)
     assert np.array_equal(model.b_mean_, est.b_mean_)
@@ -503,7 +503,7 @@ def test_tl_glmm_totals_from_counts_copy_and_default_genes():
     assert "all 8 genes" in a2.uns["glmm"]["params"]["totals"]
     t2 = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=50)
     tot = np.asarray(a.layers["umi"].sum(1)).ravel()
-    d = glmm.glmm_data(a.obs.assign(t=tot), a.layers["umi"][:, :1], donor_key="patient", total_key="t",
+    d = glmm.glmm_data(a.obs.assign(t=tot), a.layers["umi"][:, :1], donor_key="patient", size_factor_key="t",
                        cell_type_key="ct", condition_key="stim", genes=["g0"])
     est = glmm.PoissonGLMMVEB(guide="full", expectation="analytic", max_epochs=50, lr=0.05).fit(d)
     assert np.array_equal(t2.b_mean_, est.b_mean_)
@@ -554,7 +554,7 @@ def test_tl_glmm_lme4_front_matches_fit_lme4():
     res = scnotes_tl().glmm(a, ["g0", "g1"], "ct", "patient", condition_key="stim", layer="umi",
                             size_factor_key="libsize", method="lme4")
     tab = res.summary()
-    d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", total_key="libsize",
+    d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", size_factor_key="libsize",
                        cell_type_key="ct", condition_key="stim", genes=["g0", "g1"])
     ref = glmm.fit_lme4(d, aggregate=True)
     assert np.allclose(res.b, ref.b) and np.allclose(tab[tab.kind == "group"].sd.to_numpy().reshape(2, -1), ref.b_se)
@@ -584,3 +584,26 @@ def test_pl_effects_vs_reference_draws_matched_terms():
         pl.effects_vs_reference(tab, ref, what="z")
     with pytest.raises(ValueError, match="share no"):
         pl.effects_vs_reference(tab.assign(gene="other"), ref)
+
+
+def test_total_key_is_the_older_name_of_size_factor_key():
+    """glmm_data / glmm_data_from_adata / pseudobulk read the same library sizes under the
+    contract's name; the older total_key gives the same data with a DeprecationWarning."""
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"donor": np.repeat(["d0", "d1", "d2", "d3"], 25), "grp": np.tile(["a", "b"], 50),
+                        "lib": rng.integers(500, 2000, 100).astype(float)})
+    x = rng.poisson(3.0, size=(100, 2))
+    new = glmm.glmm_data(obs, x, donor_key="donor", size_factor_key="lib", group_key="grp")
+    with pytest.warns(DeprecationWarning, match="size_factor_key"):
+        old = glmm.glmm_data(obs, x, donor_key="donor", total_key="lib", group_key="grp")
+    np.testing.assert_array_equal(new.total, old.total)
+    np.testing.assert_array_equal(new.total, obs["lib"].to_numpy())
+    a = ad.AnnData(X=x.astype(np.float32), obs=obs.assign(cell_type="t", condition=obs["grp"]))
+    with pytest.warns(DeprecationWarning):
+        pb_old = glmm.pseudobulk(a, total_key="lib")
+    pb_new = glmm.pseudobulk(a, size_factor_key="lib")
+    np.testing.assert_array_equal(pb_new.obs["total_counts"], pb_old.obs["total_counts"])
+    with pytest.raises(KeyError, match="size factor key 'nope'"):
+        glmm.glmm_data(obs, x, donor_key="donor", size_factor_key="nope", group_key="grp")

@@ -19,7 +19,7 @@ needs_pseudobulk_r = pytest.mark.skipif(
 
 
 def _data(a):
-    return glmm.glmm_data_from_adata(a, donor_key="donor", total_key="total_counts", cell_type_key="cell_type",
+    return glmm.glmm_data_from_adata(a, donor_key="donor", size_factor_key="total_counts", cell_type_key="cell_type",
                                      condition_key="condition")
 
 
@@ -70,7 +70,7 @@ def test_nb_glmm_input_errors():
     with pytest.raises(ValueError, match="theta"):
         glmm.NBGLMMVEB(theta=-1.0)
     obs = a.obs.assign(grp=a.obs["condition"].astype(str))
-    d = glmm.glmm_data(obs, a.X, donor_key="donor", total_key="total_counts", group_key="grp")
+    d = glmm.glmm_data(obs, a.X, donor_key="donor", size_factor_key="total_counts", group_key="grp")
     with pytest.raises(ValueError, match="cell type × condition"):
         glmm.NBGLMMVEB(sample_effect="condition", max_epochs=2).fit(d)
     with pytest.raises(TypeError, match="GLMMData"):
@@ -258,17 +258,17 @@ def test_sample_level_covariate_is_adjusted_for():
     J = 40
     a = glmm.simulate_nb_glmm(n_donors=8, n_cells=30, n_genes=J, paired=False, sigma_u=0.1, sigma_w=0.05,
                               mean_range=(1.0, 5.0), sample_covariate={"name": "sex", "effect": 0.6}, seed=6)
-    d = glmm.glmm_data_from_adata(a, donor_key="donor", total_key="total_counts", cell_type_key="cell_type",
+    d = glmm.glmm_data_from_adata(a, donor_key="donor", size_factor_key="total_counts", cell_type_key="cell_type",
                                   condition_key="condition", covariate_keys=["sex"])
     assert d.covariate_names == ["sex[1]"]
     m = glmm.NBGLMMVEB(max_epochs=150).fit(d)
     assert np.corrcoef(m.gamma_mean_[:, 0], a.var["sex_effect"])[0, 1] > 0.9
     obs = a.obs.assign(noise=np.random.default_rng(0).normal(size=a.n_obs))
     with pytest.raises(ValueError, match="varies within"):
-        glmm.glmm_data(obs, a.X, donor_key="donor", total_key="total_counts", cell_type_key="cell_type",
+        glmm.glmm_data(obs, a.X, donor_key="donor", size_factor_key="total_counts", cell_type_key="cell_type",
                        condition_key="condition", covariate_keys=["noise"])
     with pytest.raises(KeyError, match="nope"):
-        glmm.glmm_data(obs, a.X, donor_key="donor", total_key="total_counts", cell_type_key="cell_type",
+        glmm.glmm_data(obs, a.X, donor_key="donor", size_factor_key="total_counts", cell_type_key="cell_type",
                        condition_key="condition", covariate_keys=["nope"])
 
 

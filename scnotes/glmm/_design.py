@@ -232,10 +232,25 @@ def _categorical(obs, key, what):
     return col
 
 
-def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | None = None,
+_UNSET = object()
+
+
+def _size_factor_key(size_factor_key, total_key, func: str):
+    """``total_key`` is the older name of ``size_factor_key`` (the contract's word for the
+    column of per-cell library sizes): accepted for one release with a DeprecationWarning."""
+    if total_key is _UNSET:
+        return size_factor_key
+    import warnings
+
+    warnings.warn(f"{func}(total_key=...) is renamed size_factor_key=; total_key will be removed",
+                  DeprecationWarning, stacklevel=3)
+    return total_key
+
+
+def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, size_factor_key: str | None = None,
               group_key: str | None = None, cell_type_key: str | None = None,
               condition_key: str | None = None, genes=None, reference: str | None = None,
-              total=None, covariate_keys=None) -> GLMMData:
+              total=None, covariate_keys=None, total_key=_UNSET) -> GLMMData:
     """Validate and code the inputs of the Poisson GLMM.
 
     Parameters
@@ -246,10 +261,11 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
         Raw integer counts of the genes to test.
     donor_key : str
         Column of ``obs`` with the donor (random effect, at least 2 levels).
-    total_key : str
-        Column with the cell's total count ``s_i`` (offset ``ln s_i``), > 0.
+    size_factor_key : str
+        Column with the cell's library size ``s_i`` (its total count; offset ``ln s_i``), > 0.
+        ``total_key`` is its older name (DeprecationWarning).
     total : array (n_cells,), optional
-        The totals themselves, instead of ``total_key`` (give exactly one).
+        The library sizes themselves, instead of ``size_factor_key`` (give exactly one).
     group_key : str, optional
         Column with the cell group (fixed effect). Alternatively give
         ``cell_type_key`` and ``condition_key``: the cell group is then
@@ -292,13 +308,16 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
     if counts.shape[0] != len(obs):
         raise ValueError(f"counts have {counts.shape[0]} rows but obs has {len(obs)} cells")
 
-    if (total_key is None) == (total is None):
-        raise ValueError("give exactly one of total_key (an obs column of per-cell totals) and total (an array)")
+    size_factor_key = _size_factor_key(size_factor_key, total_key, "glmm_data")
+    if (size_factor_key is None) == (total is None):
+        raise ValueError("give exactly one of size_factor_key (an obs column of per-cell library sizes) "
+                         "and total (an array)")
     if total is None:
-        if total_key not in obs.columns:
-            raise KeyError(f"total key {total_key!r} not found in obs; available columns: {list(obs.columns)}")
-        total = pd.to_numeric(obs[total_key], errors="coerce").to_numpy(dtype=float)
-        where = f"obs[{total_key!r}]"
+        if size_factor_key not in obs.columns:
+            raise KeyError(f"size factor key {size_factor_key!r} not found in obs; available columns: "
+                           f"{list(obs.columns)}")
+        total = pd.to_numeric(obs[size_factor_key], errors="coerce").to_numpy(dtype=float)
+        where = f"obs[{size_factor_key!r}]"
     else:
         total = np.asarray(total, dtype=float).ravel()
         where = "total"
@@ -311,7 +330,7 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
     if bad.any():
         raise ValueError(f"{where} has {int(bad.sum())} zero, negative or infinite totals; "
                          "the offset ln(total) is undefined there. Drop those cells "
-                         "(e.g. obs[obs[total_key] > 0]) before fitting")
+                         "(e.g. obs[obs[size_factor_key] > 0]) before fitting")
 
     donor = _categorical(obs, donor_key, "donor")
     if len(donor.cat.categories) < 2:
@@ -356,7 +375,7 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, total_key: str | Non
     if len(genes) != counts.shape[1]:
         raise ValueError(f"{len(genes)} gene names for {counts.shape[1]} count columns")
     keys = {"donor_key": donor_key, "group_key": group_key, "cell_type_key": cell_type_key,
-            "condition_key": condition_key, "total_key": total_key}
+            "condition_key": condition_key, "size_factor_key": size_factor_key}
     dcode = donor.cat.codes.to_numpy().astype(int)
     cov, cov_names = None, []
     if covariate_keys:
@@ -415,14 +434,14 @@ def code_covariates(obs: pd.DataFrame, covariate_keys):
 
 
 def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_key: str = "donor",
-                         total_key: str | None = "total_counts", cell_type_key: str | None = "cell_type",
+                         size_factor_key: str | None = "total_counts", cell_type_key: str | None = "cell_type",
                          condition_key: str | None = "condition", group_key: str | None = None,
-                         reference: str | None = None, covariate_keys=None) -> GLMMData:
+                         reference: str | None = None, covariate_keys=None, total_key=_UNSET) -> GLMMData:
     """:func:`glmm_data` from an AnnData (cells × genes), for the named ``genes`` (default all).
 
-    The offset is ``adata.obs[total_key]`` — ideally the exact per-cell total over
+    The offset is ``adata.obs[size_factor_key]`` — ideally the exact per-cell total over
     all genes of the experiment, not the sum over the (possibly few) genes stored
-    in ``adata``. ``total_key=None`` computes the totals from the counts of every
+    in ``adata``. ``size_factor_key=None`` computes the totals from the counts of every
     gene of ``adata`` (``layer``), which is only the library size if ``adata``
     holds all genes.
 
@@ -441,13 +460,14 @@ def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_k
         raise KeyError(f"layer {layer!r} not found; layers: {list(adata.layers.keys())} (None: adata.X)")
     sub = adata[:, genes]
     x = sub.X if layer is None else sub.layers[layer]
+    size_factor_key = _size_factor_key(size_factor_key, total_key, "glmm_data_from_adata")
     total = None
-    if total_key is None:
+    if size_factor_key is None:
         full = adata.X if layer is None else adata.layers[layer]
         total = np.asarray(full.sum(axis=1), dtype=float).ravel()
     if group_key is not None:
         cell_type_key = condition_key = None
-    return glmm_data(adata.obs, x, donor_key=donor_key, total_key=total_key, group_key=group_key,
+    return glmm_data(adata.obs, x, donor_key=donor_key, size_factor_key=size_factor_key, group_key=group_key,
                      cell_type_key=cell_type_key, condition_key=condition_key, genes=genes,
                      reference=reference, total=total, covariate_keys=covariate_keys)
 

@@ -6,13 +6,14 @@ import pandas as pd
 from scipy import sparse
 
 from .._checks import check_counts
+from ._design import _UNSET, _size_factor_key
 
 __all__ = ["pseudobulk"]
 
 
 def pseudobulk(adata, donor_key: str = "donor", cell_type_key: str | None = "cell_type",
                condition_key: str | None = "condition", layer: str | None = None,
-               total_key: str | None = "total_counts", min_cells: int = 1):
+               size_factor_key: str | None = "total_counts", min_cells: int = 1, total_key=_UNSET):
     """Sum the counts of every (donor, cell type, condition) sample.
 
     Parameters
@@ -21,8 +22,9 @@ def pseudobulk(adata, donor_key: str = "donor", cell_type_key: str | None = "cel
         sparse stays sparse: the sums are one sparse indicator product)
     donor_key, cell_type_key, condition_key : ``obs`` columns; a key set to None is left out of the
         sample definition (e.g. ``cell_type_key=None``: one pseudobulk per donor × condition)
-    total_key : ``obs`` column of per-cell library sizes summed into ``obs["total_counts"]`` of the
-        result; None (or a missing column) sums the counts of every gene of ``adata`` instead
+    size_factor_key : ``obs`` column of per-cell library sizes summed into ``obs["total_counts"]`` of
+        the result; None (or a missing column) sums the counts of every gene of ``adata`` instead.
+        ``total_key`` is its older name (DeprecationWarning).
     min_cells : samples with fewer cells are dropped
 
     Returns
@@ -56,8 +58,9 @@ def pseudobulk(adata, donor_key: str = "donor", cell_type_key: str | None = "cel
     ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n, len(codes)))
     sums = ind @ (x if sparse.issparse(x) else np.asarray(x, dtype=float))
     sums = sparse.csr_matrix(sums, dtype=np.float64) if sparse.issparse(x) else np.asarray(sums, dtype=np.float64)
-    if total_key is not None and total_key in adata.obs.columns:
-        tot = pd.to_numeric(adata.obs[total_key], errors="coerce").to_numpy(float)
+    size_factor_key = _size_factor_key(size_factor_key, total_key, "pseudobulk")
+    if size_factor_key is not None and size_factor_key in adata.obs.columns:
+        tot = pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(float)
     else:
         tot = np.asarray(x.sum(axis=1), dtype=float).ravel()
     first = np.zeros(n, dtype=int)

@@ -224,7 +224,7 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
              if condition_key is not None else dict(group_key=group_key))
     data = G.glmm_data(obs, counts, donor_key=donor_key, total=total[keep], genes=genes,
                        covariate_keys=covariate_keys, **ct_kw)
-    data.keys["total_key"] = size_factor_key
+    data.keys["size_factor_key"] = size_factor_key
 
     epochs = {} if max_epochs is None else dict(max_epochs=max_epochs)
     if method == "veb":
