@@ -244,3 +244,35 @@ def counts_from_adata(adata, layer: str | None = None):
 def size_factors(x):
     """Library size (total counts) of each cell, shape (n_cells,), for dense or sparse counts."""
     return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+
+
+def check_key(adata, slot: str, key: str):
+    """``getattr(adata, slot)[key]`` as stored (any dtype, missing values allowed), for a slot
+    of AnnData's mappings (``obs`` columns, ``obsm``, ``varm``, ``layers``, ``uns``).
+
+    Raises
+    ------
+    KeyError
+        If ``key`` is not in ``adata.<slot>`` (the message names the key and lists the ones there).
+    """
+    store = getattr(adata, slot)
+    keys = list(store.columns) if slot in ("obs", "var") else list(store.keys())
+    if key not in keys:
+        raise KeyError(f"{slot} key {key!r} not found in adata.{slot}; available: {keys}")
+    return store[key]
+
+
+def check_obsm_key(adata, key: str):
+    """``adata.obsm[key]`` as a 2-d ndarray (n_cells × n_dims), e.g. an embedding to draw.
+
+    Raises
+    ------
+    KeyError
+        If ``key`` is not in ``adata.obsm`` (the message lists the keys there).
+    ValueError
+        If the entry is not two-dimensional.
+    """
+    x = np.asarray(check_key(adata, "obsm", key))
+    if x.ndim != 2:
+        raise ValueError(f"adata.obsm[{key!r}] has shape {x.shape}; expected n_cells × n_dims")
+    return x
