@@ -69,6 +69,7 @@ through w.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -81,6 +82,7 @@ from ._data import CountData
 from ._model import CountVAE
 from ._module import CountVAEModule
 from ._lightning import fit_lightning
+from ._train import LossTerms
 
 __all__ = ["GMVAE", "GMVAEModule", "FREE_BITS_MODES", "CONDITIONAL_PRIORS"]
 
@@ -134,7 +136,7 @@ class GMVAEModule(CountVAEModule):
         self.prior_net = nn.Sequential(nn.Linear(w_dim, ph), nn.Tanh())
         self.prior_out = nn.Linear(ph, self.n_clusters * 2 * latent_dim)
         # Set by GMVAE.fit during its pretraining phase: x gets the N(0, I) prior of the
-        # count VAEs (their loss_terms, shared), w and the prior network are not used.
+        # count VAEs (their _normal_prior_terms, shared), w and the prior network are not used.
         self.pretraining = False
 
     # --- pieces -------------------------------------------------------------
@@ -174,9 +176,11 @@ class GMVAEModule(CountVAEModule):
         return dict(mean_x=mx, scale_x=sx, mean_w=mw, scale_w=sw, x=xs, w=ws, prior_mean=pm,
                     prior_scale=ps, log_comp=log_comp, log_pz=torch.log_softmax(log_comp, dim=-1))
 
-    def terms_from_draws(self, y, w, s, c, d):
-        """Per-cell terms (shape B, nats) from :meth:`draws`: ``reconstruction``, ``kl_w``,
-        ``kl_x``, ``kl_z`` and the unbiased ``elbo`` (module docstring)."""
+    def terms_from_draws(self, y, w, s, c, d) -> LossTerms:
+        """Per-cell terms (shape B, nats) from :meth:`draws`, a
+        :class:`~scnotes.vae._train.LossTerms`: ``reconstruction``, ``kl`` (``kl_w``,
+        ``kl_x``, ``kl_z``) and the unbiased ``extra["elbo"]`` (module docstring), with
+        ``loss`` = −ELBO (not reconstruction − Σ kl: the analytic ``kl_x`` is not unbiased)."""
         k = self.n_clusters
         pz = torch.exp(d["log_pz"])
         log_q = normal_log_pdf(d["x"], d["mean_x"], d["scale_x"]).sum(-1)  # S × B
@@ -191,21 +195,21 @@ class GMVAEModule(CountVAEModule):
         kl_z = (pz * (d["log_pz"] + math.log(k))).sum(-1).mean(0)
         log_mix = torch.logsumexp(d["log_comp"], dim=-1) - math.log(k)
         elbo = rec - kl_w - (log_q - log_mix).mean(0)
-        return dict(reconstruction=rec, kl_w=kl_w, kl_x=kl_x, kl_z=kl_z, elbo=elbo)
+        return LossTerms(loss=-elbo, reconstruction=rec, kl=dict(kl_w=kl_w, kl_x=kl_x, kl_z=kl_z),
+                         extra={"elbo": elbo})
 
     # --- bounds -------------------------------------------------------------
-    def loss_terms(self, x, w, s, c=None, n_samples: int = 1, generator=None):
-        """``reconstruction``, ``kl_w``, ``kl_x``, ``kl_z`` per cell (shape B, nats)."""
-        t = self.terms_from_draws(x, w, s, c, self.draws(x, n_samples, generator))
-        t.pop("elbo")
-        return t
+    def loss_terms(self, x, w, s, c=None, n_samples: int = 1, generator=None) -> LossTerms:
+        """``reconstruction``, ``kl_w``, ``kl_x``, ``kl_z`` per cell (shape B, nats), as
+        :meth:`terms_from_draws`."""
+        return self.terms_from_draws(x, w, s, c, self.draws(x, n_samples, generator))
 
     def elbo(self, x, w, s, c=None, n_samples: int = 1, generator=None, analytic_kl: bool = True):
         """Per-cell ELBO (shape B): analytic KL for w, sampled mixture term for x
         (``analytic_kl=False``: every term sampled, the one-draw IWAE weight)."""
         if not analytic_kl:
             return self.iwae_log_weights(x, w, s, c, n_samples, generator).mean(0)
-        return self.terms_from_draws(x, w, s, c, self.draws(x, n_samples, generator))["elbo"]
+        return self.terms_from_draws(x, w, s, c, self.draws(x, n_samples, generator)).extra["elbo"]
 
     def iwae_log_weights(self, x, w, s, c=None, n_samples: int = 10, generator=None):
         """log p(y, x, w) − log q(x, w | y) per draw, S × B, with z summed out
@@ -216,24 +220,22 @@ class GMVAEModule(CountVAEModule):
         return (self.log_lik(x, w, s, self.decode(d["x"], c)) + log_mix + self._log_prior(ws)
                 - self._log_q(d["x"], d["mean_x"], d["scale_x"]) - self._log_q(ws, d["mean_w"], d["scale_w"]))
 
-    def training_terms(self, x, w, s, c, n_samples, generator, objective="elbo", kl_weight=1.0):
-        """The training hook (see :mod:`scnotes.vae._lightning`).
+    def training_terms(self, x, w, s, c, n_samples, generator, objective="elbo",
+                       kl_weight=1.0) -> LossTerms:
+        """The training hook (see :mod:`scnotes.vae._train`), a
+        :class:`~scnotes.vae._train.LossTerms`.
 
-        ``objective`` = reconstruction − β (kl_w + kl_x + kl_z*), with kl_z* the z prior
+        ``loss`` = −(reconstruction − β (kl_w + kl_x + kl_z*)), with kl_z* the z prior
         after the free-bits threshold (λ = ``free_bits``) and β = ``kl_weight``;
-        ``elbo`` the unbiased bound (never thresholded or warmed up). The ``iwae``
-        objective has no free bits."""
+        ``extra["elbo"]`` the unbiased bound (never thresholded or warmed up). The ``iwae``
+        objective has no free bits. While pretraining, the count VAE's record, its KL on
+        x logged as ``kl_x`` (a prior on x, not the z prior)."""
         if objective == "iwae":
-            b = self.iwae(x, w, s, c, n_samples, generator)
-            return dict(objective=b, iwae=b)
+            return self._iwae_terms(x, w, s, c, n_samples, generator)
         if self.pretraining:
-            t = CountVAEModule.loss_terms(self, x, w, s, c, n_samples, generator)
-            t["kl_x"] = t.pop("kl_z")  # KL(q(x | y) ‖ N(0, I)): a prior on x, not the z prior
-            t["elbo"] = t["reconstruction"] - t["kl_x"]
-            t["objective"] = t["reconstruction"] - kl_weight * t["kl_x"]
-            return t
+            return self._normal_prior_terms(x, w, s, c, n_samples, generator, kl_weight, kl_name="kl_x")
         t = self.terms_from_draws(x, w, s, c, self.draws(x, n_samples, generator))
-        kz = t["kl_z"]
+        kz = t.kl["kl_z"]
         lam = self.free_bits
         if lam > 0:
             if self.free_bits_mode == "batch":
@@ -241,8 +243,8 @@ class GMVAEModule(CountVAEModule):
                 kz = torch.where(kz.mean() >= lam, kz, torch.full_like(kz, lam))
             else:
                 kz = torch.clamp(kz, min=lam)
-        t["objective"] = t["reconstruction"] - kl_weight * (t["kl_w"] + t["kl_x"] + kz)
-        return t
+        objective = t.reconstruction - kl_weight * (t.kl["kl_w"] + t.kl["kl_x"] + kz)
+        return dataclasses.replace(t, loss=-objective)
 
 
 def _positive_int(name, v):

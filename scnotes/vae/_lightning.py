@@ -1,8 +1,8 @@
 """The training engine of every VAE: PyTorch Lightning.
 
-:class:`TrainingPlan` is a ``LightningModule`` that wraps a pure ``nn.Module``'s
-``training_terms`` (see :mod:`scnotes.vae._train` for the contract and the
-units of the training record); :func:`fit_lightning` runs a ``Trainer`` over it
+:class:`scnotes.vae._plan.TrainingPlan` is a ``LightningModule`` that wraps a pure
+``nn.Module``'s ``training_terms`` (see :mod:`scnotes.vae._train` for the contract and
+the units of the training record); :func:`fit_lightning` runs a ``Trainer`` over it
 and returns the same ``(history, best_epoch)`` as the loop it replaces. The
 validation split, early stopping (Lightning's ``EarlyStopping`` plus an
 in-memory best-weights callback), the progress bar and the per-epoch record come
@@ -25,19 +25,16 @@ reaches the one-process held-out ELBO).
 """
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ._data import batch_indices
 from ._train import make_optimizer
 
-__all__ = ["TrainingPlan", "IndexBatches", "fit_lightning"]
+__all__ = ["IndexBatches", "fit_lightning"]
 
 
 def _world():
@@ -91,133 +88,6 @@ def _identity(batch):
     return batch
 
 
-class TrainingPlan:
-    """Factory for the LightningModule (imported lazily: ``lightning`` is heavy)."""
-
-    def __new__(cls, *args, **kwargs):
-        return _plan_class()(*args, **kwargs)
-
-
-_PLAN = None
-
-
-def _plan_class():
-    global _PLAN
-    if _PLAN is not None:
-        return _PLAN
-    import lightning.pytorch as pl
-
-    class _TrainingPlan(pl.LightningModule):
-        """Wraps ``module.training_terms``: loss −(N/B) Σ objective; per-epoch record."""
-
-        def __init__(self, module, *, n_train, lr, optimizer, weight_decay, n_samples, objective,
-                     kl_warmup_epochs, generator, val_seed):
-            super().__init__()
-            self.module = module
-            self.n_train, self.lr, self.optimizer_name = n_train, lr, optimizer
-            self.weight_decay, self.n_samples, self.objective = weight_decay, n_samples, objective
-            self.kl_warmup_epochs, self.generator, self.val_seed = kl_warmup_epochs, generator, val_seed
-            self.rows, self._sums, self._val, self._n_seen = [], {}, {}, 0
-            self._log_loss = True
-
-        def on_fit_start(self):
-            # One stream of Monte Carlo draws per rank, on the rank's own device
-            # (the estimator's generator lives on the model's device, rank 0's).
-            rank, world = _world()
-            if world > 1 or self.generator.device != self.device:
-                seed = self.generator.initial_seed() + rank
-                self.generator = torch.Generator(device=self.device)
-                self.generator.manual_seed(seed)
-
-        def kl_weight(self):
-            e = self.current_epoch
-            return min(1.0, (e + 1) / self.kl_warmup_epochs) if self.kl_warmup_epochs else 1.0
-
-        def training_step(self, batch, batch_idx):
-            x, w, s, c = batch
-            terms = self.module.training_terms(x, w, s, c, self.n_samples, self.generator,
-                                               objective=self.objective, kl_weight=self.kl_weight())
-            for k, v in terms.items():
-                self._sums[k] = self._sums.get(k, 0.0) + v.detach().sum()
-            self._n_seen += x.shape[0]
-            return -(self.n_train / x.shape[0]) * terms["objective"].sum()
-
-        def on_train_epoch_start(self):
-            self._sums, self._n_seen = {}, 0
-
-        def on_validation_epoch_start(self):
-            # The same draws every epoch, so validation losses are comparable.
-            self._val_gen = torch.Generator(device=self.device)
-            self._val_gen.manual_seed(self.val_seed)
-            self._val, self._val_n = {}, 0
-
-        def validation_step(self, batch, batch_idx):
-            x, w, s, c = batch
-            terms = self.module.training_terms(x, w, s, c, 1, self._val_gen,
-                                               objective=self.objective, kl_weight=1.0)
-            for k, v in terms.items():
-                self._val[k] = self._val.get(k, 0.0) + v.sum()
-            self._val_n += x.shape[0]
-
-        def on_validation_epoch_end(self):
-            if not self._val_n:
-                return
-            val = self._reduce(self._val, self._val_n)
-            val["loss"] = -val.pop("objective")
-            self._last_val = {f"validation_{k}": v for k, v in val.items()}
-            # Logged for EarlyStopping; the record itself is kept in self.rows.
-            self.log("validation_loss", val["loss"], prog_bar=True, logger=False)
-
-        def _reduce(self, sums, n):
-            keys = sorted(sums)
-            t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device)
-                             for k in keys] + [torch.tensor(float(n), dtype=torch.float64, device=self.device)])
-            if _world()[1] > 1:
-                torch.distributed.all_reduce(t)
-            return {k: float(v) / float(t[-1]) for k, v in zip(keys, t[:-1])}
-
-        def on_train_epoch_end(self):
-            # Cells seen this epoch, over all ranks (all of them in one process).
-            row = self._reduce(self._sums, self._n_seen)
-            row["loss"] = -row.pop("objective")
-            if not np.isfinite(row["loss"]):
-                raise RuntimeError(f"loss became {row['loss']} at epoch {self.current_epoch}; "
-                                   "try a smaller lr")
-            self._sums = {}
-            row = {"epoch": self.current_epoch, "kl_weight": self.kl_weight(), **row}
-            row.update(getattr(self, "_last_val", {}))
-            self.rows.append(row)
-            if self._log_loss:
-                # Lightning's logging costs ~0.2 ms a call, a tenth of a small full-batch
-                # epoch; the record is self.rows, so log only for a bar or user callbacks.
-                self.log("loss", row["loss"], prog_bar=True, logger=False)
-
-        def configure_optimizers(self):
-            return make_optimizer(self.optimizer_name, self.module.parameters(), self.lr, self.weight_decay)
-
-    class _BestWeights(pl.Callback):
-        """Keep (in memory) the weights of the epoch with the lowest validation loss
-        once the KL warm-up is over, and restore them when training ends."""
-
-        def __init__(self):
-            self.best, self.state, self.epoch = math.inf, None, None
-
-        def on_validation_end(self, trainer, plan):
-            # After the plan's on_validation_epoch_end, so this epoch's value is there.
-            v = getattr(plan, "_last_val", {}).get("validation_loss")
-            if v is not None and plan.kl_weight() == 1.0 and v < self.best:
-                self.best, self.epoch = v, plan.current_epoch
-                self.state = copy.deepcopy(plan.module.state_dict())
-
-        def on_train_end(self, trainer, plan):
-            if self.state is not None:
-                plan.module.load_state_dict(self.state)
-
-    _TrainingPlan.BestWeights = _BestWeights
-    _PLAN = _TrainingPlan
-    return _PLAN
-
-
 def fit_lightning(module, data, *, lr, n_samples, max_epochs, batch_size, objective, optimizer,
                   generator, rng, progress, desc="fit", train_idx=None, validation_idx=None,
                   early_stopping=False, patience=45, min_delta=0.0, kl_warmup_epochs=0,
@@ -243,9 +113,10 @@ def fit_lightning(module, data, *, lr, n_samples, max_epochs, batch_size, object
     RuntimeError : the loss became NaN or infinite.
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping
 
     from .._settings import resolve_progress
+    # The plan imports lightning at its top: loaded here, so `import scnotes.vae` stays light.
+    from ._plan import BestWeights, TrainingPlan, WarmupAwareEarlyStopping
 
     progress = resolve_progress(progress)  # None: scnotes.settings.progress
 
@@ -273,10 +144,10 @@ def fit_lightning(module, data, *, lr, n_samples, max_epochs, batch_size, object
     if early_stopping:
         # Lightning's EarlyStopping counts epochs without improvement; during a KL
         # warm-up the validation loss rises with the KL weight, so it starts after it.
-        callbacks.append(_WarmupAwareEarlyStopping(kl_warmup_epochs, monitor="validation_loss",
-                                                   patience=patience, min_delta=min_delta, mode="min",
-                                                   check_on_train_epoch_end=False))
-        best = plan.BestWeights()
+        callbacks.append(WarmupAwareEarlyStopping(kl_warmup_epochs, monitor="validation_loss",
+                                                  patience=patience, min_delta=min_delta, mode="min",
+                                                  check_on_train_epoch_end=False))
+        best = BestWeights()
         callbacks.append(best)
     if accelerator is None:
         accelerator = "gpu" if data.device.type == "cuda" else "cpu"
@@ -327,15 +198,3 @@ def _revert_sync_batchnorm(module):
             setattr(module, name, bn.to(next(child.buffers()).device))
         else:
             _revert_sync_batchnorm(child)
-
-
-class _WarmupAwareEarlyStopping:
-    def __new__(cls, warmup, **kw):
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        class _ES(EarlyStopping):
-            def _run_early_stopping_check(self, trainer):
-                if trainer.current_epoch + 1 < warmup:
-                    return
-                super()._run_early_stopping_check(trainer)
-        return _ES(**kw)

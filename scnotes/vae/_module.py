@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..likelihoods import (nb_log_pmf, normal_kl, normal_log_pdf, poisson_log_lik_rows, poisson_log_pmf,
                            zinb_log_pmf, zinb_nonzero_posterior)
+from ._train import LossTerms
 
 __all__ = ["CountVAEModule", "MLPDecoder", "LinearDecoder", "LIKELIHOODS"]
 
@@ -311,17 +312,23 @@ class CountVAEModule(nn.Module):
             out["l_prior"] = self._library_prior(c, x.shape[0])
         return out
 
-    def loss_terms(self, x, w, s, c=None, n_samples: int = 1, generator=None):
-        """Per-cell ELBO pieces (each shape B, nats): ``reconstruction`` =
-        E_q[Σ_j w_ij log p(x_ij | z)], ``kl_z`` = KL(q(z|x) ‖ N(0, I)) and, for
-        ``library="latent"``, ``kl_library``; ELBO = reconstruction − Σ kl."""
+    def loss_terms(self, x, w, s, c=None, n_samples: int = 1, generator=None) -> LossTerms:
+        """Per-cell ELBO pieces (each shape B, nats), a :class:`~scnotes.vae._train.LossTerms`:
+        ``reconstruction`` = E_q[Σ_j w_ij log p(x_ij | z)], ``kl["kl_z"]`` = KL(q(z|x) ‖ N(0, I))
+        and, for ``library="latent"``, ``kl["kl_library"]``; ``extra["elbo"]`` =
+        reconstruction − Σ kl and ``loss`` = −ELBO."""
+        return self._normal_prior_terms(x, w, s, c, n_samples, generator)
+
+    def _normal_prior_terms(self, x, w, s, c, n_samples, generator, kl_weight=1.0, kl_name="kl_z"):
+        """The ELBO's record with the N(0, I) prior on the encoder's latent, whose KL is
+        logged as ``kl_name`` (GMVAE's pretraining calls it ``kl_x``)."""
         d = self._draws(x, c, n_samples, generator)
-        terms = dict(reconstruction=self.log_lik(x, w, s, self.decode(d["z"], c), d["log_s"]).mean(0),
-                     kl_z=normal_kl(d["mean"], d["scale"]).sum(-1))
+        rec = self.log_lik(x, w, s, self.decode(d["z"], c), d["log_s"]).mean(0)
+        kl = {kl_name: normal_kl(d["mean"], d["scale"]).sum(-1)}
         if self.library == "latent":
             pm, ps = d["l_prior"]
-            terms["kl_library"] = normal_kl(d["l_mean"], d["l_scale"], pm, ps)
-        return terms
+            kl["kl_library"] = normal_kl(d["l_mean"], d["l_scale"], pm, ps)
+        return LossTerms.from_elbo(rec, kl, kl_weight)
 
     def elbo(self, x, w, s, c=None, n_samples: int = 1, generator=None, analytic_kl: bool = True):
         """Per-cell ELBO, shape B (Monte Carlo over ``n_samples`` draws of z).
@@ -332,7 +339,7 @@ class CountVAEModule(nn.Module):
         """
         if analytic_kl:
             t = self.loss_terms(x, w, s, c, n_samples, generator)
-            return t["reconstruction"] - sum(v for k, v in t.items() if k.startswith("kl"))
+            return t.reconstruction - t.kl_sum
         return self.iwae_log_weights(x, w, s, c, n_samples, generator).mean(0)
 
     def iwae_log_weights(self, x, w, s, c=None, n_samples: int = 10, generator=None):
@@ -353,21 +360,23 @@ class CountVAEModule(nn.Module):
         log_w = self.iwae_log_weights(x, w, s, c, n_samples, generator)
         return torch.logsumexp(log_w, dim=0) - math.log(n_samples)
 
-    def training_terms(self, x, w, s, c, n_samples, generator, objective="elbo", kl_weight=1.0):
-        """What the training loop optimises and logs, each a per-cell tensor (B).
+    def training_terms(self, x, w, s, c, n_samples, generator, objective="elbo",
+                       kl_weight=1.0) -> LossTerms:
+        """What the training plan minimises and logs, a :class:`~scnotes.vae._train.LossTerms`
+        of per-cell tensors (B).
 
-        ``objective`` is maximised; ``elbo`` is the bound at KL weight 1 (logged);
-        every other entry is logged as a named loss term. ``kl_weight`` < 1 is a
-        KL warm-up (Bowman et al. 2016; scvi-tools' default), ELBO objective only.
+        ``objective="elbo"``: ``loss`` = −(reconstruction − ``kl_weight`` Σ kl), with the
+        bound at KL weight 1 logged as ``extra["elbo"]``; ``kl_weight`` < 1 is a KL
+        warm-up (Bowman et al. 2016; scvi-tools' default), ELBO objective only.
+        ``objective="iwae"``: ``loss`` = −IWAE, logged as ``extra["iwae"]``.
         """
         if objective == "iwae":
-            b = self.iwae(x, w, s, c, n_samples, generator)
-            return dict(objective=b, iwae=b)
-        t = self.loss_terms(x, w, s, c, n_samples, generator)
-        kl = sum(v for k, v in t.items() if k.startswith("kl"))
-        t["elbo"] = t["reconstruction"] - kl
-        t["objective"] = t["elbo"] if kl_weight == 1 else t["reconstruction"] - kl_weight * kl
-        return t
+            return self._iwae_terms(x, w, s, c, n_samples, generator)
+        return self._normal_prior_terms(x, w, s, c, n_samples, generator, kl_weight)
+
+    def _iwae_terms(self, x, w, s, c, n_samples, generator) -> LossTerms:
+        b = self.iwae(x, w, s, c, n_samples, generator)
+        return LossTerms(loss=-b, extra={"iwae": b})
 
     def objective(self, x, w, s, c, n_samples, generator, kind="elbo"):
         if kind == "elbo":

@@ -5,9 +5,10 @@ and the optimisers. The one engine that trains them is PyTorch Lightning
 1.03× (``pbmc_facs_zheng2017``, batch 128) of the loop's seconds per epoch.
 
 A module plugs in through one method, ``training_terms(x, w, s, c, n_samples,
-generator, objective=..., kl_weight=...)``, returning per-cell tensors: the
-``objective`` to maximise, the ``elbo`` (or ``iwae``) to log, and any named
-loss terms (``reconstruction``, ``kl_z``, …) to log.
+generator, objective=..., kl_weight=...)``, returning a :class:`LossTerms` of
+per-cell tensors: the ``loss`` to minimise, the ``reconstruction`` term, the
+named KL terms (``kl_z``, …) and the bound to log (``elbo`` or ``iwae``), the
+record scvi-tools' modules return as ``LossOutput``.
 
 Loss scaling: each step minimises −(N / B) Σ_{i ∈ batch} objective_i, an
 estimate of the full-data negative bound −Σ_i objective_i that is unbiased up
@@ -24,9 +25,67 @@ the same seeded draws every epoch so epochs are comparable).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-__all__ = ["make_optimizer"]
+__all__ = ["LossTerms", "make_optimizer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+    """One minibatch's loss and its logged parts; every tensor has shape B (cells), in nats.
+
+    Fields
+    ------
+    loss : what training minimises per cell, −objective (with a KL warm-up or free
+        bits it differs from −``elbo``); the record's ``loss`` column is its mean.
+    reconstruction : E_q[Σ_j w_ij log p(x_ij | z)], or None (the IWAE objective).
+    kl : the KL terms by their record names (``kl_z``, ``kl_library``, ``kl_w``, …),
+        in the order they are summed.
+    extra : further logged quantities by name: the bound, ``elbo`` or ``iwae``.
+
+    The idea of scvi-tools' ``LossOutput`` (``scvi/module/base/_base_module.py``):
+    the training plan reads fields, not dictionary keys with a meaning.
+    """
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor | None = None
+    kl: dict = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_elbo(cls, reconstruction, kl: dict, kl_weight: float = 1.0) -> "LossTerms":
+        """The ELBO's record: ``elbo`` = reconstruction − Σ kl (logged) and ``loss`` =
+        −(reconstruction − ``kl_weight`` Σ kl), the warmed-up objective (Bowman et al.
+        2016); at weight 1 the loss is −elbo itself."""
+        kl_sum = sum(kl.values())
+        elbo = reconstruction - kl_sum
+        objective = elbo if kl_weight == 1 else reconstruction - kl_weight * kl_sum
+        return cls(loss=-objective, reconstruction=reconstruction, kl=dict(kl), extra={"elbo": elbo})
+
+    @property
+    def kl_sum(self):
+        """Σ of the KL terms, shape B (0 when there are none)."""
+        return sum(self.kl.values())
+
+    def columns(self) -> dict:
+        """The per-cell quantities the training record logs, by column name: the named
+        terms in sorted order, then ``loss`` (the record's column order)."""
+        named = dict(self.kl, **self.extra)
+        if self.reconstruction is not None:
+            named["reconstruction"] = self.reconstruction
+        return {**{k: named[k] for k in sorted(named)}, "loss": self.loss}
+
+    def __getitem__(self, name):
+        """A term by its record name; ``"objective"`` is −``loss``. For code written
+        against the dictionary that ``training_terms`` returned before; read fields."""
+        if name == "objective":
+            return -self.loss
+        cols = self.columns()
+        if name not in cols:
+            raise KeyError(f"no term {name!r}; this record has {list(cols)} and 'objective'")
+        return cols[name]
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
