@@ -16,6 +16,12 @@ __all__ = [
     "row_sums",
     "check_mask",
     "check_obs_key",
+    "check_obs_columns",
+    "check_layer",
+    "check_key",
+    "check_obsm_key",
+    "check_genes",
+    "key_error",
     "counts_from_adata",
     "size_factors",
 ]
@@ -196,8 +202,56 @@ def check_mask(w, shape, name: str = "w"):
     return w
 
 
-def check_obs_key(adata, key: str, min_levels: int = 1):
-    """Return ``adata.obs[key]`` as a categorical Series, or raise KeyError naming the key.
+def key_error(kind: str, key, where: str, available, param: str | None = None, hint: str = "") -> KeyError:
+    """The one message of a missing key: ``KeyError("<kind> 'key' not found in <where> (parameter
+    `param`); available: [...]<hint>")``, naming the key, where it was looked for, the parameter
+    that named it (when given) and what is there. Returned, not raised, so that a caller that
+    collects every problem (``scnotes.pp.prepare``) can use its message."""
+    named = f" (parameter `{param}`)" if param else ""
+    return KeyError(f"{kind} {key!r} not found in {where}{named}; available: {list(available)}{hint}")
+
+
+def _obs_frame(adata):
+    """(obs DataFrame, its name in messages) of an AnnData or of an ``obs`` DataFrame itself."""
+    import pandas as pd
+
+    if isinstance(adata, pd.DataFrame):
+        return adata, "obs"
+    return adata.obs, "adata.obs"
+
+
+def check_obs_columns(adata, keys, param: str | None = None) -> list[str]:
+    """Check that ``obs`` columns exist; return the keys checked (None entries skipped).
+
+    Parameters
+    ----------
+    adata : AnnData or pandas.DataFrame (an ``obs`` table itself)
+    keys : str, sequence of str, or dict mapping each column to the parameter that named it
+        (for the message; e.g. ``{group_key: "group_key", donor_key: "donor_key"}``)
+    param : str, optional
+        The parameter named in the message for a str or sequence ``keys``.
+
+    Raises
+    ------
+    KeyError
+        The first column that is missing, with the parameter and the columns available
+        (:func:`key_error`).
+    """
+    obs, where = _obs_frame(adata)
+    if isinstance(keys, str):
+        keys = [keys]
+    named = keys if isinstance(keys, dict) else {k: param for k in keys}
+    for key, p in named.items():
+        if key is not None and key not in obs.columns:
+            raise key_error("obs key", key, where, obs.columns, p)
+    return [k for k in named if k is not None]
+
+
+def check_obs_key(adata, key: str, min_levels: int = 1, param: str | None = None):
+    """Return ``obs[key]`` as a categorical Series (index: the cells), or raise naming the key.
+
+    ``adata`` is an AnnData or its ``obs`` DataFrame; ``param`` names the parameter that gave
+    ``key`` in the message.
 
     Raises
     ------
@@ -208,10 +262,9 @@ def check_obs_key(adata, key: str, min_levels: int = 1):
     """
     import pandas as pd
 
-    if key not in adata.obs.columns:
-        raise KeyError(f"obs key {key!r} not found in adata.obs; available columns: "
-                       f"{list(adata.obs.columns)}")
-    col = adata.obs[key]
+    check_obs_columns(adata, key, param)
+    obs, _ = _obs_frame(adata)
+    col = obs[key]
     if col.isna().any():
         raise ValueError(f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values")
     col = col.astype("category")
@@ -219,7 +272,40 @@ def check_obs_key(adata, key: str, min_levels: int = 1):
     if len(col.cat.categories) < min_levels:
         raise ValueError(f"adata.obs[{key!r}] has {len(col.cat.categories)} level(s); "
                          f"at least {min_levels} needed")
-    return pd.Series(col.values, index=adata.obs_names, name=key)
+    return pd.Series(col.values, index=obs.index, name=key)
+
+
+def check_layer(adata, layer: str | None, param: str | None = "layer"):
+    """The cells × genes matrix of ``layers[layer]`` (``X`` when ``layer`` is None), not validated
+    (:func:`counts_from_adata` also checks the counts).
+
+    Raises
+    ------
+    KeyError
+        ``layer`` is not in ``adata.layers`` (the message lists the layers and says that None
+        reads ``X``).
+    """
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise key_error("layer", layer, "adata.layers", adata.layers.keys(), param, " (None: adata.X)")
+    return adata.layers[layer]
+
+
+def check_genes(adata, genes, param: str | None = "genes") -> list[str]:
+    """``genes`` (a name or a list of ``var_names``) as a list of str, every one checked.
+
+    Raises
+    ------
+    KeyError
+        Genes not in ``adata.var_names``: their number and the first ten, with the parameter.
+    """
+    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        named = f" (parameter `{param}`)" if param else ""
+        raise KeyError(f"{len(missing)} gene(s) not found in adata.var_names{named}: {missing[:10]}")
+    return genes
 
 
 def counts_from_adata(adata, layer: str | None = None):
@@ -228,17 +314,12 @@ def counts_from_adata(adata, layer: str | None = None):
     Raises
     ------
     KeyError
-        If ``layer`` is given and missing.
+        If ``layer`` is given and missing (:func:`check_layer`).
     ValueError
         As :func:`check_counts`.
     """
-    if layer is None:
-        x, name = adata.X, "adata.X"
-    else:
-        if layer not in adata.layers:
-            raise KeyError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        x, name = adata.layers[layer], f"adata.layers[{layer!r}]"
-    return check_counts(x, name=name)
+    x = check_layer(adata, layer)
+    return check_counts(x, name="adata.X" if layer is None else f"adata.layers[{layer!r}]")
 
 
 def size_factors(x):
@@ -246,23 +327,25 @@ def size_factors(x):
     return np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
 
 
-def check_key(adata, slot: str, key: str):
+def check_key(adata, slot: str, key: str, param: str | None = None):
     """``getattr(adata, slot)[key]`` as stored (any dtype, missing values allowed), for a slot
-    of AnnData's mappings (``obs`` columns, ``obsm``, ``varm``, ``layers``, ``uns``).
+    of AnnData's mappings (``obs`` columns, ``obsm``, ``obsp``, ``varm``, ``layers``, ``uns``);
+    ``param`` names the parameter that gave ``key`` in the message.
 
     Raises
     ------
     KeyError
-        If ``key`` is not in ``adata.<slot>`` (the message names the key and lists the ones there).
+        If ``key`` is not in ``adata.<slot>`` (the message names the key and lists the ones there;
+        :func:`key_error`).
     """
     store = getattr(adata, slot)
     keys = list(store.columns) if slot in ("obs", "var") else list(store.keys())
     if key not in keys:
-        raise KeyError(f"{slot} key {key!r} not found in adata.{slot}; available: {keys}")
+        raise key_error(f"{slot} key", key, f"adata.{slot}", keys, param)
     return store[key]
 
 
-def check_obsm_key(adata, key: str):
+def check_obsm_key(adata, key: str, param: str | None = None):
     """``adata.obsm[key]`` as a 2-d ndarray (n_cells × n_dims), e.g. an embedding to draw.
 
     Raises
@@ -272,7 +355,7 @@ def check_obsm_key(adata, key: str):
     ValueError
         If the entry is not two-dimensional.
     """
-    x = np.asarray(check_key(adata, "obsm", key))
+    x = np.asarray(check_key(adata, "obsm", key, param))
     if x.ndim != 2:
         raise ValueError(f"adata.obsm[{key!r}] has shape {x.shape}; expected n_cells × n_dims")
     return x

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scnotes._checks import check_counts, check_mask, check_obs_key, counts_from_adata, size_factors
+from scnotes._checks import (check_counts, check_genes, check_key, check_layer, check_mask, check_obs_columns,
+                             check_obs_key, check_obsm_key, counts_from_adata, key_error, size_factors)
 
 
 def test_good_counts_dense_and_sparse():
@@ -58,3 +59,56 @@ def test_obs_key_and_layer():
     with pytest.raises(KeyError, match="layer 'counts'"):
         counts_from_adata(adata, layer="counts")
     assert sp.issparse(counts_from_adata(adata))
+
+
+def _keyed_adata():
+    a = ad.AnnData(sp.csr_matrix(np.array([[1.0, 2], [3, 4]])),
+                   obs=pd.DataFrame({"batch": ["a", "b"], "donor": ["d1", np.nan]}, index=["c1", "c2"]),
+                   var=pd.DataFrame(index=["g1", "g2"]))
+    a.layers["umi"] = a.X.copy()
+    a.obsm["X_pca"] = np.zeros((2, 3))
+    return a
+
+
+def _message(excinfo):
+    return excinfo.value.args[0]
+
+
+def test_one_message_style_for_every_missing_key():
+    """Each helper's KeyError names the key, where it looked, the parameter and what is there."""
+    a = _keyed_adata()
+    with pytest.raises(KeyError) as e:
+        check_obs_columns(a, {"batch": "batch_key", "sample": "donor_key"})
+    assert _message(e) == ("obs key 'sample' not found in adata.obs (parameter `donor_key`); "
+                           "available: ['batch', 'donor']")
+    with pytest.raises(KeyError) as e:
+        check_obs_key(a.obs, "cell", param="label_key")  # an obs DataFrame itself
+    assert _message(e) == "obs key 'cell' not found in obs (parameter `label_key`); available: ['batch', 'donor']"
+    with pytest.raises(KeyError) as e:
+        check_layer(a, "counts")
+    assert _message(e) == ("layer 'counts' not found in adata.layers (parameter `layer`); available: ['umi'] "
+                           "(None: adata.X)")
+    with pytest.raises(KeyError) as e:
+        check_obsm_key(a, "X_umap", param="use_rep")
+    assert _message(e) == "obsm key 'X_umap' not found in adata.obsm (parameter `use_rep`); available: ['X_pca']"
+    with pytest.raises(KeyError) as e:
+        check_key(a, "obs", "nope")
+    assert _message(e) == "obs key 'nope' not found in adata.obs; available: ['batch', 'donor']"
+    with pytest.raises(KeyError) as e:
+        check_genes(a, ["g2", "x", "y"])
+    assert _message(e) == "2 gene(s) not found in adata.var_names (parameter `genes`): ['x', 'y']"
+    assert isinstance(key_error("obs key", "k", "obs", []), KeyError)
+
+
+def test_key_helpers_return_what_is_there():
+    a = _keyed_adata()
+    assert check_obs_columns(a, {"batch": "batch_key", None: "label_key"}) == ["batch"]  # None: not given
+    assert check_obs_columns(a.obs, ["batch", "donor"]) == ["batch", "donor"]
+    assert check_obs_columns(a, "donor") == ["donor"]  # presence only: missing values are allowed
+    assert check_layer(a, None) is a.X and check_layer(a, "umi") is a.layers["umi"]
+    assert check_genes(a, "g2") == ["g2"] and check_genes(a, np.array(["g1", "g2"])) == ["g1", "g2"]
+    assert check_obsm_key(a, "X_pca").shape == (2, 3)
+    s = check_obs_key(a.obs, "batch")
+    assert list(s.index) == ["c1", "c2"] and list(s.cat.categories) == ["a", "b"]
+    with pytest.raises(ValueError, match="1 missing values"):
+        check_obs_key(a, "donor")
