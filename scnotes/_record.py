@@ -1,13 +1,15 @@
 """The one record of a call in ``adata.uns[key_added]`` (scanpy's ``uns[key]["params"]``).
 
 It lives below every package (beside ``_checks``) so that the ``tl`` fronts and a family's
-own ``to_adata`` (MNN) write records of one shape without a family importing ``tl``.
+own ``to_adata`` (MNN) write records of one shape without a family importing ``tl``; the one
+derivation of slot names from ``key_added`` (:func:`slot_keys`) lives here for the same reason
+(``pl`` reads the slots the fronts wrote).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["record"]
+__all__ = ["record", "slot_keys"]
 
 
 def _plain(v):
@@ -40,3 +42,17 @@ def record(adata, key_added: str, params: dict, model=None, **results):
     rec.update(results)
     adata.uns[key_added] = rec
     return rec
+
+
+def slot_keys(key_added: str, **derived) -> dict:
+    """Slot names of one front call, all derived from ``key_added`` (scanpy's ``_embedding_keys``).
+
+    Always ``uns`` and ``obsm`` (= ``key_added``) and ``base`` (``key_added`` without a leading
+    ``"X_"``); each ``derived`` template is formatted with ``key`` (= ``key_added``) and ``base``,
+    e.g. ``slot_keys("X_gmvae", cluster="{base}_cluster", proba="{key}_proba")`` →
+    ``cluster="gmvae_cluster"``, ``proba="X_gmvae_proba"``.
+    """
+    base = key_added[2:] if key_added.startswith("X_") else key_added
+    out = dict(uns=key_added, obsm=key_added, base=base)
+    out.update({name: t.format(key=key_added, base=base) for name, t in derived.items()})
+    return out

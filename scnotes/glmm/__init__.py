@@ -29,11 +29,14 @@ fixed effects, donor random effects, the cell's total count as offset.
 - :func:`tidy_effects`: the shared tidy table (effects and condition contrasts)
 - :func:`compare_to_reference`, :func:`simulate_from_fit`, :func:`calibration_table`,
   :func:`interval_coverage`: sd ratios against lme4 and coverage on simulated data
+- :func:`effects_vs_reference`: a tidy table matched term by term to a reference's, with
+  interval half-widths (what :func:`scnotes.pl.effects_vs_reference` draws)
 
 The AnnData front is :func:`scnotes.tl.glmm`.
 """
 from ._batched import agreement, fit_genes
 from ._calibration import calibration_table, compare_to_reference, interval_coverage, simulate_from_fit
+from ._compare import effects_vs_reference
 from ._contrasts import contrast_variance_shares, residual_df, satterthwaite_df
 from ._design import (GLMMData, GLMMDesign, SufficientStats, code_covariates, complete_cell_types, glmm_data,
                       glmm_data_from_adata)
@@ -58,7 +61,7 @@ __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_
            "complete_cell_types", "gls_fixed_effects", "random_effects_posterior", "lmm_marginal_loglik", "fit_lmm",
            "PoissonGLMMVEB", "fit_veb", "fit_nuts", "NUTSResult", "fit_nb_nuts", "NBNUTSResult", "fit_genes", "agreement",
            "fit_lme4", "lme4_available", "Lme4Result", "INSTALL_HINT", "r_versions",
-           "tidy_effects", "TIDY_COLUMNS", "compare_to_reference", "simulate_from_fit",
+           "tidy_effects", "TIDY_COLUMNS", "compare_to_reference", "effects_vs_reference", "simulate_from_fit",
            "calibration_table", "interval_coverage", "NBGLMMVEB", "fit_nb_veb", "fit_genes_nb",
            "simulate_nb_glmm", "bh_qvalues", "pseudobulk", "fit_glmmtmb", "fit_edger", "fit_deseq2",
            "GlmmTMBResult", "r_package_available", "R_INSTALL_HINTS", "code_covariates", "residual_df",

@@ -6,8 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._checks import check_key, check_obsm_key
+from .._record import slot_keys
+
 __all__ = ["embedding", "training_curves", "heatmap", "metric_bars", "volcano", "category_colors",
            "effects_vs_reference", "structure_plot"]
+
+
+def _need(table, cols, func):
+    """KeyError naming the columns ``func`` needs that ``table`` lacks."""
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise KeyError(f"{func}: the table lacks column(s) {missing}; it has {list(table.columns)}")
 
 
 def _ax(ax, figsize=(4.5, 4)):
@@ -41,14 +51,10 @@ def embedding(adata, basis: str, color: str, ax=None, title: str | None = None,
     ------
     KeyError : ``basis`` not in ``obsm`` or ``color`` not in ``obs`` (message lists the keys).
     """
-    if basis not in adata.obsm:
-        raise KeyError(f"obsm key {basis!r} not found; available: {list(adata.obsm.keys())}")
-    if color not in adata.obs.columns:
-        raise KeyError(f"obs key {color!r} not found; available: {list(adata.obs.columns)}")
+    xy = check_obsm_key(adata, basis)[:, list(components)]
+    col = check_key(adata, "obs", color)  # as stored: numbers get a colour bar, NaN allowed
     ax = _ax(ax)
-    xy = np.asarray(adata.obsm[basis])[:, list(components)]
     size = size if size is not None else max(0.5, min(8.0, 12000 / max(len(xy), 1)))
-    col = adata.obs[color]
     order = np.random.default_rng(0).permutation(len(xy))  # no category drawn on top of all others
     if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or col.dtype == bool:
         cat = pd.Categorical(col.astype(str) if col.dtype != object else col)
@@ -65,7 +71,7 @@ def embedding(adata, basis: str, color: str, ax=None, title: str | None = None,
         sc_ = ax.scatter(xy[order, 0], xy[order, 1], s=size, c=np.asarray(col, dtype=float)[order],
                          linewidths=0, cmap="viridis", rasterized=True)
         ax.figure.colorbar(sc_, ax=ax, shrink=0.7, label=color)
-    name = basis[2:] if basis.startswith("X_") else basis
+    name = slot_keys(basis)["base"]
     ax.set_xlabel(f"{name.upper()} {components[0] + 1}")
     ax.set_ylabel(f"{name.upper()} {components[1] + 1}")
     ax.set_xticks([]); ax.set_yticks([])
@@ -184,51 +190,42 @@ def volcano(table: pd.DataFrame, x: str = "estimate", p: str = "p", label: str |
     return ax
 
 
-def effects_vs_reference(table: pd.DataFrame, reference: pd.DataFrame, what: str = "estimate",
+def effects_vs_reference(table: pd.DataFrame, reference: pd.DataFrame | None = None, what: str = "estimate",
                          kind: str = "group", ax=None, label: str | None = None, color: str = "k",
                          xlabel: str | None = None, ylabel: str | None = None, title: str | None = None,
                          level: float = 0.95, identity: bool = True):
-    """One tidy effect table against another on the same terms (e.g. ``scnotes.tl.glmm``
-    results of two methods): ``reference`` on x, ``table`` on y, matched by
-    ``gene`` and ``term`` and restricted to ``kind`` rows.
+    """One method's effects against a reference's (e.g. ``scnotes.tl.glmm`` results of VEB and
+    lme4): the reference on x, the method on y, one point per (gene, term).
 
-    ``what="estimate"`` draws the estimates with ``level`` intervals (± z · sd) on
-    both axes; ``what="sd"`` draws the sds (posterior sd or SE) against each other.
-    A dotted identity line is added (``identity``). Returns the Axes.
+    ``table`` is the matched table of :func:`scnotes.glmm.effects_vs_reference`; given a
+    ``reference`` too, both are tidy effect tables, matched by that function first (with ``kind``
+    and ``level``; a convenience: this function only draws). ``what="estimate"`` draws the
+    estimates with their ``level`` intervals (``half_width``) on both axes; ``what="sd"`` the sds
+    (posterior sd or SE) against each other. A dotted identity line is added (``identity``).
+    Returns the Axes.
 
     Raises
     ------
-    KeyError : a needed column (gene, term, kind, estimate, sd) is missing.
-    ValueError : ``what`` is not "estimate" or "sd", or no term is shared.
+    KeyError : a needed column is missing.
+    ValueError : ``what`` is not "estimate" or "sd", or (with ``reference``) no term is shared.
     """
-    from scipy import stats
-
     if what not in ("estimate", "sd"):
         raise ValueError(f"what must be 'estimate' or 'sd', got {what!r}")
-    need = ["gene", "term", "kind", "estimate", "sd"]
-    for name, t in (("table", table), ("reference", reference)):
-        miss = [c for c in need if c not in t.columns]
-        if miss:
-            raise KeyError(f"{name} lacks columns {miss}")
-    m = table[table["kind"] == kind].merge(reference[reference["kind"] == kind], on=["gene", "term"],
-                                           suffixes=("", "_ref"))
-    if m.empty:
-        raise ValueError("the two tables share no (gene, term) rows of this kind")
+    if reference is not None:
+        from ..glmm import effects_vs_reference as match  # lazy: glmm imports torch
+
+        table = match(table, reference, kind=kind, level=level)
+    _need(table, [what, f"{what}_ref"] + (["half_width", "half_width_ref"] if what == "estimate" else []),
+          "effects_vs_reference")
     ax = _ax(ax, (3.8, 3.5))
+    x, y = table[f"{what}_ref"].to_numpy(float), table[what].to_numpy(float)
     if what == "estimate":
-        z = stats.norm.ppf(0.5 + level / 2)
-        x, y = m["estimate_ref"].to_numpy(float), m["estimate"].to_numpy(float)
-        ax.errorbar(x, y, xerr=z * m["sd_ref"].to_numpy(float), yerr=z * m["sd"].to_numpy(float), fmt=".",
-                    color=color, elinewidth=0.6, ms=4, label=label)
+        ax.errorbar(x, y, xerr=table["half_width_ref"].to_numpy(float), yerr=table["half_width"].to_numpy(float),
+                    fmt=".", color=color, elinewidth=0.6, ms=4, label=label)
     else:
-        x, y = m["sd_ref"].to_numpy(float), m["sd"].to_numpy(float)
         ax.scatter(x, y, s=12, color=color, label=label)
     if identity:
-        ok = np.isfinite(x) & np.isfinite(y)
-        lo, hi = float(min(x[ok].min(), y[ok].min())), float(max(x[ok].max(), y[ok].max()))
-        pad = 0.05 * (hi - lo or 1.0)
-        lim = [lo - pad if what == "estimate" else 0.0, hi + pad]
-        ax.plot(lim, lim, ":", color="C3", lw=1)
+        _identity_line(ax, x, y, from_zero=what == "sd")
     ax.set_xlabel(xlabel or f"reference {what}")
     ax.set_ylabel(ylabel or what)
     if label is not None:
@@ -236,6 +233,15 @@ def effects_vs_reference(table: pd.DataFrame, reference: pd.DataFrame, what: str
     if title:
         ax.set_title(title)
     return ax
+
+
+def _identity_line(ax, x, y, from_zero: bool):
+    """Dotted y = x over the finite points' range (padded 5 %; from 0 for sds)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    lo, hi = float(min(x[ok].min(), y[ok].min())), float(max(x[ok].max(), y[ok].max()))
+    pad = 0.05 * (hi - lo or 1.0)
+    lim = [0.0 if from_zero else lo - pad, hi + pad]
+    ax.plot(lim, lim, ":", color="C3", lw=1)
 
 
 def structure_plot(adata, basis: str = "X_topics", groupby: str | None = None, ax=None,
@@ -252,15 +258,13 @@ def structure_plot(adata, basis: str = "X_topics", groupby: str | None = None, a
     ------
     KeyError : ``basis`` not in ``obsm`` or ``groupby`` not in ``obs``.
     """
-    if basis not in adata.obsm:
-        raise KeyError(f"obsm key {basis!r} not found; available: {list(adata.obsm.keys())}")
-    if groupby is not None and groupby not in adata.obs.columns:
-        raise KeyError(f"obs key {groupby!r} not found; available: {list(adata.obs.columns)}")
-    prop = np.asarray(adata.obsm[basis], dtype=float)
+    prop = check_obsm_key(adata, basis).astype(float)
+    # as stored (missing labels drawn as their own group "nan"), so not check_obs_key
+    group = check_key(adata, "obs", groupby) if groupby is not None else None
     n, k = prop.shape
     ax = _ax(ax, (9, 2.8))
     if groupby is not None:
-        cat = pd.Categorical(adata.obs[groupby].astype(str))
+        cat = pd.Categorical(group.astype(str))
         codes = np.asarray(cat.codes)
     else:
         cat, codes = None, np.zeros(n, dtype=int)

@@ -7,15 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import _ax, category_colors
+from ._common import _ax, _need, category_colors
 
 __all__ = ["null_calibration_dots", "qq_panel", "roc_pr_curves", "power_fdr_points"]
-
-
-def _need(table, cols, func):
-    missing = [c for c in cols if c not in table.columns]
-    if missing:
-        raise KeyError(f"{func}: the table lacks column(s) {missing}; it has {list(table.columns)}")
 
 
 def null_calibration_dots(cal: pd.DataFrame, metric: str = "share_p", by: str = "cell_type",

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_obs_key, counts_from_adata
-from .._record import record  # noqa: F401  (the one recorder; lives below tl so families can use it)
+from .._record import record, slot_keys  # noqa: F401  (below tl, so families and pl use them too)
 from .._settings import resolve_progress
 
 __all__ = ["SHARED", "Inputs", "setup", "covariate_registry", "encode_covariates", "check_genes",
@@ -159,20 +159,6 @@ def model_inputs(model, adata, layer=None):
 
 
 # --- slots and records ----------------------------------------------------------------------
-def slot_keys(key_added: str, **derived) -> dict:
-    """Slot names of one front call, all derived from ``key_added`` (scanpy's ``_embedding_keys``).
-
-    Always ``uns`` and ``obsm`` (= ``key_added``) and ``base`` (``key_added`` without a leading
-    ``"X_"``); each ``derived`` template is formatted with ``key`` (= ``key_added``) and ``base``,
-    e.g. ``slot_keys("X_gmvae", cluster="{base}_cluster", proba="{key}_proba")`` →
-    ``cluster="gmvae_cluster"``, ``proba="X_gmvae_proba"``.
-    """
-    base = key_added[2:] if key_added.startswith("X_") else key_added
-    out = dict(uns=key_added, obsm=key_added, base=base)
-    out.update({name: t.format(key=key_added, base=base) for name, t in derived.items()})
-    return out
-
-
 def begin(adata, copy: bool):
     """The AnnData a front writes to: a copy with ``copy=True`` (the input is left unchanged)."""
     return adata.copy() if copy else adata

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from .._checks import check_counts, check_obs_key, is_backed, row_sums
-from ._front import encode_covariates, record
+from ._front import encode_covariates, record, slot_keys
 
 __all__ = ["map_query", "transfer_labels", "query_inputs", "MIN_GENE_OVERLAP"]
 
@@ -408,7 +408,7 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
     record(adata_query, key_added, params, q)
     extra = {}
     if name == "LDVAE":
-        vk = varm_key or (key_added[2:] if key_added.startswith("X_") else key_added)
+        vk = varm_key or slot_keys(key_added, varm="{base}")["varm"]  # as tl.ldvae
         load = q.get_loadings().reindex(pd.Index(np.asarray(adata_query.var_names).astype(str)))
         adata_query.varm[vk] = load.to_numpy()
         extra["varm_key"] = vk

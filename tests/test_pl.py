@@ -1,0 +1,137 @@
+"""pl only draws: the matched effect table is computed (and checked here) by
+scnotes.glmm.effects_vs_reference, the plots draw what they are given, missing keys are named."""
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from scnotes import glmm, pl  # noqa: E402
+from scnotes._record import slot_keys  # noqa: E402
+
+
+def _tidy(rows):
+    return pd.DataFrame(rows, columns=["gene", "term", "kind", "estimate", "sd"])
+
+
+@pytest.fixture
+def tables():
+    rng = np.random.default_rng(3)
+    genes, terms = ["g1", "g2", "g3"], ["B", "T", "NK"]
+    ref = _tidy([(g, t, "group", rng.normal(), rng.uniform(0.1, 1)) for g in genes for t in terms]
+                + [(g, "stim", "contrast", rng.normal(), 0.5) for g in genes])
+    # the method's table: other order, one term the reference lacks, one it has that this lacks
+    rows = [(g, t, "group", rng.normal(), rng.uniform(0.1, 1)) for g in genes[::-1] for t in terms
+            if (g, t) != ("g2", "NK")]
+    tab = _tidy(rows + [("g9", "B", "group", 0.0, 1.0), ("g1", "stim", "contrast", 1.0, 0.2)])
+    return tab, ref
+
+
+def _by_hand(tab, ref, kind, level):
+    z = stats.norm.ppf((1 + level) / 2)
+    out = []
+    for _, r in tab[tab.kind == kind].iterrows():
+        hit = ref[(ref.kind == kind) & (ref.gene == r.gene) & (ref.term == r.term)]
+        if len(hit):
+            h = hit.iloc[0]
+            out.append((r.gene, r.term, r.estimate, r.sd, z * r.sd, h.estimate, h.sd, z * h.sd))
+    return pd.DataFrame(out, columns=["gene", "term", "estimate", "sd", "half_width",
+                                      "estimate_ref", "sd_ref", "half_width_ref"])
+
+
+@pytest.mark.parametrize("kind, level", [("group", 0.95), ("group", 0.5), ("contrast", 0.9)])
+def test_effects_vs_reference_matches_a_hand_merge(tables, kind, level):
+    tab, ref = tables
+    got = glmm.effects_vs_reference(tab, ref, kind=kind, level=level)
+    want = _by_hand(tab, ref, kind, level)
+    assert len(got) == (8 if kind == "group" else 1)  # 9 pairs less (g2, NK); g9 unmatched
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
+
+
+def test_effects_vs_reference_errors(tables):
+    tab, ref = tables
+    with pytest.raises(KeyError, match="reference lacks.*'sd'"):
+        glmm.effects_vs_reference(tab, ref.drop(columns="sd"))
+    with pytest.raises(ValueError, match="level"):
+        glmm.effects_vs_reference(tab, ref, level=1.0)
+    with pytest.raises(ValueError, match="share no"):
+        glmm.effects_vs_reference(tab.assign(gene="other"), ref)
+
+
+def test_plot_draws_the_matched_table(tables):
+    tab, ref = tables
+    matched = glmm.effects_vs_reference(tab, ref)
+    _, ax = plt.subplots()
+    pl.effects_vs_reference(matched, what="sd", ax=ax)
+    x, y = ax.collections[0].get_offsets().T
+    assert np.array_equal(x, matched.sd_ref) and np.array_equal(y, matched.sd)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("reference sd", "sd")
+    _, ax = plt.subplots()
+    pl.effects_vs_reference(matched, ax=ax, xlabel="lme4", ylabel="VEB")
+    line = ax.lines[0]  # the errorbar's points
+    assert np.array_equal(line.get_xdata(), matched.estimate_ref)
+    assert np.array_equal(line.get_ydata(), matched.estimate)
+    # y error bars span estimate ± half_width
+    segs = [c for c in ax.collections if len(c.get_segments()) == len(matched)]
+    spans = sorted((np.ptp([p[1] for p in s]) for s in segs[1].get_segments()))
+    assert np.allclose(spans, sorted(2 * matched.half_width))
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("lme4", "VEB")
+    plt.close("all")
+
+
+def test_plot_given_two_tables_draws_what_the_library_matched(tables):
+    tab, ref = tables
+    _, (a, b) = plt.subplots(1, 2)
+    pl.effects_vs_reference(tab, ref, what="sd", ax=a, kind="contrast")
+    pl.effects_vs_reference(glmm.effects_vs_reference(tab, ref, kind="contrast"), what="sd", ax=b)
+    assert np.array_equal(a.collections[0].get_offsets(), b.collections[0].get_offsets())
+    with pytest.raises(ValueError, match="what"):
+        pl.effects_vs_reference(tab, ref, what="z")
+    with pytest.raises(KeyError, match="half_width"):
+        pl.effects_vs_reference(glmm.effects_vs_reference(tab, ref).drop(columns="half_width"))
+    plt.close("all")
+
+
+def _adata(n=40):
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(np.ones((n, 3)), obs=pd.DataFrame({"label": rng.choice(["a", "b"], n),
+                                                    "score": rng.normal(size=n)},
+                                                   index=[f"c{i}" for i in range(n)]))
+    a.obsm["X_umap"] = rng.normal(size=(n, 2))
+    a.obsm["X_topics"] = rng.dirichlet(np.ones(3), size=n)
+    return a
+
+
+@pytest.mark.parametrize("color", ["label", "score"])
+def test_embedding_draws_every_cell_labelled_by_the_slot(color):
+    a = _adata()
+    ax = pl.embedding(a, "X_umap", color)
+    assert len(ax.collections[0].get_offsets()) == a.n_obs
+    assert ax.get_xlabel() == f"{slot_keys('X_umap')['base'].upper()} 1" == "UMAP 1"
+    plt.close("all")
+
+
+def test_missing_keys_are_named():
+    a = _adata()
+    with pytest.raises(KeyError, match="obsm key 'X_nope'.*X_umap"):
+        pl.embedding(a, "X_nope", "label")
+    with pytest.raises(KeyError, match="obs key 'nope'.*label"):
+        pl.embedding(a, "X_umap", "nope")
+    with pytest.raises(KeyError, match="obsm key 'X_nope'"):
+        pl.structure_plot(a, basis="X_nope")
+    with pytest.raises(KeyError, match="obs key 'nope'"):
+        pl.structure_plot(a, groupby="nope")
+    plt.close("all")
+
+
+def test_slot_keys_live_below_tl_and_tl_reexports_them():
+    from scnotes.tl import _front
+
+    assert _front.slot_keys is slot_keys
+    k = slot_keys("X_ldvae", varm="{base}", proba="{key}_proba")
+    assert k == dict(uns="X_ldvae", obsm="X_ldvae", base="ldvae", varm="ldvae", proba="X_ldvae_proba")
+    assert slot_keys("latent")["base"] == "latent"
