@@ -319,3 +319,79 @@ def test_tl_pvae_writes_obsm(sim):
         scnotes.tl.pvae(ad, batch_key="donor", max_epochs=1)
     with pytest.raises(KeyError, match="sf"):
         scnotes.tl.pvae(ad, size_factor_key="sf", max_epochs=1, progress=False)
+
+
+# --- the training record: LossTerms and the plan (scnotes.vae._train, _plan) -----------
+def test_loss_terms_from_elbo_weights_the_kl_and_orders_the_record():
+    import dataclasses
+
+    from scnotes.vae._train import LossTerms
+
+    rec, kz, kl_lib = torch.tensor([-10.0, -12.0]), torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.25])
+    t = LossTerms.from_elbo(rec, {"kl_z": kz, "kl_library": kl_lib})
+    torch.testing.assert_close(t.extra["elbo"], rec - kz - kl_lib)
+    torch.testing.assert_close(t.loss, -(rec - kz - kl_lib))  # weight 1: the loss is −ELBO
+    half = LossTerms.from_elbo(rec, {"kl_z": kz, "kl_library": kl_lib}, kl_weight=0.5)
+    torch.testing.assert_close(half.loss, -(rec - 0.5 * (kz + kl_lib)))
+    torch.testing.assert_close(half.extra["elbo"], t.extra["elbo"])  # the logged bound is not warmed up
+    assert list(t.columns()) == ["elbo", "kl_library", "kl_z", "reconstruction", "loss"]
+    torch.testing.assert_close(t["objective"], -t.loss)
+    with pytest.raises(KeyError, match="kl_x"):
+        t["kl_x"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.loss = rec
+
+
+@pytest.mark.parametrize("cls, kw", [(PVAE, {}), (NBVAE, dict(library="latent")), (PVAE, dict(iwae=True))])
+def test_history_columns_are_the_training_terms_columns(sim, cls, kw):
+    x, _ = sim
+    iwae = kw.pop("iwae", False)
+    m = small(cls, seed=2, **kw)
+    fit = dict(FAST, objective="iwae") if iwae else FAST
+    m.fit(x, max_epochs=2, batch_size=32, train_size=0.8, **fit)
+    xt = torch.as_tensor(x[:8], dtype=torch.float32)
+    t = m.module.training_terms(xt, None, xt.sum(1), None, 1, torch.Generator().manual_seed(0),
+                                objective=fit.get("objective", "elbo"))
+    cols = list(t.columns())
+    assert cols[-1] == "loss" and ("kl_library" in cols) == ("library" in kw) and ("iwae" in cols) == iwae
+    assert list(m.history_.columns) == ["epoch", "kl_weight", *cols, *(f"validation_{c}" for c in cols)]
+
+
+def test_record_is_the_mean_of_the_first_steps_terms(sim):
+    # Full batch, one epoch: the record's row is the per-cell mean of the terms the plan
+    # got at the seeded initial weights, with the fit's own seeded draws.
+    x, _ = sim
+    m = small(PVAE, seed=3)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    m.module.train()
+    with torch.no_grad():
+        t = m.module.training_terms(xt, None, xt.sum(1), None, 2, torch.Generator().manual_seed(3))
+    row = small(PVAE, seed=3).fit(x, max_epochs=1, batch_size=None, **FAST).history_.iloc[0]
+    for name, v in t.columns().items():
+        assert row[name] == pytest.approx(float(v.double().mean()), rel=1e-5), name
+    assert row["loss"] == pytest.approx(-row["elbo"], rel=1e-12)  # no warm-up: loss = −ELBO
+
+
+def test_gmvae_pretraining_record_names_the_count_vae_kl_on_x():
+    from scnotes.vae._gmvae import GMVAEModule
+    from scnotes.vae._module import CountVAEModule
+
+    y = torch.as_tensor(np.random.default_rng(6).poisson(3.0, (12, 20)), dtype=torch.float32)
+    m = GMVAEModule(20, 3, 3, w_dim=2, hidden_dim=8)
+    m.eval()
+    base = CountVAEModule.loss_terms(m, y, None, y.sum(1), None, 1, torch.Generator().manual_seed(0))
+    m.pretraining = True
+    t = m.training_terms(y, None, y.sum(1), None, 1, torch.Generator().manual_seed(0), kl_weight=0.25)
+    assert list(t.kl) == ["kl_x"] and list(base.kl) == ["kl_z"]  # the count VAE's record is left alone
+    torch.testing.assert_close(t.kl["kl_x"], base.kl["kl_z"])
+    torch.testing.assert_close(t.extra["elbo"], base.extra["elbo"])
+    torch.testing.assert_close(t.loss, -(t.reconstruction - 0.25 * t.kl["kl_x"]))
+
+
+def test_importing_scnotes_vae_does_not_load_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, scnotes.vae; print(any(m.split('.')[0] == 'lightning' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

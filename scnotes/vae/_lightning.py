@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._train import make_optimizer
 
 __all__ = ["IndexBatches", "fit_lightning"]
 
