@@ -135,3 +135,17 @@ def test_slot_keys_live_below_tl_and_tl_reexports_them():
     k = slot_keys("X_ldvae", varm="{base}", proba="{key}_proba")
     assert k == dict(uns="X_ldvae", obsm="X_ldvae", base="ldvae", varm="ldvae", proba="X_ldvae_proba")
     assert slot_keys("latent")["base"] == "latent"
+
+
+def test_table_plots_name_the_missing_columns():
+    history = pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.0]})
+    ax = pl.training_curves(history)
+    assert np.array_equal(ax.lines[0].get_ydata(), [2.0, 1.0])
+    with pytest.raises(KeyError, match="training_curves.*'validation_loss'"):
+        pl.training_curves(history, columns=["loss", "validation_loss"])
+    table = pd.DataFrame({"estimate": [1.0, -1.0, 0.5], "p": [1e-3, 0.5, np.nan]})
+    ax = pl.volcano(table)
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 2  # the row without p is left out
+    with pytest.raises(KeyError, match="volcano.*'lfsr'"):
+        pl.volcano(table, p="lfsr")
+    plt.close("all")

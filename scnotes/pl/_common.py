@@ -89,9 +89,7 @@ def training_curves(history: pd.DataFrame, columns=None, ax=None, title: str | N
     ax = _ax(ax, (5, 3.5))
     if columns is None:
         columns = [c for c in ("loss", "validation_loss") if c in history.columns]
-    missing = [c for c in columns if c not in history.columns]
-    if missing:
-        raise KeyError(f"columns {missing} not in the training record; available: {list(history.columns)}")
+    _need(history, columns, "training_curves")
     h = history.iloc[skip:]
     epoch = h["epoch"] if "epoch" in h.columns else np.arange(len(h))
     for c in columns:
@@ -165,9 +163,7 @@ def volcano(table: pd.DataFrame, x: str = "estimate", p: str = "p", label: str |
     ------
     KeyError : ``x``, ``p`` or ``label`` is not a column (the message lists the columns).
     """
-    missing = [c for c in (x, p, label) if c is not None and c not in table.columns]
-    if missing:
-        raise KeyError(f"volcano: column(s) {missing} not in the table; columns: {list(table.columns)}")
+    _need(table, [c for c in (x, p, label) if c is not None], "volcano")
     table = table[table[p].notna() & table[x].notna()]
     ax = _ax(ax, (4.5, 4))
     pv = table[p].to_numpy(dtype=float)
