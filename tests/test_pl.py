@@ -77,7 +77,7 @@ def test_plot_draws_the_matched_table(tables):
     assert np.array_equal(line.get_ydata(), matched.estimate)
     # y error bars span estimate ± half_width
     segs = [c for c in ax.collections if len(c.get_segments()) == len(matched)]
-    spans = sorted((np.ptp([p[1] for p in s]) for s in segs[1].get_segments()))
+    spans = sorted(np.ptp([p[1] for p in s]) for s in segs[1].get_segments())
     assert np.allclose(spans, sorted(2 * matched.half_width))
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("lme4", "VEB")
     plt.close("all")
