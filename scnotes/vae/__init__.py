@@ -6,7 +6,7 @@ x_ij ~ Poisson(s_i μ(z_i, c_i)_j u_ij) with u a point mass (Poisson), Gamma(θ,
 the same model with a linear decoder (``_ldvae``), GMVAE with a mixture prior (``_gmvae``);
 both take the same ``likelihood=``. Seed page:
 "Variational autoencoders for scRNA-seq data". Layout: ``_module`` (the
-``nn.Module``: encoder, decoder, ELBO/IWAE), ``_train`` (the training contract, optimisers), ``_lightning`` (the engine), ``_data``
+``nn.Module``: encoder, decoder, ELBO/IWAE), ``_train`` (the training contract, optimisers), ``_lightning`` (the engine), ``_plan`` (the Lightning training plan), ``_data``
 (minibatches from dense or sparse counts), ``_model`` (estimators), ``_surgery`` (mapping a query onto a fitted model).
 """
 from ._gmvae import GMVAE
