@@ -166,7 +166,12 @@ class NBGLMMVEB(Persistent):
     contrast_df_ : dict term → (n_genes,) df of the contrast test
     paired_ : dict cell type → whether every donor gives every condition
     samples_ : DataFrame, one row per sample (donor, condition or group, class)
-    history_ : DataFrame ``stage``, ``epoch``, ``loss``, ``elbo``, ``reconstruction``, ``kl`` (nats, all genes)
+    history_ : DataFrame, one row per pass over the data (optimiser step) of either stage: ``stage``
+        ("per gene", "moderated"), ``epoch`` (counted from 0 over both stages), ``loss`` (−ELBO),
+        ``elbo``, ``reconstruction``, ``kl`` (KL(q ‖ prior) of every random effect jointly, hence no
+        variable's suffix), nats summed over genes
+    n_epochs_ : passes run over both stages (``len(history_)``; fewer than asked when every gene
+        converged first)
     var_names_, design_, covariate_registry_, fit_time_ (seconds)
 
     Raises
@@ -484,9 +489,10 @@ class NBGLMMVEB(Persistent):
                     lp = -0.5 * ((p["log_theta"][:, 0] - tr) ** 2).sum() / tau2
                 return ll, k, -((ll - k).sum() + lp) / N
 
-            def record(epoch, ll, k):
+            def record(ll, k):
+                # epoch: the row's index, so it counts passes over both stages
                 lls, kls = float(ll.detach().sum()), float(k.detach().sum())
-                rows.append((stage, epoch, kls - lls, lls - kls, lls, kls))
+                rows.append((stage, len(rows), kls - lls, lls - kls, lls, kls))
 
             if newton:
                 nonlocal solver
@@ -522,11 +528,11 @@ class NBGLMMVEB(Persistent):
                     from tqdm.auto import tqdm
 
                     steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
-                for epoch in steps:
+                for _pass in steps:
                     with torch.no_grad():
                         n_active = solver.step(self.tol)
                         ll, k, _ = solver.elbo_parts()
-                    record(epoch, ll, k)
+                    record(ll, k)
                     if n_active == 0:  # every gene's ELBO moved by less than tol nats in its last step
                         break
                 return
@@ -542,7 +548,7 @@ class NBGLMMVEB(Persistent):
                     if not torch.isfinite(loss):
                         raise RuntimeError("NaN/inf loss in the NB GLMM VEB")
                     loss.backward()
-                    record(len(rows), ll, k)
+                    record(ll, k)
                     return loss
 
                 opt.step(closure)
@@ -554,10 +560,10 @@ class NBGLMMVEB(Persistent):
                 from tqdm.auto import tqdm
 
                 steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
-            for epoch in steps:
+            for _pass in steps:
                 ll, k, loss = objective()
                 descend(loss, opt, sched)
-                record(epoch, ll, k)
+                record(ll, k)
 
         run("per gene", self.max_epochs, self.lr, None, None)
         with torch.no_grad():
@@ -646,7 +652,7 @@ class NBGLMMVEB(Persistent):
             self.contrast_df_ = self._quasi_likelihood(data, M, cov_working, G, Q, D, cls_of_sample)
         else:
             self.contrast_df_ = self._satterthwaite(data, cov, G, Q, D, K, cls_of_sample)
-        self.n_epochs_ = self.max_epochs
+        self.n_epochs_ = len(self.history_)
         self.fit_time_ = time.perf_counter() - t_start
         return self
 
@@ -809,6 +815,11 @@ class NBGLMMVEB(Persistent):
         m.var_names_ = np.asarray(m.design_.genes, dtype=object)
         m.covariate_registry_ = m.design_.registry()
         m.samples_, m.history_ = samples, history
+        if history is not None:
+            # Files written before epochs counted over both stages restart the count at stage 2
+            # and hold max_epochs as n_epochs_; the record says what ran.
+            m.history_ = history.assign(epoch=np.arange(len(history), dtype=np.int64))
+            m.n_epochs_ = len(history)
         return m
 
     @classmethod

@@ -133,10 +133,12 @@ class NBMF(_FactorResults):
     L_ (n_cells, k), F_ (n_genes, k) : fitted factors; mean = L_ F_ᵀ.
     theta_ : ndarray (1,) or (n_genes,), fitted θ (``inv_disp_``: older name).
     loglik_ : float, weighted NB log-likelihood (nats, incl. constants).
-    history_ : DataFrame, one row per sweep: ``epoch``, ``loss`` (−ℓ per cell),
-        ``loglik``, ``time`` (s), ``theta`` (mean θ). ``trace_``: the older
-        layout (``iter``, ``loglik``, ``time``, ``inv_disp``).
-    n_iter_ (= ``n_epochs_``), converged_, var_names_.
+    history_ : DataFrame, one row per sweep (``epoch`` from 0; the start is not a row):
+        ``epoch``, ``loss`` (−ℓ per cell), ``loglik``, ``time`` (s), ``theta`` (mean θ).
+        ``trace_``: the older layout (``iter`` = sweeps done, ``loglik``, ``time``, ``inv_disp``;
+        deprecated).
+    n_epochs_ (sweeps run, ``len(history_)``; ``n_iter_``: older name, deprecated),
+    loglik_init_ (ℓ at the start), converged_, var_names_.
     """
 
     _param_names = ("n_components", "theta", "fix_theta", "theta_by_gene", "method", "max_epochs",

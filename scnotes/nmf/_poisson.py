@@ -35,14 +35,18 @@ Algorithms
     never decreases.
 
 Training record (the contract of ``DEVELOPING.md``): ``history_`` is a
-DataFrame with one row per sweep (an update of L and one of F; row 0 is the
-start): ``epoch``, ``loss`` (−ℓ / n_cells, nats per cell, what the fit
-minimises), ``loglik`` (ℓ, nats, including the −Σ w log x! constant, so it
-is the actual weighted Poisson log-likelihood), ``time`` (seconds since
-``fit`` was called) and ``beta`` (the extrapolation weight). For the
+DataFrame with one row per sweep (an update of L and one of F), as every
+family's record has one row per pass over the data: ``epoch`` (the sweep's
+index, from 0, as the VAEs' and the VEBs' epochs), ``loss`` (−ℓ / n_cells,
+nats per cell, what the fit minimises), ``loglik`` (ℓ, nats, including the
+−Σ w log x! constant, so it is the actual weighted Poisson log-likelihood),
+``time`` (seconds since ``fit`` was called) and ``beta`` (the extrapolation
+weight), measured after the sweep; ``n_epochs_ == len(history_)``. For the
 extrapolated method ``loglik`` is the best value so far, i.e. that of the
-iterate the fit would return if stopped there. ``trace_`` is the older
-layout of the same record (``iter`` for ``epoch``, no ``loss``).
+iterate the fit would return if stopped there. The start is not a row (ℓ at
+the start is ``loglik_init_``). Older names, kept for one release with a
+DeprecationWarning: ``trace_`` (this record as ``iter`` = sweeps done,
+``loglik``, ``time``, the extra column) and ``n_iter_`` (= ``n_epochs_``).
 
 Randomness: the random start draws from ``numpy.random.default_rng(seed)``
 only; the caller's global NumPy and torch states are never touched.
@@ -50,6 +54,7 @@ only; the caller's global NumPy and torch states are never touched.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -192,10 +197,32 @@ def _random_init(prob, k, rng):
 
 
 def _history(rows, n_cells, extra):
-    """The training record (module docstring) from rows (epoch, ℓ, time, extra)."""
-    h = pd.DataFrame(rows, columns=["epoch", "loglik", "time", extra])
+    """The training record (module docstring) from the fit's rows (sweeps done, ℓ, time, extra),
+    whose first row is the start: one row per sweep, ``epoch`` counted from 0."""
+    h = pd.DataFrame(rows[1:], columns=["epoch", "loglik", "time", extra])
+    h["epoch"] = np.arange(len(h), dtype=np.int64)
     h.insert(1, "loss", -h["loglik"] / max(int(n_cells), 1))
     return h
+
+
+def _older_name(old, new):
+    """One DeprecationWarning for an older attribute name. ``stacklevel=2`` attributes it to the
+    property that calls this (scnotes code), the pattern of ``scnotes.tl._front._caller_stacklevel``:
+    Python shows a DeprecationWarning by default only when attributed to ``__main__``, where a
+    chapter's cells run, so it never lands on an executed page; pytest and ``-W error`` see it."""
+    warnings.warn(f"`{old}` is the older name of `{new}` (it goes in the next release)",
+                  DeprecationWarning, stacklevel=2)
+
+
+def _saved_record(history, n_iter):
+    """The record of a saved model in today's layout. Files written before the start row was
+    dropped hold ``n_iter`` + 1 rows, the first the start; its ℓ becomes ``loglik_init_``."""
+    start = None
+    if history is not None and len(history) == int(n_iter) + 1:
+        start = float(history["loglik"].iloc[0])
+        history = history.iloc[1:].reset_index(drop=True)
+        history["epoch"] = np.arange(len(history), dtype=np.int64)
+    return history, start
 
 
 def _sweeps(n, progress, desc):
@@ -240,16 +267,20 @@ class _FactorResults(Persistent):
 
     @property
     def trace_(self) -> pd.DataFrame:
-        """Older layout of ``history_``: ``iter``, ``loglik``, ``time`` and the extra column."""
+        """Older layout of ``history_`` (deprecated): ``iter`` (sweeps done, ``epoch`` + 1),
+        ``loglik``, ``time`` and the extra column under its older name."""
         self._check_fitted()
-        h = self.history_.rename(columns={"epoch": "iter", self._extra: self._trace_extra})
+        _older_name("trace_", "history_")
+        h = self.history_.rename(columns={self._extra: self._trace_extra})
+        h.insert(0, "iter", h.pop("epoch") + 1)
         return h[["iter", "loglik", "time", self._trace_extra]]
 
     @property
-    def n_epochs_(self) -> int:
-        """Sweeps run (the contract's name of ``n_iter_``)."""
+    def n_iter_(self) -> int:
+        """Older name of ``n_epochs_`` (deprecated): sweeps run."""
         self._check_fitted()
-        return self.n_iter_
+        _older_name("n_iter_", "n_epochs_")
+        return self.n_epochs_
 
     def get_params(self) -> dict:
         """Constructor arguments (scikit-learn style), used by :meth:`save` and ``repr``."""
@@ -274,8 +305,9 @@ class _FactorResults(Persistent):
     def _finish(self, prob, L, F, rows, conv):
         self.L_, self.F_ = L, F
         self.history_ = _history(rows, prob.shape[0], self._extra)
-        self.loglik_ = float(self.history_["loglik"].iloc[-1])
-        self.n_iter_ = int(self.history_["epoch"].iloc[-1])
+        self.loglik_init_ = float(rows[0][1])
+        self.loglik_ = float(rows[-1][1])
+        self.n_epochs_ = len(self.history_)
         self.converged_ = bool(conv)
         self.n_cells_, self.n_genes_ = prob.shape
         self.var_names_ = None  # the genes are unknown for arrays; scnotes.tl.nmf sets them
@@ -294,19 +326,33 @@ class _FactorResults(Persistent):
         self._check_fitted()
         save_model(self, path)
 
-    _SCALARS = ("loglik_", "n_iter_", "converged_", "n_cells_", "n_genes_")
+    # Saved-state keys: the sweep count keeps its older key "n_iter_" (files stay readable by
+    # older scnotes); mapped to n_epochs_ on load.
+    _SCALARS = ("loglik_", "n_iter_", "converged_", "n_cells_", "n_genes_", "loglik_init_")
+    _STATE_NAMES = {"history": "history_", "n_iter_": "n_epochs_"}
 
     def _get_state(self):
         out = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays}
-        out.update({k: getattr(self, k) for k in self._SCALARS}, history=self.history_)
+        out.update({k: getattr(self, self._STATE_NAMES.get(k, k)) for k in self._SCALARS}, history=self.history_)
         return out
+
+    def _set_loaded(self, name, value):
+        setattr(self, self._STATE_NAMES.get(name, name), value)
+
+    def _loaded_record(self):
+        self.history_, start = _saved_record(self.history_, self.n_epochs_)
+        if start is not None:
+            self.loglik_init_ = start
+        if "loss" not in self.history_:
+            self.history_.insert(1, "loss", -self.history_["loglik"] / max(int(self.n_cells_), 1))
+        return self
 
     @classmethod
     def _from_state(cls, params, state, device=None):
         model = cls(**params)
         for k, v in state.items():
-            setattr(model, "history_" if k == "history" else k, v)
-        return model
+            model._set_loaded(k, v)
+        return model._loaded_record()
 
     @classmethod
     def _load_legacy(cls, meta, arrays, device=None):
@@ -322,9 +368,9 @@ class _FactorResults(Persistent):
             setattr(model, name, arrays[f"fitted__{name}"])
         model.history_ = pd.DataFrame({c: arrays[f"history__{c}"] for c in meta["history_columns"]})
         for k, v in meta["scalars"].items():
-            setattr(model, k, v)
+            model._set_loaded(k, v)
         model.var_names_ = None if meta["var_names"] is None else np.asarray(meta["var_names"], dtype=object)
-        return model
+        return model._loaded_record()
 
 
 class PoissonNMF(_FactorResults):
@@ -380,8 +426,13 @@ class PoissonNMF(_FactorResults):
         One row per sweep (row 0: the start): ``epoch``, ``loss`` (−ℓ per cell,
         nats), ``loglik`` (ℓ, nats), ``time`` (s since ``fit`` was called,
         including data preparation), ``beta`` (the extrapolation weight after
-        the sweep; 0 without extrapolation). ``trace_``: the older layout.
-    n_iter_ (= ``n_epochs_``) : int, converged_ : bool
+        the sweep; 0 without extrapolation); ``epoch`` from 0, the start is not a row.
+        ``trace_``: the older layout (deprecated).
+    n_epochs_ : int
+        Sweeps run (``len(history_)``); ``n_iter_`` is its older name (deprecated).
+    loglik_init_ : float
+        ℓ at the start (nats).
+    converged_ : bool
     var_names_ : genes the model was fitted on (set by :func:`scnotes.tl.nmf`), or None.
 
     Examples
