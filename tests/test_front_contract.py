@@ -211,3 +211,102 @@ def test_no_family_metric_or_plot_module_imports_tl():
                  if p.parts[len(root.parts)] not in ("tl", "cli.py", "_render.py")
                  and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_vae_owns_its_fitted_state_from_fit(counts, tmp_path):
+    """The genes and covariate categories are the estimator's own fitted state, set by ``fit``
+    (review E6/A6): a fit on arrays with ``var_names`` / ``covariate_registry`` is the front's fit."""
+    from scnotes.vae import NBVAE
+
+    a = counts.copy()
+    front = tl.nbvae(a, n_latent=2, batch_key="batch", seed=1, **VAE)
+    x, c = a.X, tl.model_inputs(front, a)[1]
+    reg = [("batch", ["a", "b"])]
+    m = NBVAE(x.shape[1], n_latent=2, n_covariates=2, n_batches=2, seed=1, hidden_dim=8)
+    m.fit(x, covariates=c, var_names=a.var_names, covariate_registry=reg, max_epochs=2, n_samples=1)
+    assert list(m.var_names_) == list(a.var_names) and m.covariate_registry_ == reg
+    assert m.covariate_names_ == ["batch=a", "batch=b"] == front.covariate_names_
+    np.testing.assert_array_equal(m.latent(x, covariates=c), a.obsm["X_nbvae"])  # the front's fit, nothing more
+    m.save(tmp_path / "m.pt")
+    back = NBVAE.load(tmp_path / "m.pt")
+    assert list(back.var_names_) == list(a.var_names) and back.covariate_registry_ == reg
+    assert back.covariate_names_ == m.covariate_names_
+    m.fit(x, covariates=c, max_epochs=1, n_samples=1)  # a refit on arrays: the genes are unknown again
+    assert m.var_names_ is None and m.covariate_registry_ is None and m.covariate_names_ is None
+    with pytest.raises(ValueError, match="var_names"):
+        m.fit(x, covariates=c, var_names=a.var_names[:-1], max_epochs=1)
+    with pytest.raises(ValueError, match="n_covariates=2"):
+        m.fit(x, covariates=c, covariate_registry=[("batch", ["a", "b", "c"])], max_epochs=1)
+    with pytest.raises(ValueError, match="n_batches=2"):  # the batch block comes first
+        NBVAE(x.shape[1], n_covariates=3, n_batches=2).fit(
+            x, covariates=np.c_[c, np.ones(len(c))], covariate_registry=[("k", ["u"]), ("batch", ["a", "b"])],
+            max_epochs=1)
+
+
+@pytest.mark.parametrize("front", ["pvae", "gmvae"])
+def test_a_front_validates_the_counts_once(counts, front, monkeypatch):
+    """setup validates; fit (and the count VAEs' latent) trust it (review S1-5). A direct call
+    still validates: bad counts raise from the estimator."""
+    import scnotes._checks as checks
+    import scnotes.vae._model as model_module
+    from scnotes.vae import PVAE
+
+    calls = []
+    real = checks.check_counts
+
+    def counting(*args, **kw):
+        calls.append(kw.get("name"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(checks, "check_counts", counting)
+    monkeypatch.setattr(model_module, "check_counts", counting)
+    kw = dict(n_clusters=2, pretrain_epochs=0, batch_size=16) if front == "gmvae" else {}
+    getattr(tl, front)(counts.copy(), n_latent=2, **VAE, **kw)
+    # fit never checks again; GMVAE's encoder-only outputs (latent, predict_proba) still check
+    # their input themselves (GMVAE._encoder_data)
+    assert calls == (["adata.X", "x", "x"] if front == "gmvae" else ["adata.X"])
+    bad = counts.X.toarray()
+    bad[0, 0] = 0.5
+    with pytest.raises(ValueError, match="integer"):
+        PVAE(bad.shape[1], hidden_dim=8).fit(bad, max_epochs=1)
+    m = tl.pvae(counts.copy(), n_latent=2, **VAE)
+    with pytest.raises(ValueError, match="integer"):
+        m.latent(bad)
+
+
+def test_nmf_project_follows_the_front_contract(counts):
+    """tl.nmf_project writes its slots, records the call and returns the model (review T3)."""
+    model = tl.nmf(counts.copy(), n_components=2, max_epochs=5, seed=2)
+    new = counts[:20].copy()
+    before = new.copy()
+    out, same = tl.nmf_project(new, model, key_added="X_proj", max_epochs=7, copy=True)
+    _same(new, before)  # copy=True left the input unchanged
+    assert same is model
+    np.testing.assert_allclose(out.obsm["X_proj"], model.transform(new.X, max_epochs=7))
+    rec = out.uns["X_proj"]
+    assert rec["model"] == "PoissonNMF" and rec["params"]["projected"] and rec["params"]["max_epochs"] == 7
+    assert rec["slots"]["obsm"] == ["X_proj", "X_proj_topics"] and rec["slots"]["obs"] == ["proj_topics_scale"]
+    np.testing.assert_allclose(out.obsm["X_proj_topics"].sum(1), 1)
+    assert tl.nmf_project(new, model, key_added="X_proj", topics=False) is model
+    assert list(new.obsm) == ["X_proj"] and new.uns["X_proj"]["slots"]["obs"] == []
+
+
+def test_nmf_loglik_names_say_what_they_are():
+    """scnotes.nmf's factor log-likelihoods no longer share metrics' names (review N11); the
+    older names still work, with a DeprecationWarning, and equal metrics' total on L Fᵀ."""
+    import scnotes.nmf as nmf
+    from scnotes import metrics
+
+    rng = np.random.default_rng(1)
+    L, F = rng.gamma(1.0, 1.0, (6, 2)), rng.gamma(1.0, 1.0, (5, 2))
+    x = rng.poisson(L @ F.T).astype(float)
+    total = nmf.poisson_nmf_loglik(x, L, F)
+    assert total == pytest.approx(metrics.poisson_loglik(x, L @ F.T, per="total"), rel=1e-12)
+    assert nmf.nbmf_loglik(x, L, F, 2.0) == pytest.approx(metrics.nb_loglik(x, L @ F.T, 2.0, per="total"),
+                                                          rel=1e-10)
+    for old, new in (("poisson_loglik", "poisson_nmf_loglik"), ("nb_loglik", "nbmf_loglik")):
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(nmf, old) is getattr(nmf, new)
+        assert old not in nmf.__all__
+    with pytest.raises(AttributeError):
+        nmf.no_such_name

@@ -4,7 +4,7 @@ import pytest
 import scipy.sparse as sp
 import scipy.stats as st
 
-from scnotes.nmf import (NBMF, PoissonNMF, nb_loglik, nbmf, poisson_loglik, poisson_nmf,
+from scnotes.nmf import (NBMF, PoissonNMF, nbmf, nbmf_loglik, poisson_nmf, poisson_nmf_loglik,
                          poisson_to_topics, topics_to_poisson)
 
 
@@ -32,9 +32,9 @@ def test_poisson_loglik_matches_scipy_dense_sparse_and_masked():
     L = L[:x.shape[0]]
     ref = st.poisson.logpmf(x, L @ F.T)
     w = rng.uniform(size=x.shape) * (rng.uniform(size=x.shape) < 0.8)
-    assert poisson_loglik(x, L, F) == pytest.approx(ref.sum(), rel=1e-12)
-    assert poisson_loglik(sp.csr_matrix(x), L, F) == pytest.approx(ref.sum(), rel=1e-12)
-    assert poisson_loglik(x, L, F, w=w) == pytest.approx((w * ref).sum(), rel=1e-12)
+    assert poisson_nmf_loglik(x, L, F) == pytest.approx(ref.sum(), rel=1e-12)
+    assert poisson_nmf_loglik(sp.csr_matrix(x), L, F) == pytest.approx(ref.sum(), rel=1e-12)
+    assert poisson_nmf_loglik(x, L, F, w=w) == pytest.approx((w * ref).sum(), rel=1e-12)
 
 
 def test_nb_loglik_matches_scipy():
@@ -44,7 +44,7 @@ def test_nb_loglik_matches_scipy():
     m = L @ F.T
     for theta in (0.3, np.linspace(0.5, 3, 15)):
         ref = st.nbinom.logpmf(x, theta, theta / (theta + m)).sum()
-        assert nb_loglik(x, L, F, theta) == pytest.approx(ref, rel=1e-10)
+        assert nbmf_loglik(x, L, F, theta) == pytest.approx(ref, rel=1e-10)
 
 
 # ------------------------------------------------------------ Poisson NMF
@@ -132,7 +132,7 @@ def test_masked_entries_are_ignored(lowrank, method):
     np.testing.assert_allclose(a.F_, b.F_, rtol=1e-9)
     assert a.loglik_ == pytest.approx(b.loglik_, rel=1e-12)
     # the weighted log-likelihood only counts observed entries
-    assert a.loglik_ == pytest.approx(poisson_loglik(x, a.L_, a.F_, w=w), rel=1e-9)
+    assert a.loglik_ == pytest.approx(poisson_nmf_loglik(x, a.L_, a.F_, w=w), rel=1e-9)
 
 
 def test_fractional_weights_match_replicated_data():
@@ -192,7 +192,7 @@ def test_mu_matches_or_beats_sklearn_from_same_init():
     ref = sk.NMF(3, solver="mu", beta_loss="kullback-leibler", init="custom",
                  max_iter=200, tol=0)
     W = ref.fit_transform(x, W=L0.copy(), H=F0.T.copy())
-    ll_sk = poisson_loglik(x, W, ref.components_.T)
+    ll_sk = poisson_nmf_loglik(x, W, ref.components_.T)
     ours = PoissonNMF(3, method="mu", init=(L0, F0), max_iter=200, tol=0).fit(x)
     assert ours.loglik_ >= ll_sk - 1e-9 * abs(ll_sk)
     fast = PoissonNMF(3, method="scd", init=(L0, F0), max_iter=200, tol=0).fit(x)
@@ -291,7 +291,7 @@ def test_nbmf_recovers_inverse_dispersion(nbdata):
     assert abs(m.inv_disp_[0] - theta) / theta < 0.2
     d = np.diff(m.trace_["loglik"].to_numpy())
     assert np.all(d >= -1e-9 * abs(m.loglik_))
-    assert m.loglik_ == pytest.approx(nb_loglik(x, m.L_, m.F_, m.inv_disp_), rel=1e-10)
+    assert m.loglik_ == pytest.approx(nbmf_loglik(x, m.L_, m.F_, m.inv_disp_), rel=1e-10)
     # NB fits these data better than Poisson NMF of the same rank
     pois = PoissonNMF(2, max_iter=100).fit(x)
     assert m.loglik_ > pois.loglik_
@@ -328,8 +328,8 @@ def test_nbmf_masked_overfit_stays_finite_and_monotone():
     w = (rng.uniform(size=sim.x.shape) < 0.9).astype(float)
     m = NBMF(12, inv_disp=0.1, max_iter=150, seed=0).fit(sim.x, w=w)
     assert np.isfinite(m.loglik_)
-    assert m.loglik_ == pytest.approx(nb_loglik(sim.x, m.L_, m.F_, m.inv_disp_, w=w), rel=1e-10)
-    d = np.diff(m.trace_["loglik"].to_numpy())
+    assert m.loglik_ == pytest.approx(nbmf_loglik(sim.x, m.L_, m.F_, m.inv_disp_, w=w), rel=1e-10)
+    d = np.diff(m.history_["loglik"].to_numpy())
     assert np.all(d >= -1e-9 * abs(m.loglik_))
 
 
@@ -391,7 +391,7 @@ def test_older_names_are_aliases(lowrank):
     np.testing.assert_array_equal(old.theta_, new.theta_)
     np.testing.assert_array_equal(old.inv_disp_, old.theta_)
     np.testing.assert_array_equal(old.L_, new.L_)
-    assert nb_loglik(x, old.L_, old.F_, inv_disp=old.theta_) == nb_loglik(x, old.L_, old.F_, old.theta_)
+    assert nbmf_loglik(x, old.L_, old.F_, inv_disp=old.theta_) == nbmf_loglik(x, old.L_, old.F_, old.theta_)
 
 
 def test_nb_loglik_is_the_shared_likelihood_with_masks():
@@ -405,9 +405,9 @@ def test_nb_loglik_is_the_shared_likelihood_with_masks():
     w = (rng.uniform(size=x.shape) < 0.8).astype(float)
     for theta in (0.2, 50.0, 2e5, np.linspace(0.5, 3e4, 30)):
         ref = st.nbinom.logpmf(x, theta, theta / (theta + L @ F.T))
-        assert nb_loglik(x, L, F, theta) == pytest.approx(ref.sum(), rel=1e-10)
-        assert nb_loglik(x, L, F, theta, w=w) == pytest.approx((w * ref).sum(), rel=1e-10)
-        assert nb_loglik(x, L, F, theta, w=w) == pytest.approx(
+        assert nbmf_loglik(x, L, F, theta) == pytest.approx(ref.sum(), rel=1e-10)
+        assert nbmf_loglik(x, L, F, theta, w=w) == pytest.approx((w * ref).sum(), rel=1e-10)
+        assert nbmf_loglik(x, L, F, theta, w=w) == pytest.approx(
             metrics_nb(x, L @ F.T, theta, mask=w > 0, per="total"), rel=1e-10)
 
 
@@ -586,15 +586,15 @@ def test_transform_recovers_loadings_and_tl_project_checks_genes(lowrank):
     m = PoissonNMF(3, method="mu", max_epochs=300, tol=0, seed=0).fit(x)
     # with F fixed at the fit, EM on L from the transform's start reaches the fitted L's likelihood
     L = m.transform(x, max_epochs=500, tol=0)
-    assert poisson_loglik(x, L, m.F_) >= m.loglik_ - 1e-6 * abs(m.loglik_)
+    assert poisson_nmf_loglik(x, L, m.F_) >= m.loglik_ - 1e-6 * abs(m.loglik_)
     with pytest.raises(ValueError, match="genes"):
         m.transform(x[:, :10])
     adata = ad.AnnData(sp.csr_matrix(x))
     adata.var_names = [f"g{j}" for j in range(x.shape[1])]
     est = tl.nmf(adata, 3, max_epochs=20)
     new = adata[:40].copy()
-    Lp = tl.nmf_project(new, est, key_added="X_proj")
-    assert Lp.shape == (40, 3) and "X_proj" in new.obsm and "X_proj_topics" in new.obsm
+    assert tl.nmf_project(new, est, key_added="X_proj") is est  # every front returns its model
+    assert new.obsm["X_proj"].shape == (40, 3) and "X_proj_topics" in new.obsm
     np.testing.assert_allclose(new.obsm["X_proj_topics"].sum(1), 1)
     shuffled = new[:, list(new.var_names[::-1])].copy()
     with pytest.raises(ValueError, match="position 0"):

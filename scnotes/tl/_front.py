@@ -11,7 +11,9 @@ A front is its estimator plus the slots it writes; everything else is here
 - **reading AnnData** (:func:`setup`): counts from ``X`` or ``layers[layer]`` validated by
   :mod:`scnotes._checks` (non-integer, negative or NaN counts, unknown layer → a clear error),
   size factors from ``obs[size_factor_key]``, the categorical covariates (batch first) as a
-  registry of categories and their one-hot encoding, the genes (``var_names_``), and for a
+  registry of categories and their one-hot encoding, the genes, all handed to the estimator's
+  ``fit`` (:meth:`Inputs.fit_data`), which keeps them as its fitted state (``var_names_``,
+  ``covariate_registry_``); the counts are validated once per front call; and for a
   fitted model the gene check (:func:`check_genes`, :func:`model_inputs`);
 - **one slot-key helper** (:func:`slot_keys`) deriving every slot name from ``key_added``;
 - **one recorder** (:func:`record`): ``adata.uns[key_added] = {"params": …, "model": …, **results}``;
@@ -107,13 +109,13 @@ class Inputs:
     def n_covariates(self) -> int:
         return 0 if self.covariates is None else self.covariates.shape[1]
 
-    def attach(self, model):
-        """Give a fitted model the genes and covariate categories it was fitted with
-        (``var_names_``, ``covariate_registry_``, ``covariate_names_``) for save / map / predict."""
-        model.var_names_ = self.var_names
-        model.covariate_registry_ = self.registry
-        model.covariate_names_ = [f"{k}={v}" for k, cats in self.registry for v in cats]
-        return model
+    def fit_data(self) -> dict:
+        """The keywords of a VAE's ``fit`` that carry the data: size factors, covariates, the
+        genes and the covariate registry (the model keeps them as ``var_names_`` /
+        ``covariate_registry_`` for save / map / predict), and ``_checked=True``: the counts
+        were validated by :func:`setup`, so ``fit`` does not scan them again."""
+        return dict(s=self.s, covariates=self.covariates, var_names=self.var_names,
+                    covariate_registry=self.registry, _checked=True)
 
 
 def setup(adata, layer=None, batch_key=None, covariate_keys=None, size_factor_key=None) -> Inputs:
@@ -225,7 +227,9 @@ def route_kwargs(cls, kwargs: dict):
     for klass in cls.__mro__:
         if "fit" in vars(klass):
             fit_names |= _named_parameters(vars(klass)["fit"])
-    fit_names -= {"x", "w", "s", "covariates"}
+    # the data and what the front passes itself (fit_data) are never a user's keyword
+    fit_names = {n for n in fit_names if not n.startswith("_")} - {"x", "w", "s", "covariates", "var_names",
+                                                                    "covariate_registry"}
     init_kw = {k: v for k, v in kwargs.items() if k not in fit_names}
     fit_kw = {k: v for k, v in kwargs.items() if k in fit_names}
     return init_kw, fit_kw

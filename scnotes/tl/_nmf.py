@@ -116,20 +116,25 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
 
 
 def nmf_project(adata, model, layer: str | None = None, key_added: str = "X_nmf", topics: bool = True,
-                max_epochs: int = 100):
-    """Loadings (and topic proportions) of the cells of a new ``adata`` under a fitted model's factors.
+                max_epochs: int = 100, *, copy: bool = False):
+    """Store the loadings (and topic proportions) of the cells of a new ``adata`` under a fitted
+    model's factors.
 
     The genes of ``adata`` must be the model's (``model.var_names_``, set by :func:`nmf`), in
     the same order; categories play no part. Cells are fitted by
     :meth:`scnotes.nmf.PoissonNMF.transform` (EM on the loadings, factors fixed).
 
-    Writes ``obsm[key_added]`` (loadings) and, with ``topics``, the topic proportions and
-    scale under the slot names of :func:`nmf` (topics and factors are the model's, so no
-    ``varm`` is written), and ``uns[key_added]`` (``params``, ``projected=True``).
+    Writes ``obsm[key_added]`` (loadings L, n_cells × k) and, with ``topics``, the topic
+    proportions and scale under the slot names of :func:`nmf` (topics and factors are the
+    model's, so no ``varm`` is written), and ``uns[key_added]`` (``params`` with
+    ``projected=True``, ``model``, ``slots``: the keys written).
 
     Returns
     -------
-    ndarray (n_cells, k): the loadings.
+    scnotes.nmf.PoissonNMF
+        ``model``, unchanged (the contract of every front; the loadings are
+        ``adata.obsm[key_added]``); ``(adata_copy, model)`` with ``copy=True``, the input
+        unchanged. (Before, the loadings array was returned.)
 
     Raises
     ------
@@ -139,16 +144,19 @@ def nmf_project(adata, model, layer: str | None = None, key_added: str = "X_nmf"
     from ..nmf import poisson_to_topics
 
     check_genes(model, adata)
+    adata = begin(adata, copy)
     L = model.transform(counts_from_adata(adata, layer), max_epochs=max_epochs)
     keys = _keys(key_added)
     adata.obsm[keys["loadings"]] = L
+    slots = {"obsm": [keys["loadings"]], "varm": [], "obs": []}
     if topics:
         tm = poisson_to_topics(L, model.F_)
         adata.obsm[keys["proportions"]] = tm.proportions
         adata.obs[keys["scale"]] = tm.scale
-    record(adata, key_added, dict(n_components=int(model.n_components), layer=layer,
-                                  max_epochs=int(max_epochs), projected=True), model)
-    return L
+        slots = {"obsm": [keys["loadings"], keys["proportions"]], "varm": [], "obs": [keys["scale"]]}
+    record(adata, key_added, dict(n_components=int(model.n_components), layer=layer, topics=topics,
+                                  max_epochs=int(max_epochs), projected=True), model, slots=slots)
+    return finish(adata, model, copy)
 
 
 def topic_genes(adata, key: str = "topics", n: int = 10, gene_symbols: str | None = None,

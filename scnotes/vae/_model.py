@@ -123,6 +123,7 @@ class CountVAE(Persistent):
         self.history_ = None
         self.var_names_ = None
         self.covariate_registry_ = None
+        self.covariate_names_ = None
         self._build()
 
     @property
@@ -263,8 +264,10 @@ class CountVAE(Persistent):
             raise ValueError("covariates contain NaN or infinite values")
         return c
 
-    def _data(self, x, w, s, covariates, fitting=False, need_s=True):
-        x = check_counts(x, name="x", allow_empty_cells=True, allow_empty_genes=True)
+    def _data(self, x, w, s, covariates, fitting=False, need_s=True, checked=False):
+        # checked: counts a scnotes.tl front already validated (one check per front call)
+        if not checked:
+            x = check_counts(x, name="x", allow_empty_cells=True, allow_empty_genes=True)
         if x.shape[1] != self.input_dim:
             raise ValueError(f"x has {x.shape[1]} genes (columns) but the model has input_dim={self.input_dim}")
         w = check_mask(w, x.shape, name="w")
@@ -296,7 +299,8 @@ class CountVAE(Persistent):
             optimizer: str = "rmsprop", trace: bool = True, progress: bool | None = None,
             train_size: float = 1.0, early_stopping: bool = False, patience: int = 45,
             min_delta: float = 0.0, kl_warmup_epochs: int = 0, weight_decay: float = 0.0,
-            accelerator: str | None = None, devices=None, strategy=None, trainer_kwargs=None):
+            accelerator: str | None = None, devices=None, strategy=None, trainer_kwargs=None, *,
+            var_names=None, covariate_registry=None, _checked: bool = False):
         """Fit by stochastic gradient on the ELBO (or IWAE bound); returns ``self``.
 
         Parameters
@@ -334,6 +338,14 @@ class CountVAE(Persistent):
             (effective batch size = ``batch_size`` × processes).
         trainer_kwargs : dict, further ``lightning.pytorch.Trainer`` arguments
             (e.g. ``num_nodes`` for several machines).
+        var_names : None or sequence of n_genes names, the genes (columns of ``x``), kept as
+            ``var_names_`` (saved with the model; :func:`scnotes.tl.model_inputs` and
+            ``map_query`` match new data by them). None: the genes are unknown.
+        covariate_registry : None or ``[(obs key, [categories…]), …]``, the categorical
+            covariates whose one-hot columns, in this order (the batch first when
+            ``n_batches`` > 0), make up ``covariates``; kept as ``covariate_registry_``, with
+            the column names ``covariate_names_`` (``"key=category"``). ``scnotes.tl``
+            passes both; a refit without them leaves them None (scikit-learn's way).
 
         Each step minimises −(N/B) Σ_{i∈batch} bound_i (an estimate of the full-data
         negative bound, unbiased up to the BatchNorm batch dependence). Refitting
@@ -343,16 +355,21 @@ class CountVAE(Persistent):
         Fitted attributes: ``history_`` (DataFrame, one row per epoch, nats per cell:
         ``loss``, ``elbo``, ``reconstruction``, ``kl_z``, … and ``validation_…``),
         ``best_epoch_``, ``n_epochs_`` (epochs run), ``fit_time_`` (s),
-        ``train_indices_``, ``validation_indices_``.
+        ``train_indices_``, ``validation_indices_``, ``var_names_``,
+        ``covariate_registry_``, ``covariate_names_``.
 
         Raises
         ------
         ValueError : invalid counts (negative, non-integer, NaN), wrong mask or
             covariate shape, a cell with zero total counts when ``s=None``,
             bad ``objective``/``batch_size``/``n_samples``/``train_size``, early
-            stopping without a validation set.
+            stopping without a validation set; ``var_names`` not of length n_genes, or a
+            ``covariate_registry`` whose categories do not add up to ``n_covariates`` (or
+            whose first key does not have ``n_batches`` categories).
         RuntimeError : if the loss becomes NaN.
         """
+        genes = _gene_names(var_names, self.input_dim)
+        registry, covariate_names = _covariate_layout(covariate_registry, self.n_covariates, self.n_batches)
         if objective not in ("elbo", "iwae"):
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
         if int(n_samples) != n_samples or n_samples < 1:
@@ -372,7 +389,7 @@ class CountVAE(Persistent):
             raise ValueError(f"train_size must lie in (0, 1], got {train_size!r}")
         if kl_warmup_epochs and objective != "elbo":
             raise ValueError("kl_warmup_epochs applies to the ELBO objective only")
-        data, mode = self._data(x, w, s, covariates, fitting=True)
+        data, mode = self._data(x, w, s, covariates, fitting=True, checked=_checked)
         rng = np.random.default_rng(self.seed)
         train_idx, val_idx = _split(data.n, train_size, rng)
         if len(train_idx) < 2:
@@ -400,6 +417,8 @@ class CountVAE(Persistent):
         self._n_train = len(train_idx)
         self.train_indices_, self.validation_indices_ = train_idx, val_idx
         self._s_mode = mode
+        self.var_names_, self.covariate_registry_ = genes, registry
+        self.covariate_names_ = covariate_names
         return self
 
     def _train(self, data, train_idx, val_idx, gen, rng, kw):
@@ -425,11 +444,11 @@ class CountVAE(Persistent):
         m.set_library_prior(np.asarray(mean), np.maximum(np.asarray(var), 1e-4))
 
     # --- outputs --------------------------------------------------------------
-    def latent(self, x, s=None, covariates=None, w=None):
+    def latent(self, x, s=None, covariates=None, w=None, *, _checked: bool = False):
         """E_q[z_i], ndarray n_cells × n_latent (softmax of the mean for the
         logistic-normal latent). ``s`` and ``covariates`` are not used by the
         encoder; accepted for a uniform call shape."""
-        data, _ = self._data(x, w, s, covariates, need_s=False)
+        data, _ = self._data(x, w, s, covariates, need_s=False, checked=_checked)
         m = self.module
         return self._evaluate(data, lambda x, w, s, c, g: m.transform_latent(m.encode(x)[0]))
 
@@ -632,6 +651,32 @@ class CountVAE(Persistent):
         model.history_ = None if f["history"] is None else pd.DataFrame(f["history"])
         model._load_extra(f.get("extra", {}))
         return model
+
+
+def _gene_names(var_names, n_genes: int):
+    """``var_names`` as an object array of ``n_genes`` names (None stays None); ValueError otherwise."""
+    if var_names is None:
+        return None
+    names = np.asarray(var_names, dtype=object)
+    if names.ndim != 1 or len(names) != n_genes:
+        raise ValueError(f"var_names must name the {n_genes} genes (columns of x), got shape {names.shape}")
+    return names
+
+
+def _covariate_layout(registry, n_covariates: int, n_batches: int):
+    """(registry, one-hot column names ``"key=category"``) checked against the model's
+    ``n_covariates`` / ``n_batches`` columns; (None, None) without a registry."""
+    if registry is None:
+        return None, None
+    registry = [(key, list(cats)) for key, cats in registry]
+    n_columns = sum(len(cats) for _, cats in registry)
+    if n_columns != n_covariates:
+        raise ValueError(f"covariate_registry has {n_columns} categories in all but the model has "
+                         f"n_covariates={n_covariates} one-hot columns")
+    if n_batches and len(registry[0][1]) != n_batches:
+        raise ValueError(f"the registry's first key ({registry[0][0]!r}, the batch) has "
+                         f"{len(registry[0][1])} categories but the model has n_batches={n_batches}")
+    return registry, [f"{key}={cat}" for key, cats in registry for cat in cats]
 
 
 def epochs_for(n_cells: int, batch_size: int | None, min_steps: int = 2000, cap: int = 400) -> int:
