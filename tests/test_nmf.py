@@ -60,11 +60,11 @@ def test_rank1_reaches_closed_form_mle(method):
 
 @pytest.mark.parametrize("kw", [dict(method="mu"), dict(method="scd", extrapolate=False),
                                 dict(method="scd", extrapolate=False, n_inner=1)])
-def test_trace_is_nondecreasing(lowrank, kw):
+def test_history_is_nondecreasing(lowrank, kw):
     x, _ = lowrank
-    tr = PoissonNMF(3, max_iter=60, tol=0, **kw).fit(x).trace_  # older names kept as aliases
-    assert list(tr.columns) == ["iter", "loglik", "time", "beta"]
-    d = np.diff(tr["loglik"].to_numpy())
+    m = PoissonNMF(3, max_iter=60, tol=0, **kw).fit(x)  # max_iter: the older name, kept as an alias
+    tr = m.history_
+    d = np.diff(np.r_[m.loglik_init_, tr["loglik"].to_numpy()])  # from the start on
     assert np.all(d >= -1e-9 * abs(tr["loglik"].iloc[-1]))
     assert np.all(np.diff(tr["time"].to_numpy()) >= 0)
 
@@ -74,9 +74,10 @@ def test_scd_beats_mu_and_recovers_mean(lowrank):
     ref = PoissonNMF(3, method="mu", max_iter=400, tol=0, seed=2).fit(x)
     fast = PoissonNMF(3, method="scd", max_iter=400, tol=0, seed=2).fit(x)
     target = ref.loglik_ - 1e-7 * abs(ref.loglik_)
-    hit = fast.trace_.loc[fast.trace_["loglik"] >= target, "iter"]
+    h = fast.history_
+    hit = h.loc[h["loglik"] >= target, "epoch"] + 1  # sweeps done
     assert len(hit) > 0, "SCD never reached the MU log-likelihood"
-    assert hit.iloc[0] < 0.25 * ref.n_iter_
+    assert hit.iloc[0] < 0.25 * ref.n_epochs_
     assert fast.loglik_ >= target
     rel = np.linalg.norm(fast.mean_ - mu) / np.linalg.norm(mu)
     assert rel < 0.1
@@ -151,7 +152,7 @@ def test_same_seed_same_fit_and_different_seed_differs(lowrank):
     b = PoissonNMF(3, max_iter=20, seed=11).fit(x)
     c = PoissonNMF(3, max_iter=20, seed=12).fit(x)
     np.testing.assert_array_equal(a.L_, b.L_)
-    np.testing.assert_array_equal(a.trace_["loglik"], b.trace_["loglik"])
+    np.testing.assert_array_equal(a.history_["loglik"], b.history_["loglik"])
     assert not np.array_equal(a.L_, c.L_)
 
 
@@ -172,7 +173,7 @@ def test_fit_does_not_depend_on_thread_count(lowrank, monkeypatch):
         finally:
             numba.set_num_threads(old)
     np.testing.assert_array_equal(fits[0].L_, fits[1].L_)
-    np.testing.assert_array_equal(fits[0].trace_["loglik"], fits[1].trace_["loglik"])
+    np.testing.assert_array_equal(fits[0].history_["loglik"], fits[1].history_["loglik"])
 
 
 def test_custom_init_and_functional_shortcut(lowrank):
@@ -289,7 +290,7 @@ def test_nbmf_recovers_inverse_dispersion(nbdata):
     m = NBMF(2, inv_disp=0.5, max_iter=150, seed=0).fit(x)
     assert m.inv_disp_.shape == (1,)
     assert abs(m.inv_disp_[0] - theta) / theta < 0.2
-    d = np.diff(m.trace_["loglik"].to_numpy())
+    d = np.diff(m.history_["loglik"].to_numpy())
     assert np.all(d >= -1e-9 * abs(m.loglik_))
     assert m.loglik_ == pytest.approx(nbmf_loglik(x, m.L_, m.F_, m.inv_disp_), rel=1e-10)
     # NB fits these data better than Poisson NMF of the same rank
@@ -305,7 +306,7 @@ def test_nbmf_per_gene_fixed_and_masked(nbdata):
     assert 0.5 * theta < np.median(m.inv_disp_) < 2 * theta
     f = NBMF(2, inv_disp=0.7, fix_inv_disp=True, method="mu", max_iter=20).fit(x)
     np.testing.assert_array_equal(f.inv_disp_, [0.7])
-    assert np.all(np.diff(f.trace_["loglik"].to_numpy()) >= -1e-9 * abs(f.loglik_))
+    assert np.all(np.diff(f.history_["loglik"].to_numpy()) >= -1e-9 * abs(f.loglik_))
     rng = np.random.default_rng(3)
     w = (rng.uniform(size=x.shape) < 0.9).astype(float)
     a = NBMF(2, max_iter=15).fit(x, w=w)
@@ -366,15 +367,25 @@ def test_history_is_one_row_per_sweep_in_stated_units(lowrank):
     m = PoissonNMF(3, method="mu", max_epochs=12, tol=0, seed=1).fit(x)
     h = m.history_
     assert list(h.columns) == ["epoch", "loss", "loglik", "time", "beta"]
-    assert list(h["epoch"]) == list(range(13))  # row 0 is the start
+    assert list(h["epoch"]) == list(range(12))  # one row per sweep; the start is not a row
     np.testing.assert_allclose(h["loss"], -h["loglik"] / x.shape[0])
-    assert h["loglik"].iloc[-1] == m.loglik_ and m.n_epochs_ == m.n_iter_ == 12
-    # the older record is the same numbers under the older names
-    np.testing.assert_array_equal(m.trace_["iter"], h["epoch"])
-    np.testing.assert_array_equal(m.trace_["loglik"], h["loglik"])
+    assert h["loglik"].iloc[-1] == m.loglik_ and m.n_epochs_ == 12
+    # ℓ at the start, recomputed from the same seeded start (zero sweeps)
+    start = PoissonNMF(3, method="mu", max_epochs=0, seed=1).fit(x)
+    assert len(start.history_) == 0 and start.n_epochs_ == 0
+    assert m.loglik_init_ == start.loglik_init_ == start.loglik_
+    assert start.loglik_ == pytest.approx(poisson_nmf_loglik(x, start.L_, start.F_), rel=1e-12)
+    # the older record is the same numbers under the older names, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="older name of `history_`"):
+        tr = m.trace_
+    np.testing.assert_array_equal(tr["iter"], h["epoch"] + 1)
+    np.testing.assert_array_equal(tr["loglik"], h["loglik"])
+    with pytest.warns(DeprecationWarning, match="older name of `n_epochs_`"):
+        assert m.n_iter_ == 12
     nb = NBMF(2, max_epochs=5, tol=0).fit(x)
     assert list(nb.history_.columns) == ["epoch", "loss", "loglik", "time", "theta"]
-    assert list(nb.trace_.columns) == ["iter", "loglik", "time", "inv_disp"]
+    with pytest.warns(DeprecationWarning):
+        assert list(nb.trace_.columns) == ["iter", "loglik", "time", "inv_disp"]
     np.testing.assert_allclose(nb.history_["theta"].iloc[-1], nb.theta_.mean())
 
 
@@ -467,7 +478,8 @@ def test_save_load_round_trip(lowrank, tmp_path, cls, kw):
     pd = pytest.importorskip("pandas")
     pd.testing.assert_frame_equal(r.history_, m.history_)
     assert list(r.var_names_) == list(m.var_names_)
-    assert (r.loglik_, r.n_iter_, r.converged_) == (m.loglik_, m.n_iter_, m.converged_)
+    assert (r.loglik_, r.n_epochs_, r.converged_, r.loglik_init_) == (m.loglik_, m.n_epochs_, m.converged_,
+                                                                       m.loglik_init_)
     for name, value in m.get_params().items():
         np.testing.assert_array_equal(np.asarray(r.get_params()[name]), np.asarray(value))
     if cls is NBMF:
@@ -559,7 +571,7 @@ def test_tl_nmf_contract():
     u = copied.uns["X_nmf"]
     assert u["params"]["n_components"] == 3 and u["params"]["max_epochs"] == 30 and u["params"]["seed"] == 4
     assert u["params"]["method"] == "scd" and u["params"]["layer"] is None
-    assert u["loglik"] == est.loglik_ and u["n_epochs"] == est.n_iter_
+    assert u["loglik"] == est.loglik_ and u["n_epochs"] == est.n_epochs_ == len(u["history"])
     assert u["slots"]["obsm"] == ["X_nmf", "X_topics"]
     assert list(est.var_names_) == list(adata.var_names)
     # same seed, same numbers; copy=False writes in place and returns the model

@@ -110,7 +110,7 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
     kwargs["max_epochs"] = int(est.max_epochs)
     record(adata, key_added, dict(n_components=int(n_components), method=method, layer=layer, seed=seed,
                                   topics=topics, masked=mask is not None, **kwargs),
-           est, loglik=est.loglik_, n_epochs=est.n_iter_, converged=est.converged_, history=est.history_,
+           est, loglik=est.loglik_, n_epochs=est.n_epochs_, converged=est.converged_, history=est.history_,
            slots=slots)
     return finish(adata, est, copy)
 

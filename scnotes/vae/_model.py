@@ -78,7 +78,7 @@ class CountVAE(Persistent):
         log-likelihood per entry of −3.86 instead of −2.94 (scmodes −3.89)
 
     Fitted attributes: ``history_`` (training record, see :meth:`fit`), ``trace_``
-    (its loss summed over cells, the older record), ``fit_time_`` (s); ``theta_``
+    (its loss summed over cells, the older record; deprecated), ``fit_time_`` (s); ``theta_``
     (NB / ZINB) and ``logodds_``, ``pi_`` (ZINB).
 
     Raises
@@ -190,7 +190,14 @@ class CountVAE(Persistent):
     @property
     def trace_(self):
         """Per-epoch training loss summed over the training cells (nats), ndarray, or
-        None before fitting: ``history_["loss"]`` at full-data scale (the older record)."""
+        None before fitting: ``history_["loss"]`` at full-data scale (the older record;
+        deprecated, it goes in the next release: read ``history_``)."""
+        import warnings
+
+        # stacklevel=1: attributed to scnotes, never to a chapter's __main__, so it does not land
+        # on an executed page (the pattern of scnotes.tl._front._caller_stacklevel).
+        warnings.warn("`trace_` is the older record; read history_['loss'] (nats per cell) "
+                      "times the training cells", DeprecationWarning, stacklevel=1)
         if self.history_ is None:
             return None
         return self.history_["loss"].to_numpy() * self._n_train
