@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ._checks import check_counts, check_genes, check_layer, check_obs_columns
+
 __all__ = ["prepare", "title_for", "configure_threads", "looks_like_read_counts", "PrepareError"]
 
 
@@ -126,17 +128,12 @@ def looks_like_read_counts(x, min_ones: float = 0.2) -> tuple[bool, float]:
 
 
 def _counts_problem(x, where: str) -> str | None:
-    v = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    if v.size and not np.issubdtype(v.dtype, np.number):
-        return f"{where} is not numeric"
-    if v.size == 0:
-        return f"{where} is empty"
-    if not np.all(np.isfinite(v)):
-        return f"{where} has NaN or infinite values"
-    if np.any(v < 0):
-        return f"{where} has negative values (are these log-normalised data, not counts?)"
-    if np.any(v != np.round(v)):
-        return f"{where} has non-integer values (raw counts are needed: pass layer=<name of the counts layer>)"
+    """What is wrong with ``x`` as raw counts (:func:`scnotes._checks.check_counts`'s message), or
+    None. Empty cells and genes are allowed: :func:`prepare` drops them."""
+    try:
+        check_counts(x, name=where, allow_empty_cells=True, allow_empty_genes=True)
+    except (TypeError, ValueError) as e:
+        return f"{e} (parameter `layer`)"
     return None
 
 
@@ -177,114 +174,145 @@ def prepare(adata, *, layer: str | None = None, keys=(), optional_keys=(), min_l
     """
     import anndata as ad
 
-    def as_map(k):
-        if k is None:
-            return {}
-        if isinstance(k, dict):
-            return {c: p for c, p in k.items() if c is not None}
-        return {c: None for c in k if c is not None}
-
-    need, opt = as_map(keys), as_map(optional_keys)
+    need, opt = _key_map(keys), _key_map(optional_keys)
     allk = {**need, **opt}
-    problems = []
-    if layer is not None and layer not in adata.layers:
-        problems.append(f"layer {layer!r} not found (parameter `layer`); layers: "
-                        f"{list(adata.layers.keys()) or 'none'} — use layer=None for X")
-        x = None
-    else:
-        x = adata.X if layer is None else adata.layers[layer]
-        if x is None:
-            problems.append("adata.X is empty (parameter `layer`: name the counts layer)")
-        else:
-            p = _counts_problem(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
-            if p:
-                problems.append(p)
-    for col, param in allk.items():
-        if col not in adata.obs.columns:
-            hint = f" (parameter `{param}`)" if param else ""
-            problems.append(f"obs column {col!r} not found{hint}; obs columns: {list(adata.obs.columns)}")
-    if genes is not None:
-        missing = [g for g in genes if g not in adata.var_names]
-        if missing:
-            problems.append(f"{len(missing)} gene(s) of parameter `genes` not in var_names, e.g. {missing[:5]}")
-    present = [c for c in allk if c in adata.obs.columns]
-    miss = (adata.obs[present].isna().any(axis=1).to_numpy() if present
-            else np.zeros(adata.n_obs, dtype=bool))
-    if miss.any() and not drop_unlabelled:
-        problems.append(f"{int(miss.sum())} cell(s) have missing values in {present} "
-                        "(parameter `drop_unlabelled=True` drops them)")
-    if problems:
-        raise PrepareError("cannot run on this AnnData:\n  - " + "\n  - ".join(problems))
-
+    x, present, miss = _validated(adata, layer, allk, genes, drop_unlabelled)
     obs = adata.obs.copy()
     counts = sp.csr_matrix(x, dtype=np.float32)
     record = {"layer": layer, "n_cells_in": int(adata.n_obs), "n_genes_in": int(adata.n_vars)}
-    if "total_counts" in obs.columns and np.all(np.isfinite(obs["total_counts"].to_numpy(dtype=float))):
-        record["totals"] = "obs['total_counts'] of the file"
-    else:
-        obs["total_counts"] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-        record["totals"] = f"computed from the counts of all {adata.n_vars} genes in the file"
-    keep = ~miss
-    if miss.any():
-        record["dropped_unlabelled"] = int(miss.sum())
-        if verbose:
-            print(f"prepare: dropped {int(miss.sum())} cell(s) with missing values in {present}")
-    idx = np.flatnonzero(keep)
-    if max_cells is not None and len(idx) > max_cells:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_cells), replace=False))
-        record["subsampled_to"] = int(max_cells)
+    record["totals"] = _add_totals(obs, counts)
+    idx = _kept_cells(miss, present, max_cells, seed, record, verbose)
     out = ad.AnnData(X=counts[idx], obs=obs.iloc[idx].copy(), var=adata.var.copy())
     for col in present:
         out.obs[col] = pd.Categorical(out.obs[col].astype(str))
-    for col, n_min in (min_levels or {}).items():
-        if col in out.obs.columns and out.obs[col].nunique() < n_min:
-            param = allk.get(col)
-            raise PrepareError(f"cannot run on this AnnData:\n  - obs column {col!r}"
-                               f"{f' (parameter `{param}`)' if param else ''} has "
-                               f"{out.obs[col].nunique()} level(s) after cleaning; at least {n_min} needed")
+    _check_levels(out.obs, min_levels, allk)
     # Cells and genes without counts carry no information and break size factors.
-    cell_tot = np.asarray(out.X.sum(axis=1)).ravel()
-    if np.any(cell_tot == 0):
-        record["dropped_empty_cells"] = int((cell_tot == 0).sum())
-        out = out[cell_tot > 0].copy()
+    out = _drop_empty(out, 1, record, "dropped_empty_cells")
     if genes is not None:
         out = out[:, list(genes)].copy()
-    gene_tot = np.asarray(out.X.sum(axis=0)).ravel()
-    if np.any(gene_tot == 0):
-        record["dropped_empty_genes"] = int((gene_tot == 0).sum())
-        out = out[:, gene_tot > 0].copy()
+    out = _drop_empty(out, 0, record, "dropped_empty_genes")
     if n_top_genes is not None and genes is None and n_top_genes < out.n_vars:
-        import scanpy as sc
-
-        # seurat_v3's loess fit can be singular on small or very sparse data
-        # (scanpy's own advice is a wider span); widen it until the fit works.
-        for span in (0.3, 0.5, 1.0):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    sc.pp.highly_variable_genes(out, n_top_genes=int(n_top_genes), flavor="seurat_v3",
-                                                span=span)
-                break
-            except ValueError:
-                if span == 1.0:
-                    raise
-        record["hvg_span"] = span
-        out = out[:, out.var["highly_variable"].to_numpy()].copy()
-        record["n_top_genes"] = int(n_top_genes)
+        out = _highly_variable(out, int(n_top_genes), record)
         # HVG selection can leave cells with no counts in the kept genes.
-        cell_tot = np.asarray(out.X.sum(axis=1)).ravel()
-        if np.any(cell_tot == 0):
-            record["dropped_empty_cells_after_hvg"] = int((cell_tot == 0).sum())
-            out = out[cell_tot > 0].copy()
+        out = _drop_empty(out, 1, record, "dropped_empty_cells_after_hvg")
     out.layers["counts"] = out.X.copy()
-    reads, frac = looks_like_read_counts(out.X)
-    record["fraction_of_ones"] = frac
-    if reads:
-        warnings.warn(f"only {frac:.2f} of the non-zero counts are 1 (UMI data: typically 0.3–0.6); "
-                      "these look like read counts, and the count models here assume UMIs", UserWarning,
-                      stacklevel=2)
+    record["fraction_of_ones"] = _warn_if_read_counts(out.X)
     record.update(n_cells=int(out.n_obs), n_genes=int(out.n_vars))
     out.uns["prepare"] = record
     if verbose:
         print(f"prepare: {out.n_obs} cells × {out.n_vars} genes; totals {record['totals']}")
     return out
+
+
+def _key_map(keys) -> dict:
+    """``keys`` / ``optional_keys`` of :func:`prepare` as {column: parameter or None}, None columns left out."""
+    if keys is None:
+        return {}
+    if isinstance(keys, dict):
+        return {c: p for c, p in keys.items() if c is not None}
+    return {c: None for c in keys if c is not None}
+
+
+def _problem(check, *args, **kwargs):
+    """The message of the KeyError ``check`` raises, or None: one message style for every missing key."""
+    try:
+        check(*args, **kwargs)
+    except KeyError as e:
+        return e.args[0]
+    return None
+
+
+def _validated(adata, layer, keys: dict, genes, drop_unlabelled):
+    """(counts, the key columns present, cells with a missing label) or a :class:`PrepareError`
+    listing every problem: layer, counts, ``obs`` columns, genes, missing labels."""
+    problems = [_problem(check_layer, adata, layer)]
+    x = None if problems[0] else check_layer(adata, layer)
+    if problems[0] is None and x is None:
+        problems.append("adata.X is empty (parameter `layer`: name the counts layer)")
+    elif x is not None:
+        problems.append(_counts_problem(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]"))
+    problems += [_problem(check_obs_columns, adata, {c: p}) for c, p in keys.items()]
+    if genes is not None:
+        problems.append(_problem(check_genes, adata, list(genes)))
+    present = [c for c in keys if c in adata.obs.columns]
+    miss = (adata.obs[present].isna().any(axis=1).to_numpy() if present
+            else np.zeros(adata.n_obs, dtype=bool))
+    if miss.any() and not drop_unlabelled:
+        problems.append(f"{int(miss.sum())} cell(s) have missing values in {present} "
+                        "(parameter `drop_unlabelled=True` drops them)")
+    problems = [p for p in problems if p]
+    if problems:
+        raise PrepareError("cannot run on this AnnData:\n  - " + "\n  - ".join(problems))
+    return x, present, miss
+
+
+def _add_totals(obs, counts) -> str:
+    """Put each cell's library size in ``obs["total_counts"]`` (the file's own column when it is
+    complete, else the sum over all genes of the file); returns where it came from."""
+    if "total_counts" in obs.columns and np.all(np.isfinite(obs["total_counts"].to_numpy(dtype=float))):
+        return "obs['total_counts'] of the file"
+    obs["total_counts"] = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    return f"computed from the counts of all {counts.shape[1]} genes in the file"
+
+
+def _kept_cells(miss, present, max_cells, seed, record, verbose):
+    """Indices of the labelled cells, a seeded random ``max_cells`` of them (sorted) if fewer asked."""
+    if miss.any():
+        record["dropped_unlabelled"] = int(miss.sum())
+        if verbose:
+            print(f"prepare: dropped {int(miss.sum())} cell(s) with missing values in {present}")
+    idx = np.flatnonzero(~miss)
+    if max_cells is not None and len(idx) > max_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_cells), replace=False))
+        record["subsampled_to"] = int(max_cells)
+    return idx
+
+
+def _check_levels(obs, min_levels, keys: dict):
+    """A :class:`PrepareError` for a column with fewer distinct values than ``min_levels[column]``."""
+    for col, n_min in (min_levels or {}).items():
+        if col in obs.columns and obs[col].nunique() < n_min:
+            param = keys.get(col)
+            raise PrepareError(f"cannot run on this AnnData:\n  - obs column {col!r}"
+                               f"{f' (parameter `{param}`)' if param else ''} has "
+                               f"{obs[col].nunique()} level(s) after cleaning; at least {n_min} needed")
+
+
+def _drop_empty(out, axis: int, record, what: str):
+    """``out`` without its all-zero cells (``axis=1``: row sums) or genes (``axis=0``), their
+    number recorded under ``what``."""
+    tot = np.asarray(out.X.sum(axis=axis)).ravel()
+    if not np.any(tot == 0):
+        return out
+    record[what] = int((tot == 0).sum())
+    return out[tot > 0].copy() if axis == 1 else out[:, tot > 0].copy()
+
+
+def _highly_variable(out, n_top_genes: int, record):
+    """``out`` restricted to its ``n_top_genes`` seurat_v3 highly variable genes (on counts)."""
+    import scanpy as sc
+
+    # seurat_v3's loess fit can be singular on small or very sparse data
+    # (scanpy's own advice is a wider span); widen it until the fit works.
+    for span in (0.3, 0.5, 1.0):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sc.pp.highly_variable_genes(out, n_top_genes=n_top_genes, flavor="seurat_v3", span=span)
+            break
+        except ValueError:
+            if span == 1.0:
+                raise
+    record["hvg_span"] = span
+    record["n_top_genes"] = n_top_genes
+    return out[:, out.var["highly_variable"].to_numpy()].copy()
+
+
+def _warn_if_read_counts(x) -> float:
+    """The share of non-zero counts equal to 1, with a UserWarning when they look like read counts."""
+    reads, frac = looks_like_read_counts(x)
+    if reads:
+        warnings.warn(f"only {frac:.2f} of the non-zero counts are 1 (UMI data: typically 0.3–0.6); "
+                      "these look like read counts, and the count models here assume UMIs", UserWarning,
+                      stacklevel=3)
+    return frac

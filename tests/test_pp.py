@@ -83,3 +83,32 @@ def test_title_and_threads(monkeypatch):
         assert scnotes.pp.configure_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0, 0.5])
+def test_counts_problems_are_check_counts_messages(bad):
+    """prepare reports bad counts with the words of scnotes._checks.check_counts (one validator)."""
+    from scnotes._checks import check_counts
+
+    a = _adata()
+    x = a.layers["umi"].toarray()
+    x[3, 4] = bad
+    a.layers["bad"] = sp.csr_matrix(x)
+    with pytest.raises(ValueError) as direct:
+        check_counts(a.layers["bad"], name="adata.layers['bad']")
+    with pytest.raises(scnotes.pp.PrepareError) as e:
+        scnotes.pp.prepare(a, layer="bad", keys={"nope": "label_key"}, verbose=False)
+    msg = str(e.value)
+    assert str(direct.value) in msg and "`layer`" in msg
+    assert "obs key 'nope' not found in adata.obs (parameter `label_key`)" in msg  # still every problem
+
+
+def test_empty_cells_and_genes_are_dropped_not_refused():
+    a = _adata()
+    x = a.layers["umi"].toarray()
+    x[:5] = 0
+    x[:, 7] = 0
+    a.layers["umi"] = sp.csr_matrix(x)
+    out = scnotes.pp.prepare(a, layer="umi", verbose=False)
+    assert out.n_obs == a.n_obs - 5 and "g7" not in out.var_names and out.n_vars == a.n_vars - 1
+    assert out.uns["prepare"]["dropped_empty_cells"] == 5 and out.uns["prepare"]["dropped_empty_genes"] == 1

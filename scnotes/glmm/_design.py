@@ -19,13 +19,12 @@ NUTS and the batched fit use (Poisson sums are Poisson, so nothing is lost).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-from .._checks import check_counts, check_obs_key
+from .._checks import check_counts, check_genes, check_layer, check_obs_columns, check_obs_key
 
 __all__ = ["GLMMData", "GLMMDesign", "SufficientStats", "glmm_data", "glmm_data_from_adata",
            "complete_cell_types", "code_covariates"]
@@ -218,9 +217,13 @@ class GLMMData:
                              "donor": np.asarray(self.donors, dtype=object)[self.donor]})
 
 
+_KEY_PARAMS = {"donor": "donor_key", "cell group": "group_key", "cell type": "cell_type_key",
+               "condition": "condition_key"}
+
+
 def _categorical(obs, key, what):
     """obs[key] as a categorical; raises on a missing column, missing values or empty levels."""
-    col = check_obs_key(SimpleNamespace(obs=obs, obs_names=obs.index), key)
+    col = check_obs_key(obs, key, param=_KEY_PARAMS.get(what))
     raw = obs[key]
     if isinstance(raw.dtype, pd.CategoricalDtype):
         empty = [str(c) for c in raw.cat.categories if (raw == c).sum() == 0]
@@ -313,9 +316,7 @@ def glmm_data(obs: pd.DataFrame, counts, *, donor_key: str, size_factor_key: str
         raise ValueError("give exactly one of size_factor_key (an obs column of per-cell library sizes) "
                          "and total (an array)")
     if total is None:
-        if size_factor_key not in obs.columns:
-            raise KeyError(f"size factor key {size_factor_key!r} not found in obs; available columns: "
-                           f"{list(obs.columns)}")
+        check_obs_columns(obs, size_factor_key, "size_factor_key")
         total = pd.to_numeric(obs[size_factor_key], errors="coerce").to_numpy(dtype=float)
         where = f"obs[{size_factor_key!r}]"
     else:
@@ -410,9 +411,7 @@ def code_covariates(obs: pd.DataFrame, covariate_keys):
     keys = [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys)
     cols, names = [], []
     for key in keys:
-        if key not in obs.columns:
-            raise KeyError(f"covariate column {key!r} not found in obs (parameter `covariate_keys`); "
-                           f"obs columns: {list(obs.columns)}")
+        check_obs_columns(obs, key, "covariate_keys")
         v = obs[key]
         if v.isna().any():
             raise ValueError(f"covariate {key!r} has {int(v.isna().sum())} missing values; drop those cells "
@@ -452,12 +451,8 @@ def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_k
     """
     if genes is None:
         genes = list(adata.var_names)
-    genes = [genes] if isinstance(genes, str) else list(genes)
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        raise KeyError(f"genes not in adata.var_names: {missing[:10]}")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; layers: {list(adata.layers.keys())} (None: adata.X)")
+    genes = check_genes(adata, genes)
+    check_layer(adata, layer)
     sub = adata[:, genes]
     x = sub.X if layer is None else sub.layers[layer]
     size_factor_key = _size_factor_key(size_factor_key, total_key, "glmm_data_from_adata")
@@ -491,9 +486,7 @@ def complete_cell_types(obs: pd.DataFrame, cell_type_key: str, condition_key: st
     ------
     KeyError : a key is not a column of ``obs``.
     """
-    for key in (cell_type_key, condition_key) + ((donor_key,) if donor_key else ()):
-        if key not in obs.columns:
-            raise KeyError(f"obs column {key!r} not found; obs columns: {list(obs.columns)}")
+    check_obs_columns(obs, {cell_type_key: "cell_type_key", condition_key: "condition_key", donor_key: "donor_key"})
     ct = obs[cell_type_key].astype(str)
     tab = pd.crosstab(ct, obs[condition_key].astype(str))
     dropped = [str(t) for t in tab.index[(tab < int(min_cells)).any(axis=1)]]

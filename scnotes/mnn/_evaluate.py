@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .._checks import check_key, check_obs_columns, check_obsm_key
 from ._neighbors import check_matrix, find_mutual_nn, pair_recall, resolve_n_neighbors
 
 __all__ = ["pair_summary", "score_methods", "compare_backends"]
@@ -92,14 +93,12 @@ def score_methods(adata, batch_key: str, label_key: str | None = None, embedding
     """
     from .. import metrics
 
-    for key in (batch_key, label_key):
-        if key is not None and key not in adata.obs.columns:
-            raise KeyError(f"obs key {key!r} not found; obs columns: {list(adata.obs.columns)}")
+    check_obs_columns(adata, {batch_key: "batch_key", label_key: "label_key"})
     b = adata.obs[batch_key].astype(str).to_numpy()
     lab = None if label_key is None else adata.obs[label_key].astype(str).to_numpy()
-    items = [(m, {"x": np.asarray(adata.obsm[k])}) for m, k in (embeddings or {}).items()]
-    items += [(m, {"graph": adata.obsp[d], "connectivities": adata.obsp[c]})
-              for m, (d, c) in (graphs or {}).items()]
+    items = [(m, {"x": check_obsm_key(adata, k, param="embeddings")}) for m, k in (embeddings or {}).items()]
+    items += [(m, {"graph": check_key(adata, "obsp", d, "graphs"),
+                   "connectivities": check_key(adata, "obsp", c, "graphs")}) for m, (d, c) in (graphs or {}).items()]
     rows = []
     for method, rep in items:
         s = metrics.score_embedding(labels=lab, batch=b, perplexity=perplexity, skip=("kmeans", "asw_batch"),

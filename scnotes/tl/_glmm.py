@@ -22,8 +22,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .._checks import check_genes, check_layer, check_obs_columns
 from ..glmm import pseudobulk  # noqa: F401  (re-exported: scnotes.tl.pseudobulk)
-from ._front import begin, finish, record, resolve_progress
+from ._front import _caller_stacklevel, begin, finish, record, resolve_progress
 
 __all__ = ["glmm", "pseudobulk", "expressed_genes", "NUTSFits"]
 
@@ -156,99 +157,20 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     KeyError : a gene, layer or ``obs`` key that is not in ``adata``.
     RuntimeError : ``method="lme4"`` without R / lme4 (the message says how to install).
     """
-    from .. import glmm as G
-
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if return_model is not None:
-        warnings.warn("scnotes.tl.glmm: return_model is deprecated and unneeded: the fitted model is "
-                      "always returned (its table: model.summary(), or adata.uns[key_added]['results'])",
-                      DeprecationWarning, stacklevel=2)
-    if max_epochs is not None and method not in _EPOCHS:
-        raise ValueError(f"max_epochs applies to methods {_EPOCHS}, not {method!r}")
-    if batch_size is not None and method != "veb":
-        raise ValueError(f"batch_size applies to method 'veb' only, not {method!r}")
+    _check_arguments(method, max_epochs, batch_size, covariate_keys, return_model)
     progress = resolve_progress(progress)
     adata = begin(adata, copy)
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found (parameter `layer`); layers: {list(adata.layers.keys())}")
-    for key, param in ((group_key, "group_key"), (donor_key, "donor_key"), (condition_key, "condition_key"),
-                       (size_factor_key, "size_factor_key")):
-        if key is not None and key not in adata.obs.columns:
-            raise KeyError(f"obs column {key!r} not found (parameter `{param}`); "
-                           f"obs columns: {list(adata.obs.columns)}")
-    if covariate_keys is not None and method != "nb":
-        raise ValueError(f"covariate_keys is supported by method='nb' only, not {method!r}")
-    gene_filter = None
-    if genes is None:
-        genes = expressed_genes(adata, layer, min_gene_cells, min_gene_frac, n_top_genes)
-        gene_filter = dict(min_gene_cells=min_gene_cells, min_gene_frac=min_gene_frac, n_top_genes=n_top_genes)
-        if not genes:
-            raise ValueError(f"no gene is detected in >= {min_gene_cells} cells and >= {min_gene_frac:.0%} of the "
-                             "cells (parameters `min_gene_cells`, `min_gene_frac`)")
-    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
-
-    # Totals before any cell is dropped, from every gene of adata (not only the tested ones).
-    if size_factor_key is None:
-        x = adata.X if layer is None else adata.layers[layer]
-        total = np.asarray(x.sum(axis=1), dtype=float).ravel()
-        totals_from = f"computed from the counts of all {adata.n_vars} genes of adata"
-    else:
-        total = pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(dtype=float)
-        totals_from = f"obs[{size_factor_key!r}]"
-    keep = np.ones(adata.n_obs, dtype=bool)
-    dropped_types = []
-    if condition_key is not None and (min_cells > 0 or method == "nb"):
-        keep, dropped_types = G.complete_cell_types(adata.obs, group_key, condition_key, max(min_cells, 1),
-                                                    donor_key=donor_key if method == "nb" else None)
-        if dropped_types and verbose:
-            why = " or too few donors for a sample-level test" if method == "nb" else ""
-            print(f"tl.glmm: dropped {len(dropped_types)} cell type(s) with fewer than {min_cells} cell(s) "
-                  f"in some condition{why} ({int((~keep).sum())} cells): {dropped_types[:10]}")
-            if not keep.any():
-                raise ValueError(f"no cell type has at least {min_cells} cell(s) in every condition of "
-                                 f"{condition_key!r} (parameter `min_cells`)")
-    sub = adata[keep]
-    obs = sub.obs.copy()
-    for key in (group_key, condition_key):
-        if key is not None and isinstance(obs[key].dtype, pd.CategoricalDtype):
-            obs[key] = obs[key].cat.remove_unused_categories()
-    if isinstance(obs[donor_key].dtype, pd.CategoricalDtype):
-        obs[donor_key] = obs[donor_key].cat.remove_unused_categories()
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        raise KeyError(f"{len(missing)} gene(s) not in adata.var_names (parameter `genes`): {missing[:10]}")
-    gsub = sub[:, genes]
-    counts = gsub.X if layer is None else gsub.layers[layer]
-    ct_kw = (dict(cell_type_key=group_key, condition_key=condition_key, reference=reference)
-             if condition_key is not None else dict(group_key=group_key))
-    data = G.glmm_data(obs, counts, donor_key=donor_key, total=total[keep], genes=genes,
-                       covariate_keys=covariate_keys, **ct_kw)
+    check_layer(adata, layer)
+    check_obs_columns(adata, {group_key: "group_key", donor_key: "donor_key", condition_key: "condition_key",
+                              size_factor_key: "size_factor_key"})
+    genes, gene_filter = _select_genes(adata, genes, layer, min_gene_cells, min_gene_frac, n_top_genes)
+    total, totals_from = _library_sizes(adata, layer, size_factor_key)
+    keep, dropped_types = _testable_cells(adata.obs, group_key, donor_key, condition_key, min_cells, method,
+                                          verbose)
+    data = _model_data(adata[keep], genes, layer, total[keep], group_key, donor_key, condition_key, reference,
+                       covariate_keys)
     data.keys["size_factor_key"] = size_factor_key
-
-    epochs = {} if max_epochs is None else dict(max_epochs=max_epochs)
-    if method == "veb":
-        kw = dict(guide="full", expectation="analytic", batch_size=batch_size, lr=0.05)
-        kw.update(kwargs, **epochs)
-        model = G.PoissonGLMMVEB(seed=seed, device=device, progress=progress, **kw).fit(data)
-        table = model.summary(level=level, method=f"VEB ({model.guide})")
-    elif method == "nb":
-        model = G.NBGLMMVEB(seed=seed, device=device, progress=progress, **kwargs, **epochs).fit(data)
-        table = model.summary(level=level)
-    elif method == "glmmtmb":
-        model = G.fit_glmmtmb(data, **kwargs)
-        table = model.summary(level=level)
-    elif method == "lme4":
-        kw = dict(aggregate=True)
-        kw.update(kwargs)
-        model = G.fit_lme4(data, **kw)
-        table = model.summary(level=level)
-    else:
-        kw = dict(prior="shared")
-        kw.update(kwargs)
-        model = NUTSFits({g: G.fit_nuts(data, gene=g, seed=seed, progress=progress, **kw) for g in genes})
-        table = model.summary(level=level)
-
+    model, table = _fit(method, data, level, max_epochs, batch_size, seed, device, progress, kwargs)
     params = dict(genes=list(genes), group_key=group_key, donor_key=donor_key, condition_key=condition_key,
                   reference=reference, layer=layer, size_factor_key=size_factor_key, method=method,
                   min_cells=min_cells, level=level, max_epochs=max_epochs, batch_size=batch_size, seed=seed,
@@ -257,3 +179,100 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
                   **{k: v for k, v in kwargs.items() if np.isscalar(v)})
     record(adata, key_added, params, model, results=table)
     return finish(adata, model, copy)
+
+
+def _check_arguments(method, max_epochs, batch_size, covariate_keys, return_model):
+    """Refuse an unknown method and keywords that the chosen method does not use."""
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if return_model is not None:
+        warnings.warn("scnotes.tl.glmm: return_model is deprecated and unneeded: the fitted model is "
+                      "always returned (its table: model.summary(), or adata.uns[key_added]['results'])",
+                      DeprecationWarning, stacklevel=_caller_stacklevel())
+    if max_epochs is not None and method not in _EPOCHS:
+        raise ValueError(f"max_epochs applies to methods {_EPOCHS}, not {method!r}")
+    if batch_size is not None and method != "veb":
+        raise ValueError(f"batch_size applies to method 'veb' only, not {method!r}")
+    if covariate_keys is not None and method != "nb":
+        raise ValueError(f"covariate_keys is supported by method='nb' only, not {method!r}")
+
+
+def _select_genes(adata, genes, layer, min_gene_cells, min_gene_frac, n_top_genes):
+    """(genes to test as a list of str, the gene filter's settings or None when ``genes`` was given)."""
+    if genes is not None:
+        return check_genes(adata, genes), None
+    genes = expressed_genes(adata, layer, min_gene_cells, min_gene_frac, n_top_genes)
+    if not genes:
+        raise ValueError(f"no gene is detected in >= {min_gene_cells} cells and >= {min_gene_frac:.0%} of the "
+                         "cells (parameters `min_gene_cells`, `min_gene_frac`)")
+    return genes, dict(min_gene_cells=min_gene_cells, min_gene_frac=min_gene_frac, n_top_genes=n_top_genes)
+
+
+def _library_sizes(adata, layer, size_factor_key):
+    """(per-cell library sizes (n_cells,), where they came from), before any cell is dropped: the
+    ``obs`` column, or the totals over every gene of ``adata`` (not only the tested ones)."""
+    if size_factor_key is not None:
+        total = pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(dtype=float)
+        return total, f"obs[{size_factor_key!r}]"
+    x = adata.X if layer is None else adata.layers[layer]
+    total = np.asarray(x.sum(axis=1), dtype=float).ravel()
+    return total, f"computed from the counts of all {adata.n_vars} genes of adata"
+
+
+def _testable_cells(obs, group_key, donor_key, condition_key, min_cells, method, verbose):
+    """(cells of the cell types kept (bool, n_cells), the dropped cell types): with a condition,
+    those with too few cells in some condition (NB: or too few donors) are dropped."""
+    keep = np.ones(len(obs), dtype=bool)
+    if condition_key is None or (min_cells <= 0 and method != "nb"):
+        return keep, []
+    from ..glmm import complete_cell_types
+
+    keep, dropped = complete_cell_types(obs, group_key, condition_key, max(min_cells, 1),
+                                        donor_key=donor_key if method == "nb" else None)
+    if dropped and verbose:
+        why = " or too few donors for a sample-level test" if method == "nb" else ""
+        print(f"tl.glmm: dropped {len(dropped)} cell type(s) with fewer than {min_cells} cell(s) "
+              f"in some condition{why} ({int((~keep).sum())} cells): {dropped[:10]}")
+    if not keep.any():
+        raise ValueError(f"no cell type has at least {min_cells} cell(s) in every condition of "
+                         f"{condition_key!r} (parameter `min_cells`)")
+    return keep, dropped
+
+
+def _model_data(sub, genes, layer, total, group_key, donor_key, condition_key, reference, covariate_keys):
+    """The GLMM's data (:func:`scnotes.glmm.glmm_data`) of the kept cells ``sub`` and the ``genes``,
+    with the levels left without cells removed."""
+    from ..glmm import glmm_data
+
+    obs = sub.obs.copy()
+    for key in (group_key, condition_key, donor_key):
+        if key is not None and isinstance(obs[key].dtype, pd.CategoricalDtype):
+            obs[key] = obs[key].cat.remove_unused_categories()
+    gsub = sub[:, genes]
+    counts = gsub.X if layer is None else gsub.layers[layer]
+    ct_kw = (dict(cell_type_key=group_key, condition_key=condition_key, reference=reference)
+             if condition_key is not None else dict(group_key=group_key))
+    return glmm_data(obs, counts, donor_key=donor_key, total=total, genes=genes,
+                     covariate_keys=covariate_keys, **ct_kw)
+
+
+def _fit(method, data, level, max_epochs, batch_size, seed, device, progress, kwargs):
+    """(fitted model, its tidy table at ``level``) of one method; each method's own defaults."""
+    from .. import glmm as G
+
+    epochs = {} if max_epochs is None else dict(max_epochs=max_epochs)
+    if method == "veb":
+        kw = dict(guide="full", expectation="analytic", batch_size=batch_size, lr=0.05)
+        kw.update(kwargs, **epochs)
+        model = G.PoissonGLMMVEB(seed=seed, device=device, progress=progress, **kw).fit(data)
+        return model, model.summary(level=level, method=f"VEB ({model.guide})")
+    if method == "nb":
+        model = G.NBGLMMVEB(seed=seed, device=device, progress=progress, **kwargs, **epochs).fit(data)
+    elif method == "glmmtmb":
+        model = G.fit_glmmtmb(data, **kwargs)
+    elif method == "lme4":
+        model = G.fit_lme4(data, **{"aggregate": True, **kwargs})
+    else:
+        kw = {"prior": "shared", **kwargs}
+        model = NUTSFits({g: G.fit_nuts(data, gene=g, seed=seed, progress=progress, **kw) for g in data.genes})
+    return model, model.summary(level=level)

@@ -1,9 +1,7 @@
 """AnnData front for MNN batch correction (scanpy style)."""
 from __future__ import annotations
 
-import numpy as np
-
-from .._checks import check_obs_key
+from .._checks import check_layer, check_obs_key, check_obsm_key
 from ._front import begin, finish
 
 __all__ = ["mnn"]
@@ -78,21 +76,12 @@ def mnn(adata, batch_key: str, use_rep: str | None = None, layer: str | None = N
     from ..mnn import fastmnn_correct, mnn_correct, resolve_n_neighbors
 
     n_neighbors = resolve_n_neighbors(n_neighbors, k)
-    batch = check_obs_key(adata, batch_key, min_levels=1)
+    batch = check_obs_key(adata, batch_key, min_levels=1, param="batch_key")
     if method is None:
         method = "mnn_correct" if use_rep is None else "fastmnn"
     if method not in ("mnn_correct", "fastmnn"):
         raise ValueError(f"method must be 'mnn_correct' or 'fastmnn', got {method!r}")
-    if use_rep is not None:
-        if use_rep not in adata.obsm:
-            raise KeyError(f"use_rep {use_rep!r} not found in adata.obsm; available: {list(adata.obsm.keys())}")
-        x = np.asarray(adata.obsm[use_rep])
-    elif layer is not None:
-        if layer not in adata.layers:
-            raise KeyError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        x = adata.layers[layer]
-    else:
-        x = adata.X
+    x = check_obsm_key(adata, use_rep, param="use_rep") if use_rep is not None else check_layer(adata, layer)
     common = dict(n_neighbors=n_neighbors, backend=backend, merge_order=merge_order,
                   auto_merge=auto_merge, seed=seed)
     if method == "mnn_correct":
