@@ -605,5 +605,42 @@ def test_total_key_is_the_older_name_of_size_factor_key():
         pb_old = glmm.pseudobulk(a, total_key="lib")
     pb_new = glmm.pseudobulk(a, size_factor_key="lib")
     np.testing.assert_array_equal(pb_new.obs["total_counts"], pb_old.obs["total_counts"])
-    with pytest.raises(KeyError, match="size factor key 'nope'"):
+    with pytest.raises(KeyError, match=r"'nope' not found in obs \(parameter `size_factor_key`\)"):
         glmm.glmm_data(obs, x, donor_key="donor", size_factor_key="nope", group_key="grp")
+
+
+
+def test_pseudobulk_records_how_it_was_made(tmp_path):
+    """uns["pseudobulk"] holds the call (scnotes._record.record's shape), where the library sizes
+    came from and how many samples were dropped; it survives write_h5ad."""
+    import anndata as ad
+
+    a = glmm.simulate_nb_glmm(n_donors=3, n_cells=6, n_genes=3, seed=2)
+    first = a.obs.index[((a.obs["donor"] == "d0") & (a.obs["condition"] == "ctrl")).to_numpy()]
+    a = a[~a.obs.index.isin(first[:3])].copy()  # that sample keeps 3 of its 6 cells
+    pb = glmm.pseudobulk(a, min_cells=5)
+    rec = pb.uns["pseudobulk"]
+    assert rec["params"] == {"donor_key": "donor", "cell_type_key": "cell_type", "condition_key": "condition",
+                             "layer": None, "size_factor_key": "total_counts", "min_cells": 5}
+    assert rec["n_cells_in"] == a.n_obs and rec["n_samples_dropped"] == 1 == 6 - pb.n_obs
+    assert rec["totals"].startswith("obs['total_counts']")
+    own = glmm.pseudobulk(a, size_factor_key=None, min_cells=5)
+    assert own.uns["pseudobulk"]["params"]["size_factor_key"] is None
+    assert "computed from the counts of all 3 genes" in own.uns["pseudobulk"]["totals"]
+    np.testing.assert_allclose(own.obs["total_counts"], np.asarray(own.X.sum(axis=1)).ravel())
+    pb.write_h5ad(tmp_path / "pb.h5ad")
+    back = ad.read_h5ad(tmp_path / "pb.h5ad").uns["pseudobulk"]
+    assert back["params"]["min_cells"] == 5 and back["totals"] == rec["totals"]
+
+
+def test_tl_glmm_refuses_when_no_cell_type_is_testable_even_when_silent():
+    """The 'no cell type left' error does not depend on verbose (it once sat inside the print)."""
+    a, _ = _adata(n_cells=300)
+    for verbose in (True, False):
+        with pytest.raises(ValueError, match="min_cells"):
+            scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi",
+                              min_cells=10_000, verbose=verbose)
+    with pytest.raises(KeyError, match="condition_key"):
+        scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="nope", layer="umi")
+    with pytest.raises(KeyError, match="size_factor_key"):
+        scnotes_tl().glmm(a, ["g0"], "ct", "patient", size_factor_key="nope", layer="umi")

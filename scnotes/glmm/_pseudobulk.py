@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._checks import check_counts
+from .._checks import check_counts, check_layer, check_obs_columns
+from .._record import record
 from ._design import _UNSET, _size_factor_key
 
 __all__ = ["pseudobulk"]
@@ -31,7 +32,9 @@ def pseudobulk(adata, donor_key: str = "donor", cell_type_key: str | None = "cel
     -------
     AnnData, n_samples × n_genes (float64 sums, CSR if the input was sparse), ``obs`` with the keys
     (categorical), ``n_cells`` and ``total_counts``, indexed ``"<donor>|<cell type>|<condition>"``;
-    ``var`` copied from ``adata``.
+    ``var`` copied from ``adata``; ``uns["pseudobulk"]``: how it was made (``params``: the keys,
+    ``layer``, ``size_factor_key``, ``min_cells``; ``totals``: where the library sizes came from;
+    ``n_cells_in``; ``n_samples_dropped``: samples with fewer than ``min_cells`` cells).
 
     Raises
     ------
@@ -43,26 +46,18 @@ def pseudobulk(adata, donor_key: str = "donor", cell_type_key: str | None = "cel
     keys = [k for k in (donor_key, cell_type_key, condition_key) if k is not None]
     if not keys:
         raise ValueError("give at least one of donor_key, cell_type_key, condition_key")
+    check_obs_columns(adata, {donor_key: "donor_key", cell_type_key: "cell_type_key",
+                              condition_key: "condition_key"})
     for k in keys:
-        if k not in adata.obs.columns:
-            raise KeyError(f"obs column {k!r} not found; obs columns: {list(adata.obs.columns)}")
         if adata.obs[k].isna().any():
             raise ValueError(f"obs[{k!r}] has {int(adata.obs[k].isna().sum())} missing labels; drop those cells")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; layers: {list(adata.layers.keys())} (None: adata.X)")
-    x = adata.X if layer is None else adata.layers[layer]
-    x = check_counts(x, name="counts", allow_empty_cells=True, allow_empty_genes=True)
+    x = check_counts(check_layer(adata, layer), name="counts", allow_empty_cells=True, allow_empty_genes=True)
     labels = adata.obs[keys].astype(str).agg("|".join, axis=1).to_numpy()
     codes, uniq = pd.factorize(labels, sort=True)
     n = len(uniq)
-    ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n, len(codes)))
-    sums = ind @ (x if sparse.issparse(x) else np.asarray(x, dtype=float))
-    sums = sparse.csr_matrix(sums, dtype=np.float64) if sparse.issparse(x) else np.asarray(sums, dtype=np.float64)
+    sums = _sample_sums(x, codes, n)
     size_factor_key = _size_factor_key(size_factor_key, total_key, "pseudobulk")
-    if size_factor_key is not None and size_factor_key in adata.obs.columns:
-        tot = pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(float)
-    else:
-        tot = np.asarray(x.sum(axis=1), dtype=float).ravel()
+    tot, totals_from = _library_sizes(adata, x, size_factor_key)
     first = np.zeros(n, dtype=int)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     obs = adata.obs.iloc[first][keys].copy()
@@ -77,4 +72,26 @@ def pseudobulk(adata, donor_key: str = "donor", cell_type_key: str | None = "cel
     out = ad.AnnData(sums[keep], obs=obs[keep], var=adata.var.copy())
     for k in keys:
         out.obs[k] = out.obs[k].cat.remove_unused_categories()
+    params = dict(donor_key=donor_key, cell_type_key=cell_type_key, condition_key=condition_key, layer=layer,
+                  size_factor_key=size_factor_key, min_cells=min_cells)
+    record(out, "pseudobulk", params, totals=totals_from, n_cells_in=int(adata.n_obs),
+           n_samples_dropped=int((~keep).sum()))
     return out
+
+
+def _sample_sums(x, codes, n: int):
+    """Counts summed over the cells of each of the ``n`` samples (``codes``: each cell's sample), as
+    one indicator product; float64, CSR when ``x`` is sparse."""
+    ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n, len(codes)))
+    sums = ind @ (x if sparse.issparse(x) else np.asarray(x, dtype=float))
+    return sparse.csr_matrix(sums, dtype=np.float64) if sparse.issparse(x) else np.asarray(sums, dtype=np.float64)
+
+
+def _library_sizes(adata, x, size_factor_key):
+    """(each cell's library size (n_cells,), where it came from): ``obs[size_factor_key]`` when that
+    column exists, else the sum of the counts ``x`` over every gene of ``adata``."""
+    if size_factor_key is not None and size_factor_key in adata.obs.columns:
+        return (pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(float),
+                f"obs[{size_factor_key!r}] summed per sample")
+    return (np.asarray(x.sum(axis=1), dtype=float).ravel(),
+            f"computed from the counts of all {adata.n_vars} genes of adata, summed per sample")
