@@ -309,4 +309,4 @@ def test_nmf_loglik_names_say_what_they_are():
             assert getattr(nmf, old) is getattr(nmf, new)
         assert old not in nmf.__all__
     with pytest.raises(AttributeError):
-        nmf.no_such_name
+        getattr(nmf, "no_such_name")
