@@ -50,14 +50,8 @@ def _fit(name, x, data):
 
 FAMILIES = ["PVAE", "LDVAE", "GMVAE", "PoissonNMF", "NBMF", "PoissonGLMMVEB", "NBGLMMVEB"]
 VAES = ("PVAE", "LDVAE", "GMVAE")
-# The VAEs' load does not restore n_epochs_ yet (scnotes/vae/_model.py, _from_state and
-# _load_legacy, need `model.n_epochs_ = len(model.history_)`); strict, so the fix is noticed.
-_VAE_LOAD = pytest.mark.xfail(strict=True, raises=AttributeError,
-                              reason="VAE load does not restore n_epochs_ (vae/_model.py)")
-
-
 def _loaded(names):
-    return [pytest.param(n, marks=_VAE_LOAD) if n in VAES else n for n in names]
+    return list(names)
 
 
 @pytest.fixture(scope="module")

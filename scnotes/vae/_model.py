@@ -630,6 +630,8 @@ class CountVAE(Persistent):
         model.module.load_state_dict(state["module"])
         model._s_mode, model._s_value, model._n_train = state["s_mode"], state["s_value"], state["n_train"]
         model.history_ = state["history"]
+        if model.history_ is not None:
+            model.n_epochs_ = len(model.history_)  # one history row per epoch run
         if state.get("covariate_names") is not None:
             model.covariate_names_ = list(state["covariate_names"])
         if state.get("fit_time") is not None:
@@ -656,6 +658,8 @@ class CountVAE(Persistent):
         model.var_names_ = None if f["var_names"] is None else np.asarray(f["var_names"], dtype=object)
         model.covariate_registry_ = f["registry"]
         model.history_ = None if f["history"] is None else pd.DataFrame(f["history"])
+        if model.history_ is not None:
+            model.n_epochs_ = len(model.history_)
         model._load_extra(f.get("extra", {}))
         return model
 
