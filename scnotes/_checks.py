@@ -21,6 +21,7 @@ __all__ = [
     "check_key",
     "check_obsm_key",
     "check_genes",
+    "check_var_names",
     "key_error",
     "counts_from_adata",
     "size_factors",
@@ -359,3 +360,16 @@ def check_obsm_key(adata, key: str, param: str | None = None):
     if x.ndim != 2:
         raise ValueError(f"adata.obsm[{key!r}] has shape {x.shape}; expected n_cells × n_dims")
     return x
+
+
+def check_var_names(var_names, n_genes: int):
+    """``var_names`` (the genes a model is fitted on, one per column of its counts) as an object
+    array of ``n_genes`` names; ``None`` stays ``None`` (an array fit without gene names).
+
+    Raises ValueError when it is not one name per gene."""
+    if var_names is None:
+        return None
+    names = np.asarray(var_names, dtype=object)
+    if names.ndim != 1 or len(names) != n_genes:
+        raise ValueError(f"var_names must name the {n_genes} genes (columns of x), got shape {names.shape}")
+    return names

@@ -310,3 +310,25 @@ def test_nmf_loglik_names_say_what_they_are():
         assert old not in nmf.__all__
     with pytest.raises(AttributeError):
         getattr(nmf, "no_such_name")
+
+
+def test_nmf_owns_its_genes_through_fit():
+    """PoissonNMF / NBMF set var_names_ from fit(..., var_names=); the front's model equals an
+    array fit given the same names; a wrong length is refused."""
+    from scnotes.nmf import NBMF, PoissonNMF
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(2.0, size=(40, 12)).astype(float)
+    names = [f"g{j}" for j in range(12)]
+    for cls in (PoissonNMF, NBMF):
+        m = cls(2, max_epochs=3, seed=0).fit(x, var_names=names)
+        assert list(m.var_names_) == names
+        assert cls(2, max_epochs=3, seed=0).fit(x).var_names_ is None
+        with pytest.raises(ValueError, match="var_names"):
+            cls(2, max_epochs=3, seed=0).fit(x, var_names=names[:5])
+    a = ad.AnnData(X=x.copy())
+    a.var_names = names
+    front = scnotes.tl.nmf(a, n_components=2, max_epochs=3, seed=0)
+    direct = PoissonNMF(2, max_epochs=3, seed=0).fit(x, var_names=names)
+    np.testing.assert_array_equal(front.L_, direct.L_)
+    assert list(front.var_names_) == names

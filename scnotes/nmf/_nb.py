@@ -45,7 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._checks import check_counts, check_mask
+from .._checks import check_counts, check_mask, check_var_names
 from ..likelihoods import _log_gamma_ratio64
 from . import _kernels
 from ._poisson import _FactorResults, _Problem, _check_factors, _initial_factors, _sweeps
@@ -185,8 +185,9 @@ class NBMF(_FactorResults):
     def inv_disp_(self):
         return self.theta_
 
-    def fit(self, x, w=None):
-        """Fit to counts ``x`` (n_cells × n_genes; sparse is densified), optional weights ``w``.
+    def fit(self, x, w=None, *, var_names=None):
+        """Fit to counts ``x`` (n_cells × n_genes; sparse is densified), optional weights ``w``;
+        ``var_names`` (one per gene) become ``var_names_``.
 
         Returns ``self``.
 
@@ -264,7 +265,7 @@ class NBMF(_FactorResults):
                     break
                 ll = new
         self.theta_ = theta
-        self._finish(prob, L, F, rows, conv)
+        self._finish(prob, L, F, rows, conv, check_var_names(var_names, prob.shape[1]))
         return self
 
 

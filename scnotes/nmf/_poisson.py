@@ -61,7 +61,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import gammaln
 
-from .._checks import check_counts, check_mask
+from .._checks import check_counts, check_mask, check_var_names
 from . import _kernels
 from ._topics import TopicModel, poisson_to_topics
 from .._persist import Persistent
@@ -302,7 +302,7 @@ class _FactorResults(Persistent):
         self._check_fitted()
         return poisson_to_topics(self.L_, self.F_)
 
-    def _finish(self, prob, L, F, rows, conv):
+    def _finish(self, prob, L, F, rows, conv, var_names=None):
         self.L_, self.F_ = L, F
         self.history_ = _history(rows, prob.shape[0], self._extra)
         self.loglik_init_ = float(rows[0][1])
@@ -310,14 +310,14 @@ class _FactorResults(Persistent):
         self.n_epochs_ = len(self.history_)
         self.converged_ = bool(conv)
         self.n_cells_, self.n_genes_ = prob.shape
-        self.var_names_ = None  # the genes are unknown for arrays; scnotes.tl.nmf sets them
+        self.var_names_ = var_names  # None for an array fit without gene names
 
     # --- persistence ----------------------------------------------------------------
     def save(self, path):
         """Write the fitted model to ``path`` (exactly that file; the one scnotes format, see
         :mod:`scnotes._persist`, read back without unpickling): ``get_params()``, factors,
         fitted θ (NBMF), the training record, the fit's scalars and the genes it was fitted
-        on (``var_names_``, set by :func:`scnotes.tl.nmf`; None for array fits).
+        on (``var_names_``, from ``fit(..., var_names=)``; None for array fits without names).
 
         Raises RuntimeError if the model is not fitted.
         """
@@ -433,7 +433,7 @@ class PoissonNMF(_FactorResults):
     loglik_init_ : float
         ℓ at the start (nats).
     converged_ : bool
-    var_names_ : genes the model was fitted on (set by :func:`scnotes.tl.nmf`), or None.
+    var_names_ : genes the model was fitted on (``fit(..., var_names=)``), or None.
 
     Examples
     --------
@@ -477,8 +477,10 @@ class PoissonNMF(_FactorResults):
         if self.tol < 0 or int(self.n_inner) < 1:
             raise ValueError("tol must be >= 0 and n_inner >= 1")
 
-    def fit(self, x, w=None):
-        """Fit to counts ``x`` (n_cells × n_genes, dense or scipy sparse), optional weights ``w``.
+    def fit(self, x, w=None, *, var_names=None):
+        """Fit to counts ``x`` (n_cells × n_genes, dense or scipy sparse), optional weights ``w``;
+        ``var_names`` (one per gene) become ``var_names_`` (:func:`scnotes.tl.nmf` passes
+        ``adata.var_names``).
 
         Returns ``self``.
 
@@ -491,6 +493,7 @@ class PoissonNMF(_FactorResults):
         t0 = time.perf_counter()
         self._validate_params()
         prob = _Problem(x, w)
+        genes = check_var_names(var_names, prob.shape[1])
         k = int(self.n_components)
         L, F = _initial_factors(self.init, prob, k, self.seed, prob.shape)
         with np.errstate(divide="ignore", invalid="ignore"), _kernels.threads_for(prob.d.nnz):
@@ -500,7 +503,7 @@ class PoissonNMF(_FactorResults):
                 L, F, rows, conv = self._fit_scd_extrapolated(prob, L, F, t0)
             else:
                 L, F, rows, conv = self._fit_scd(prob, L, F, t0)
-        self._finish(prob, L, F, rows, conv)
+        self._finish(prob, L, F, rows, conv, genes)
         return self
 
     def _done(self, old, new):

@@ -75,7 +75,7 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
     Returns
     -------
     scnotes.nmf.PoissonNMF
-        The fitted model, with ``var_names_`` set to ``adata.var_names`` (so
+        The fitted model, with ``var_names_`` = ``adata.var_names`` (so
         ``model.save(path)`` keeps the genes); ``(adata_copy, model)`` with ``copy=True``.
 
     Raises
@@ -93,8 +93,7 @@ def nmf(adata, n_components: int = 10, layer: str | None = None, method: str = "
     adata = begin(adata, copy)
     x = counts_from_adata(adata, layer)
     est = PoissonNMF(n_components, method=method, seed=seed, progress=resolve_progress(progress),
-                     **kwargs).fit(x, w=mask)
-    est.var_names_ = np.asarray(adata.var_names, dtype=object)
+                     **kwargs).fit(x, w=mask, var_names=adata.var_names)
     keys = _keys(key_added)
     adata.obsm[keys["loadings"]] = est.L_
     adata.varm[keys["factors"]] = est.F_

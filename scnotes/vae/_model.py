@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._checks import check_counts, check_mask, row_sums
+from .._checks import check_counts, check_mask, check_var_names, row_sums
 from ._data import CountData, batch_indices
 from ._module import LIKELIHOODS, CountVAEModule
 from ._lightning import fit_lightning
@@ -375,7 +375,7 @@ class CountVAE(Persistent):
             whose first key does not have ``n_batches`` categories).
         RuntimeError : if the loss becomes NaN.
         """
-        genes = _gene_names(var_names, self.input_dim)
+        genes = check_var_names(var_names, self.input_dim)
         registry, covariate_names = _covariate_layout(covariate_registry, self.n_covariates, self.n_batches)
         if objective not in ("elbo", "iwae"):
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
@@ -662,16 +662,6 @@ class CountVAE(Persistent):
             model.n_epochs_ = len(model.history_)
         model._load_extra(f.get("extra", {}))
         return model
-
-
-def _gene_names(var_names, n_genes: int):
-    """``var_names`` as an object array of ``n_genes`` names (None stays None); ValueError otherwise."""
-    if var_names is None:
-        return None
-    names = np.asarray(var_names, dtype=object)
-    if names.ndim != 1 or len(names) != n_genes:
-        raise ValueError(f"var_names must name the {n_genes} genes (columns of x), got shape {names.shape}")
-    return names
 
 
 def _covariate_layout(registry, n_covariates: int, n_batches: int):
