@@ -36,7 +36,7 @@ import scipy.sparse as sp  # noqa: E402
 from sklearn.decomposition import NMF  # noqa: E402
 
 import scnotes.datasets as ds  # noqa: E402
-from scnotes.nmf import PoissonNMF, poisson_loglik  # noqa: E402
+from scnotes.nmf import PoissonNMF, poisson_nmf_loglik as poisson_loglik  # noqa: E402
 
 
 def main():
