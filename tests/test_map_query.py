@@ -43,14 +43,14 @@ def data():
 
 
 def _fit(family, adata, max_epochs=20):
-    kw = dict(batch_key="batch", model_kwargs=dict(hidden_dim=16, seed=0), progress=False)
+    kw = dict(batch_key="batch", hidden_dim=16, seed=0, progress=False)
     if family == "gmvae":
-        kw["model_kwargs"]["w_dim"] = 3
+        kw["w_dim"] = 3
         return scnotes.tl.gmvae(adata, n_clusters=4, n_latent=3, max_epochs=max_epochs,
                                 pretrain_epochs=3, **kw)
     if family == "ldvae":
         return scnotes.tl.ldvae(adata, n_latent=3, layer=None, max_epochs=max_epochs, train_size=1.0, **kw)
-    return getattr(scnotes.tl, family)(adata, latent_dim=3, max_epochs=max_epochs, batch_size=128,
+    return getattr(scnotes.tl, family)(adata, n_latent=3, max_epochs=max_epochs, batch_size=128,
                                        optimizer="adam", lr=3e-3, n_samples=1, **kw)
 
 
@@ -358,7 +358,7 @@ def test_bad_models_raise(data, refs, tmp_path):
 
 
 def _fit_nobatch(ref):
-    return scnotes.tl.pvae(ref.copy(), latent_dim=2, max_epochs=1, model_kwargs=dict(hidden_dim=8),
+    return scnotes.tl.pvae(ref.copy(), n_latent=2, max_epochs=1, hidden_dim=8,
                            progress=False)
 
 
@@ -438,7 +438,7 @@ def test_backed_query_maps_like_the_same_query_in_memory(data, refs, tmp_path):
 def test_latent_library_prior_of_a_new_batch_comes_from_the_query(data):
     _, ref, qry = data
     m = scnotes.tl.ldvae(ref.copy(), n_latent=2, layer=None, batch_key="batch", max_epochs=2,
-                         train_size=1.0, model_kwargs=dict(hidden_dim=8, library="latent"), progress=False)
+                         train_size=1.0, hidden_dim=8, library="latent", progress=False)
     q = scnotes.tl.map_query(qry.copy(), m, max_epochs=1)
     lm, lv = q.module.library_log_mean, q.module.library_log_var
     torch.testing.assert_close(lm[:2], m.module.library_log_mean)
