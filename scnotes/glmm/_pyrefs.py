@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .._checks import check_genes, check_layer, check_obs_columns
 from ._rrefs import _pb_plan, _pb_table, tidy_columns
 from ._tidy import bh_qvalues
 
@@ -197,11 +198,8 @@ def wilcoxon_de(adata, condition_key: str = "condition", cell_type_key: str = "c
     import scanpy as sc
 
     t0 = time.perf_counter()
-    for k in (condition_key, cell_type_key):
-        if k not in adata.obs.columns:
-            raise KeyError(f"obs column {k!r} not found; obs columns: {list(adata.obs.columns)}")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; layers: {list(adata.layers.keys())} (None: adata.X)")
+    check_obs_columns(adata, {condition_key: "condition_key", cell_type_key: "cell_type_key"})
+    x = check_layer(adata, layer)
     cond = adata.obs[condition_key].astype(str).to_numpy()
     conds = list(pd.unique(cond))
     if len(conds) != 2:
@@ -217,11 +215,7 @@ def wilcoxon_de(adata, condition_key: str = "condition", cell_type_key: str = "c
     if genes is None:
         report = np.arange(adata.n_vars)
     else:
-        genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
-        report = names.get_indexer(genes)
-        if (report < 0).any():
-            raise KeyError(f"genes not in adata.var_names: {[g for g, i in zip(genes, report) if i < 0][:10]}")
-    x = adata.X if layer is None else adata.layers[layer]
+        report = names.get_indexer(check_genes(adata, genes))
     ctype = adata.obs[cell_type_key].astype(str).to_numpy()
     cname = f"{other} - {reference}"
     frames, notes = [], []

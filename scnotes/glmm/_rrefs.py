@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .._checks import key_error
 from ._design import GLMMData
 from ._rscript import r_package_available, run_r_script
 from ._tidy import bh_qvalues, tidy_effects
@@ -378,15 +379,15 @@ def _pb_plan(pb, condition_key, donor_key, cell_type_key, reference, covariate_k
     list of :class:`_CellTypePlan`, ``notes`` a list of str.
     """
     obs = pb.obs
-    for k in (condition_key, donor_key, cell_type_key):
+    for k, param in ((condition_key, "condition_key"), (donor_key, "donor_key"), (cell_type_key, "cell_type_key")):
         if k not in obs.columns:
-            raise KeyError(f"obs column {k!r} not found in the pseudobulk; obs columns: {list(obs.columns)}")
+            raise key_error("obs key", k, "pb.obs (the pseudobulk)", obs.columns, param)
     covariate_keys = [] if covariate_keys is None else (
         [covariate_keys] if isinstance(covariate_keys, str) else list(covariate_keys))
     for k in covariate_keys:
         if k not in obs.columns:
-            raise KeyError(f"covariate {k!r} is not an obs column of the pseudobulk; obs columns: "
-                           f"{list(obs.columns)} (add sample-level covariates to pb.obs)")
+            raise key_error("covariate", k, "pb.obs (the pseudobulk)", obs.columns, "covariate_keys",
+                            " (add sample-level covariates to pb.obs)")
         if k in (condition_key, donor_key, cell_type_key):
             raise ValueError(f"covariate {k!r} is the condition, donor or cell-type key")
         if obs[k].isna().any():
@@ -402,8 +403,8 @@ def _pb_plan(pb, condition_key, donor_key, cell_type_key, reference, covariate_k
         raise ValueError(f"reference {reference!r} is not a condition of {condition_key!r}: {conds}")
     other = next(c for c in conds if c != reference)
     if "total_counts" not in obs.columns:
-        raise KeyError("the pseudobulk AnnData needs obs['total_counts'] (library size per sample; "
-                       "scnotes.glmm.pseudobulk adds it)")
+        raise key_error("obs key", "total_counts", "pb.obs (the pseudobulk)", obs.columns, None,
+                        " (the library size per sample; scnotes.glmm.pseudobulk adds it)")
     lib = obs["total_counts"].to_numpy(float)
     if not (np.isfinite(lib).all() and (lib > 0).all()):
         raise ValueError("obs['total_counts'] must be positive and finite (the library sizes)")

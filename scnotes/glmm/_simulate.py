@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._checks import check_counts, check_obs_key, is_backed
+from .._checks import check_counts, check_genes, check_layer, check_obs_key, is_backed
 
 __all__ = ["simulate_nb_glmm", "thin_de", "split_donors", "split_donor_designs", "paired_fake_conditions"]
 
@@ -286,9 +286,7 @@ def thin_de(adata, de_genes, log_fold_change, group_mask, layer: str | None = No
     """
     if getattr(adata, "isbacked", False):
         raise TypeError("thin_de needs the counts in memory: pass adata.to_memory()")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-    x = adata.X if layer is None else adata.layers[layer]
+    x = check_layer(adata, layer)
     name = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if x is None or is_backed(x):
         raise TypeError(f"{name} must be an in-memory count matrix")
@@ -297,11 +295,8 @@ def thin_de(adata, de_genes, log_fold_change, group_mask, layer: str | None = No
     genes = [de_genes] if isinstance(de_genes, str) else list(de_genes)
     if len(set(genes)) != len(genes):
         raise ValueError("de_genes has duplicate names")
+    check_genes(adata, genes, "de_genes")
     pos = adata.var_names.get_indexer(pd.Index(genes))
-    if np.any(pos < 0):
-        missing = [g for g, p in zip(genes, pos) if p < 0]
-        raise KeyError(f"{len(missing)} of de_genes not in adata.var_names: {missing[:5]}"
-                       f"{' …' if len(missing) > 5 else ''}")
     lfc = np.asarray(log_fold_change, dtype=float)
     lfc = np.full(len(genes), float(lfc)) if lfc.ndim == 0 else lfc.ravel()
     if lfc.size != len(genes):

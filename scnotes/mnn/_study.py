@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._checks import check_key, check_obs_columns
+
 __all__ = ["harmony_embedding", "bbknn_graph", "method_story", "discussion_numbers", "STORY_WORDS"]
 
 #: Keys of :func:`method_story` that hold words ("n/a" where a dataset did not run).
@@ -77,10 +79,8 @@ def bbknn_graph(adata, batch_key: str, use_rep: str = "X_pca", **kwargs):
     """
     import bbknn
 
-    if batch_key not in adata.obs:
-        raise KeyError(f"batch_key {batch_key!r} not found in adata.obs; available: {list(adata.obs.columns)}")
-    if use_rep not in adata.obsm:
-        raise KeyError(f"use_rep {use_rep!r} not found in adata.obsm; available: {list(adata.obsm.keys())}")
+    check_obs_columns(adata, batch_key, "batch_key")
+    check_key(adata, "obsm", use_rep, "use_rep")
     g = adata.copy()
     bbknn.bbknn(g, batch_key=batch_key, use_rep=use_rep, **{"computation": "cKDTree", **kwargs})
     return g.obsp["distances"], g.obsp["connectivities"]

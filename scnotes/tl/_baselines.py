@@ -2,6 +2,8 @@
 fixed resolution on an embedding, and scanpy's standard "PCA + Leiden" path."""
 from __future__ import annotations
 
+from .._checks import check_key, check_layer
+
 __all__ = ["leiden_fixed", "pca_leiden"]
 
 
@@ -23,8 +25,7 @@ def leiden_fixed(adata, use_rep: str, key_added: str = "leiden", resolution: flo
     """
     import scanpy as sc
 
-    if use_rep not in adata.obsm:
-        raise KeyError(f"obsm key {use_rep!r} not found (argument use_rep); available: {list(adata.obsm.keys())}")
+    check_key(adata, "obsm", use_rep, "use_rep")
     if not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution!r}")
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed, transformer="sklearn")
@@ -59,11 +60,9 @@ def pca_leiden(adata, layer: str | None = "counts", n_comps: int = 50, target_su
     import anndata as ad
     import scanpy as sc
 
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found (argument layer); layers: {list(adata.layers.keys())}")
+    counts = check_layer(adata, layer)
     if adata.n_vars < 2 or adata.n_obs < 2:
         raise ValueError(f"PCA needs at least 2 cells and 2 genes, got {adata.n_obs} × {adata.n_vars}")
-    counts = adata.X if layer is None else adata.layers[layer]
     norm = ad.AnnData(counts.copy())
     sc.pp.normalize_total(norm, target_sum=target_sum)
     sc.pp.log1p(norm)

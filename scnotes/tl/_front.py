@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._checks import check_obs_key, counts_from_adata
+from .._checks import check_obs_columns, check_obs_key, counts_from_adata
 from .._record import record, slot_keys  # noqa: F401  (below tl, so families and pl use them too)
 from .._settings import resolve_progress
 
@@ -83,9 +83,7 @@ def read_size_factors(adata, size_factor_key):
     """
     if size_factor_key is None:
         return None
-    if size_factor_key not in adata.obs.columns:
-        raise KeyError(f"obs key {size_factor_key!r} not found in adata.obs (parameter "
-                       f"`size_factor_key`); available columns: {list(adata.obs.columns)}")
+    check_obs_columns(adata, size_factor_key, "size_factor_key")
     s = pd.to_numeric(adata.obs[size_factor_key], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~(np.isfinite(s) & (s > 0))
     if bad.any():

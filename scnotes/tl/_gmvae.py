@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .._checks import check_obs_key
+from .._checks import check_key, check_obs_key
 from ._front import finish, slot_keys
 from ._vae import _SHARED_DOC, fit_vae
 
@@ -105,8 +105,7 @@ def clustering_scores(adata, basis: str, label_key: str, batch_key: str | None =
     """
     from .. import metrics
 
-    if basis not in adata.obsm:
-        raise KeyError(f"obsm key {basis!r} not found; available: {list(adata.obsm.keys())}")
+    check_key(adata, "obsm", basis, "basis")
     labels = check_obs_key(adata, label_key).to_numpy()
     batch = None if batch_key is None else check_obs_key(adata, batch_key).to_numpy()
     clusters = None

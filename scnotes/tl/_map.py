@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._checks import check_counts, check_obs_key, is_backed, row_sums
+from .._checks import check_counts, check_obs_key, is_backed, key_error, row_sums
 from ._front import encode_covariates, record, slot_keys
 
 __all__ = ["map_query", "transfer_labels", "query_inputs", "MIN_GENE_OVERLAP"]
@@ -86,8 +86,8 @@ def _query_counts(adata, layer):
         x, name = adata.X, "adata_query.X"
     else:
         if layer not in adata.layers:
-            raise KeyError(f"layer {layer!r} not found in adata_query.layers; available: "
-                           f"{list(adata.layers.keys())}")
+            raise key_error("layer", layer, "adata_query.layers", adata.layers.keys(), "layer",
+                            " (None: adata_query.X)")
         x, name = adata.layers[layer], f"adata_query.layers[{layer!r}]"
     return check_counts(x, name=name, allow_empty_genes=True)
 
@@ -157,11 +157,12 @@ def _query_obs(adata, model, batch_key):
     for i, (key, _) in enumerate(reg):
         src = batch_key if (i == 0 and has_batch and batch_key is not None) else key
         if src not in adata.obs.columns:
-            hint = ("; pass batch_key=<the query's batch column>" if i == 0 and has_batch
-                    else "; the query needs every covariate the model was fitted with")
-            raise KeyError(f"obs key {src!r} not found in adata_query.obs (the model's "
-                           f"{'batch' if i == 0 and has_batch else 'covariate'} key){hint}; "
-                           f"available columns: {list(adata.obs.columns)}")
+            is_batch = i == 0 and has_batch
+            hint = ("; the model's batch key: pass batch_key=<the query's batch column>" if is_batch
+                    else "; the model's covariate key: the query needs every covariate the model was "
+                    "fitted with")
+            param = "batch_key" if is_batch and batch_key is not None else None
+            raise key_error("obs key", src, "adata_query.obs", adata.obs.columns, param, hint)
         col = check_obs_key(adata, src)
         cols[key] = pd.Categorical(col.astype(str),
                                    categories=[str(c) for c in col.cat.categories])
@@ -176,8 +177,8 @@ def _size_factors(adata, model, size_factor_key):
     """Size factors for the query by the reference's convention (None: total counts)."""
     if size_factor_key is not None:
         if size_factor_key not in adata.obs.columns:
-            raise KeyError(f"obs key {size_factor_key!r} not found in adata_query.obs; available "
-                           f"columns: {list(adata.obs.columns)}")
+            raise key_error("obs key", size_factor_key, "adata_query.obs", adata.obs.columns,
+                            "size_factor_key")
         return adata.obs[size_factor_key].to_numpy(dtype=np.float64)
     if model._s_mode == "scalar":
         return model._s_value
@@ -503,8 +504,8 @@ def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: st
     from ..mnn import knn_query, resolve_n_neighbors
 
     if label_key not in adata_reference.obs.columns:
-        raise KeyError(f"obs key {label_key!r} not found in adata_reference.obs; available columns: "
-                       f"{list(adata_reference.obs.columns)}")
+        raise key_error("obs key", label_key, "adata_reference.obs", adata_reference.obs.columns,
+                        "label_key")
     col = adata_reference.obs[label_key]
     if col.isna().any():
         raise ValueError(f"adata_reference.obs[{label_key!r}] has {int(col.isna().sum())} missing "
@@ -528,7 +529,7 @@ def transfer_labels(adata_query, adata_reference, label_key: str, *, use_rep: st
         use_rep = common[0]
     for nm, a in (("adata_query", adata_query), ("adata_reference", adata_reference)):
         if use_rep not in a.obsm:
-            raise KeyError(f"obsm key {use_rep!r} not found in {nm}; available: {list(a.obsm.keys())}")
+            raise key_error("obsm key", use_rep, f"{nm}.obsm", a.obsm.keys(), "use_rep")
     zr = _latent(adata_reference, use_rep, "adata_reference")
     zq = _latent(adata_query, use_rep, "adata_query")
     if zr.shape[1] != zq.shape[1]:

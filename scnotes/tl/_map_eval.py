@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .._checks import row_sums
+from .._checks import check_genes, check_layer, row_sums
 from ._map import MIN_GENE_OVERLAP, query_inputs
 
 __all__ = ["heldout_split", "shared_genes", "heldout_elbo", "label_table", "program_agreement"]
@@ -48,8 +48,7 @@ def shared_genes(model, adata, layer: str | None = None) -> list[str]:
     if getattr(model, "var_names_", None) is None:
         raise ValueError(f"this {type(model).__name__} has no gene names (var_names_): fit it through "
                          "scnotes.tl so that genes can be matched by name")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
+    check_layer(adata, layer)
     have = set(adata.var_names)
     genes = [g for g in model.var_names_ if g in have]
     sub = adata[:, genes]
@@ -80,14 +79,8 @@ def heldout_elbo(model, adata, genes=None, *, layer: str | None = None, batch_ke
     ValueError : no cell with a count on ``genes``; as :func:`scnotes.tl.query_inputs`.
     """
     if genes is not None:
-        genes = [str(g) for g in genes]
-        missing = pd.Index(genes).difference(adata.var_names)
-        if len(missing):
-            raise KeyError(f"{len(missing)} of genes not in adata.var_names, e.g. {list(missing[:5])}")
-        adata = adata[:, genes]
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-    keep = row_sums(adata.X if layer is None else adata.layers[layer]) > 0
+        adata = adata[:, check_genes(adata, genes)]
+    keep = row_sums(check_layer(adata, layer)) > 0
     if not keep.any():
         raise ValueError("no held-out cell has a count on the scored genes")
     cells = adata[keep].copy()

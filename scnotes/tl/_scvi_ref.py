@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from .._checks import check_layer, check_obs_columns
 from .._settings import resolve_progress
 from ._front import encode_covariates
 
@@ -76,9 +77,7 @@ def held_out_scores(model, adata, layer: str | None = None, mll_samples: int = 1
     if int(mll_samples) < 1:
         raise ValueError(f"mll_samples must be >= 1, got {mll_samples!r}")
     val = _validation_cells(model)
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; available: {list(adata.layers.keys())}")
-    counts = adata.X if layer is None else adata.layers[layer]
+    counts = check_layer(adata, layer)
     x_val = counts[val]
     c_val = encode_covariates(adata[val], model.covariate_registry_)
     return {"elbo": float(model.elbo(x_val, covariates=c_val).mean()),
@@ -137,10 +136,8 @@ def linear_scvi(adata, train_indices, validation_indices, *, layer: str | None =
         raise ValueError(f"library must be one of {_LIBRARIES}, got {library!r}")
     if int(mll_samples) < 1:
         raise ValueError(f"mll_samples must be >= 1, got {mll_samples!r}")
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} not found; available: {list(adata.layers.keys())}")
-    if batch_key is not None and batch_key not in adata.obs:
-        raise KeyError(f"obs column {batch_key!r} (batch_key) not found")
+    check_layer(adata, layer)
+    check_obs_columns(adata, {batch_key: "batch_key"})
     train, val = _check_split(adata, train_indices, validation_indices)
     scvi = _import_scvi()
     split = dict(external_indexing=[train, val, np.array([], dtype=int)])
