@@ -31,6 +31,8 @@ precomputed graph (a sparse cells × cells distance matrix, e.g. BBKNN's
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -60,16 +62,40 @@ def _codes(labels, n):
     return np.asarray(cat.codes, dtype=np.int64), len(cat.categories)
 
 
-def knn_graph(x=None, k: int = 90, graph=None, chunk_size: int = 512):
-    """Neighbour indices and distances, shape (n_cells, k), self excluded.
+def _renamed(old_value, value, default, old: str, new: str, func: str):
+    """The value of ``new``, or of its older name ``old`` (accepted for one release, with a
+    DeprecationWarning); both given with different values → TypeError."""
+    if old_value is None:
+        return value
+    # stacklevel 2: attributed to the metrics function (scnotes), never to a chapter's
+    # __main__, where Python would print it on the executed page (as scnotes.tl._front does).
+    warnings.warn(f"scnotes.metrics.{func}: {old}= is renamed {new}= (the old name goes in the next "
+                  "release)", DeprecationWarning, stacklevel=2)
+    if value != default and value != old_value:
+        raise TypeError(f"scnotes.metrics.{func}: got both {new}={value!r} and its older name "
+                        f"{old}={old_value!r}")
+    return old_value
+
+
+def knn_graph(x=None, n_neighbors: int = 90, graph=None, chunk_size: int = 512, *, k: int | None = None):
+    """Neighbour indices and distances, shape (n_cells, n_neighbors), self excluded.
 
     From an embedding ``x`` (exact Euclidean search), or from a sparse
     distance ``graph`` (e.g. BBKNN's few neighbours per batch): there the
-    ``k`` nearest cells by shortest-path distance through the graph are used
+    ``n_neighbors`` nearest cells by shortest-path distance through the graph are used
     (as scIB does for graph outputs), so that graph and embedding methods are
     scored on neighbourhoods of the same size. Rows that reach fewer than
-    ``k`` cells are padded with index -1 / distance inf.
+    ``n_neighbors`` cells are padded with index -1 / distance inf. ``n_neighbors`` is
+    capped at n_cells − 1. ``k`` is its older name (DeprecationWarning).
+
+    Raises
+    ------
+    ValueError
+        NaN or infinite values in ``x``.
+    TypeError
+        Both ``n_neighbors`` and ``k`` given, with different values.
     """
+    k = _renamed(k, n_neighbors, 90, "k", "n_neighbors", "knn_graph")
     if graph is not None:
         from scipy.sparse.csgraph import dijkstra
 
@@ -135,7 +161,7 @@ def lisi(labels, x=None, perplexity: float = 30.0, graph=None, knn=None, tol: fl
         Values in [1, n_categories].
     """
     if knn is None:
-        knn = knn_graph(x, k=int(3 * perplexity), graph=graph)
+        knn = knn_graph(x, n_neighbors=int(3 * perplexity), graph=graph)
     idx, dist = knn
     n = idx.shape[0]
     codes, n_cat = _codes(labels, n)
@@ -185,13 +211,13 @@ def clisi_score(labels, x=None, graph=None, knn=None, perplexity: float = 30.0) 
     return float((n_l - v) / (n_l - 1)) if n_l > 1 else float("nan")
 
 
-def kbet_acceptance(batch, x=None, graph=None, knn=None, k: int = 25, alpha: float = 0.05,
+def kbet_acceptance(batch, x=None, graph=None, knn=None, n_neighbors: int = 25, alpha: float = 0.05,
                     n_sample: int | None = 1000, seed: int = 0, labels=None,
-                    min_cells: int = 10) -> float:
+                    min_cells: int = 10, *, k: int | None = None) -> float:
     """kBET-like acceptance rate: share of neighbourhoods consistent with the batch mix.
 
-    For sampled cells, the batch counts among the cell and its ``k - 1``
-    nearest neighbours are compared with ``k`` × the expected batch
+    For sampled cells, the batch counts among the cell and its ``n_neighbors - 1``
+    nearest neighbours are compared with ``n_neighbors`` × the expected batch
     frequencies by Pearson's chi-square test (df = n_batches − 1). Returns the
     fraction of tests not rejected at level ``alpha`` (1 = well mixed).
 
@@ -202,7 +228,7 @@ def kbet_acceptance(batch, x=None, graph=None, knn=None, k: int = 25, alpha: flo
     and the result is the mean acceptance over labels (labels with fewer than
     ``min_cells`` cells or a single batch are skipped, NaN if all are). So
     batches with different cell-type compositions that are integrated
-    correctly are not scored as poorly mixed. Unlike scIB, ``k`` is the same
+    correctly are not scored as poorly mixed. Unlike scIB, ``n_neighbors`` is the same
     for every label (capped at the label's size), not a quarter of its mean
     batch size.
 
@@ -216,21 +242,26 @@ def kbet_acceptance(batch, x=None, graph=None, knn=None, k: int = 25, alpha: flo
     knn : (index, distance) tuple, optional
         Precomputed neighbours (self excluded). With ``labels`` and neither
         ``x`` nor ``graph``, each cell keeps its neighbours of its own label.
-    k, alpha, n_sample, seed
+    n_neighbors, alpha, n_sample, seed
         Neighbourhood size (the cell included), test level, cells tested (per
         label with ``labels``; ``None`` = all) and the seed of that sample.
     labels : array-like, shape (n_cells,), optional
     min_cells : int
         Smallest label tested.
+    k : int, optional
+        Older name of ``n_neighbors`` (DeprecationWarning).
 
     Raises
     ------
     ValueError
         Missing or mismatched labels, or no input to find neighbours in.
+    TypeError
+        Both ``n_neighbors`` and ``k`` given, with different values.
     """
+    k = _renamed(k, n_neighbors, 25, "k", "n_neighbors", "kbet_acceptance")
     if labels is None:
         if knn is None:
-            knn = knn_graph(x, k=k - 1, graph=graph)
+            knn = knn_graph(x, n_neighbors=k - 1, graph=graph)
         codes, n_b = _codes(batch, knn[0].shape[0])
         return _kbet(codes, n_b, knn[0][:, :k - 1], k, alpha, n_sample, seed)
     n = (x if x is not None else graph if graph is not None else knn[0]).shape[0]
@@ -243,10 +274,10 @@ def kbet_acceptance(batch, x=None, graph=None, knn=None, k: int = 25, alpha: flo
             continue
         kk = int(min(k, sel.size))
         if x is not None:
-            idx = knn_graph(np.asarray(x)[sel], k=kk - 1)[0]
+            idx = knn_graph(np.asarray(x)[sel], n_neighbors=kk - 1)[0]
         elif graph is not None:
             g = sp.csr_matrix(graph)[sel][:, sel]
-            idx = knn_graph(graph=g, k=kk - 1)[0]
+            idx = knn_graph(graph=g, n_neighbors=kk - 1)[0]
         else:
             # Keep each cell's neighbours of the same label, nearest first, re-indexed.
             pos = np.full(n, -1, dtype=np.int64)
@@ -501,13 +532,14 @@ def _label_scores(x, connectivities, labels, knn, perplexity, n_neighbors, resol
             "clisi": clisi_score(labels, knn=knn, perplexity=perplexity)}
 
 
-def _batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_k, skip, seed) -> dict:
+def _batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_n_neighbors, skip, seed) -> dict:
     """The batch-mixing part of :func:`score_embedding`."""
     if batch is None:
         return dict.fromkeys(_BATCH_KEYS, np.nan)
     # kBET within each label when there are labels (scIB's way), so batches of
     # different cell-type composition are not scored as poorly mixed.
-    kbet = kbet_acceptance(batch, x=x, graph=graph, knn=knn, k=kbet_k, seed=seed, labels=labels)
+    kbet = kbet_acceptance(batch, x=x, graph=graph, knn=knn, n_neighbors=kbet_n_neighbors, seed=seed,
+                           labels=labels)
     return {"ilisi": ilisi_score(batch, knn=lisi_knn, perplexity=perplexity), "kbet": kbet,
             "asw_batch": (silhouette_batch(x, batch, labels)
                           if "asw_batch" not in skip and x is not None and labels is not None else np.nan)}
@@ -535,8 +567,9 @@ _SKIPPABLE = {"kmeans", "asw_label", "asw_batch"}
 
 
 def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectivities=None, clusters=None,
-                    n_clusters: int | None = None, perplexity: float = 30.0, kbet_k: int = 25,
-                    n_neighbors: int = 15, resolutions=RESOLUTIONS, skip=(), seed: int = 0) -> dict:
+                    n_clusters: int | None = None, perplexity: float = 30.0, kbet_n_neighbors: int = 25,
+                    n_neighbors: int = 15, resolutions=RESOLUTIONS, skip=(), seed: int = 0,
+                    kbet_k: int | None = None) -> dict:
     """Every score of one embedding (or kNN graph), one protocol: the library's one embedding scorer.
 
     Parameters
@@ -553,8 +586,9 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
         unused categories count as empty clusters; ``n_clusters`` sets the total otherwise.
     perplexity : float
         LISI perplexity; LISI uses the 3 × ``perplexity`` nearest other cells.
-    kbet_k : int
-        kBET neighbourhood size (the cell included).
+    kbet_n_neighbors : int
+        kBET neighbourhood size (the cell included); ``kbet_k`` is its older name
+        (DeprecationWarning).
     n_neighbors, resolutions : Leiden's kNN graph size (cell included) and resolution grid.
     skip : iterable of str
         Scores not computed (NaN): any of ``"kmeans"`` (10 restarts), ``"asw_label"``,
@@ -591,7 +625,7 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
     (Pearson χ² of the cell and its k − 1 neighbours against k × the expected mix, df = B − 1),
     but per label scib-metrics searches diffusion-map neighbours of the connectivities with
     k₀ = min(70, max(10, ¼ mean batch size)) on every cell, where we use exact Euclidean
-    neighbours within the label, one ``kbet_k`` for all labels and at most 1,000 sampled cells
+    neighbours within the label, one ``kbet_n_neighbors`` for all labels and at most 1,000 sampled cells
     per label: the two agree on the verdict (mixed or not), not to the digit. Leiden: the same
     graph and igraph call, so at the same resolution and seed the same clusters; scib-metrics'
     grid is 0.2, 0.4, …, 2.0 and ours (default) 0.1, 0.2, …, 2.0, a superset, so our NMI is
@@ -605,7 +639,10 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
     ValueError
         Neither ``x`` nor ``graph``, or both; ``x`` not 2-d; ``graph`` with labels but no ``connectivities``;
         labels, batches or clusters of the wrong length or with missing values; NaN in ``x``.
+    TypeError
+        Both ``kbet_n_neighbors`` and ``kbet_k`` given, with different values.
     """
+    kbet_n_neighbors = _renamed(kbet_k, kbet_n_neighbors, 25, "kbet_k", "kbet_n_neighbors", "score_embedding")
     if (x is None) == (graph is None):
         raise ValueError("give an embedding x or a graph (not both)")
     if graph is not None and labels is not None and connectivities is None:
@@ -621,11 +658,11 @@ def score_embedding(x=None, labels=None, batch=None, *, graph=None, connectiviti
     for name, v in (("labels", labels), ("batch", batch), ("clusters", clusters)):
         if v is not None:
             _codes(v, n)
-    knn = knn_graph(x, k=max(int(3 * perplexity), kbet_k - 1), graph=graph)
+    knn = knn_graph(x, n_neighbors=max(int(3 * perplexity), kbet_n_neighbors - 1), graph=graph)
     lisi_knn = (knn[0][:, :int(3 * perplexity)], knn[1][:, :int(3 * perplexity)])
     return {**_label_scores(x, connectivities, labels, lisi_knn, perplexity, n_neighbors,
                             resolutions, skip, seed),
-            **_batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_k, skip, seed),
+            **_batch_scores(x, graph, batch, labels, knn, lisi_knn, perplexity, kbet_n_neighbors, skip, seed),
             **_cluster_scores(clusters, labels, n_clusters)}
 
 

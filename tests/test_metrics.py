@@ -90,7 +90,7 @@ def test_lisi_perplexity_is_set_per_cell():
     # change the calibration of every other cell.
     x, lab = blobs(n_per=100, sep=2.0)
     b = np.random.default_rng(4).integers(0, 2, len(lab))
-    idx, dist = metrics.knn_graph(x, k=30)
+    idx, dist = metrics.knn_graph(x, n_neighbors=30)
     full = metrics.lisi(b, knn=(idx, dist), perplexity=10)
     idx2, dist2 = idx.copy(), dist.copy()
     idx2[0, 5:], dist2[0, 5:] = -1, np.inf
@@ -110,7 +110,7 @@ def test_kbet_per_label_accepts_mixed_batches_of_different_composition():
     per = metrics.kbet_acceptance(b, x=x, labels=lab)
     assert glob < 0.3 and per > 0.85
     # The same from precomputed neighbours and from a distance graph.
-    knn = metrics.knn_graph(x, k=60)
+    knn = metrics.knn_graph(x, n_neighbors=60)
     assert abs(metrics.kbet_acceptance(b, knn=knn, labels=lab) - per) < 0.1
     from sklearn.neighbors import kneighbors_graph
 
@@ -136,7 +136,7 @@ def test_score_embedding_is_the_individual_scores():
     s = metrics.score_embedding(x, lab, b, clusters=cl, n_clusters=4, seed=2)
     ld = metrics.leiden_clustering(lab, x=x, seed=2)
     km = metrics.kmeans_ari(lab, x, seed=2)
-    knn = metrics.knn_graph(x, k=90)
+    knn = metrics.knn_graph(x, n_neighbors=90)
     fixed = metrics.cluster_scores(lab, cl)
     expected = {"leiden_ari": ld["ari"], "leiden_nmi": ld["nmi"], "leiden_resolution": ld["resolution"],
                 "leiden_n_clusters": ld["n_clusters"], "kmeans_ari": km["ari"], "kmeans_nmi": km["nmi"],
@@ -238,3 +238,39 @@ def test_loglik_agree_with_scipy_stats():
             f(x, -mu, *args)
         with pytest.raises(ValueError, match="shape"):
             f(x, mu[:, :-1], *args)
+
+
+def test_n_neighbors_is_the_name_and_k_the_older_one():
+    """knn_graph / kbet_acceptance take n_neighbors (score_embedding kbet_n_neighbors); the older k /
+    kbet_k give the same numbers with a DeprecationWarning attributed to scnotes.metrics (so it
+    never shows on an executed page); both given with different values is an error."""
+    import warnings
+
+    x, lab, b, _ = batched_blobs()
+    idx, dist = metrics.knn_graph(x, n_neighbors=7)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(dist, np.sort(d, axis=1)[:, :7], rtol=1e-12)  # brute force
+    calls = [
+        (lambda: metrics.knn_graph(x, k=7)[1], lambda: dist),
+        (lambda: metrics.kbet_acceptance(b, x=x, labels=lab, k=12),
+         lambda: metrics.kbet_acceptance(b, x=x, labels=lab, n_neighbors=12)),
+        (lambda: metrics.score_embedding(x, lab, b, kbet_k=12, skip=("kmeans",), resolutions=(1.0,))["kbet"],
+         lambda: metrics.score_embedding(x, lab, b, kbet_n_neighbors=12, skip=("kmeans",),
+                                         resolutions=(1.0,))["kbet"]),
+    ]
+    for old, new in calls:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            got = old()
+        dep = [m for m in w if issubclass(m.category, DeprecationWarning)]
+        assert len(dep) == 1 and "renamed" in str(dep[0].message)
+        assert dep[0].filename.endswith("metrics.py")
+        np.testing.assert_array_equal(got, new())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new names never warn
+        metrics.kbet_acceptance(b, x=x, n_neighbors=12)
+    with pytest.raises(TypeError, match="n_neighbors=5.*k=7"):
+        metrics.knn_graph(x, n_neighbors=5, k=7)
+    with pytest.raises(TypeError, match="kbet_n_neighbors"):
+        metrics.score_embedding(x, lab, b, kbet_n_neighbors=10, kbet_k=12)
