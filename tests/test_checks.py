@@ -112,3 +112,52 @@ def test_key_helpers_return_what_is_there():
     assert list(s.index) == ["c1", "c2"] and list(s.cat.categories) == ["a", "b"]
     with pytest.raises(ValueError, match="1 missing values"):
         check_obs_key(a, "donor")
+
+
+def _check_adata():
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(sp.csr_matrix(rng.poisson(3.0, (12, 4)).astype(float) + 1),
+                   obs=pd.DataFrame({"batch": list("ab") * 6, "condition": list("xy") * 6,
+                                     "cell_type": ["t"] * 12}, index=[f"c{i}" for i in range(12)]),
+                   var=pd.DataFrame(index=[f"g{j}" for j in range(4)]))
+    a.layers["counts"] = a.X.copy()
+    a.obsm["X_pca"] = rng.normal(size=(12, 2))
+    return a
+
+
+def test_the_fronts_name_a_missing_key_in_the_one_message():
+    """Review V1: every function's missing key raises KeyError through scnotes._checks, naming the
+    key, where it was looked for, the parameter (where the function has one) and what is there."""
+    from types import SimpleNamespace
+
+    from scnotes import glmm, mnn, tl
+    from scnotes.glmm._rrefs import _pb_plan
+    from scnotes.tl._front import read_size_factors
+
+    a = _check_adata()
+    model = SimpleNamespace(var_names_=np.asarray(a.var_names, dtype=object))
+    cases = [
+        (lambda: read_size_factors(a, "sf"), ["'sf'", "adata.obs", "`size_factor_key`", "'batch'"]),
+        (lambda: tl.leiden_fixed(a, use_rep="X_nope"), ["'X_nope'", "adata.obsm", "`use_rep`", "'X_pca'"]),
+        (lambda: tl.pca_leiden(a, layer="raw"), ["'raw'", "adata.layers", "`layer`", "'counts'"]),
+        (lambda: tl.shared_genes(model, a, layer="raw"), ["'raw'", "adata.layers", "`layer`"]),
+        (lambda: tl.heldout_elbo(model, a, genes=["g0", "gZ"]), ["'gZ'", "adata.var_names", "`genes`"]),
+        (lambda: tl.transfer_labels(a, a, "label"), ["'label'", "adata_reference.obs", "`label_key`"]),
+        (lambda: tl.transfer_labels(a, a, "batch", use_rep="X_z"), ["'X_z'", "adata_query.obsm",
+                                                                   "`use_rep`", "'X_pca'"]),
+        (lambda: glmm.thin_de(a, ["gZ"], 1.0, np.arange(12) < 6), ["'gZ'", "`de_genes`"]),
+        (lambda: glmm.thin_de(a, ["g0"], 1.0, np.arange(12) < 6, layer="raw"), ["'raw'", "`layer`"]),
+        (lambda: glmm.wilcoxon_de(a, cell_type_key="ct"), ["'ct'", "adata.obs", "`cell_type_key`"]),
+        (lambda: glmm.wilcoxon_de(a, layer="raw"), ["'raw'", "`layer`", "'counts'"]),
+        (lambda: _pb_plan(a, "condition", "donor", "cell_type", None, None), ["'donor'", "pb.obs",
+                                                                               "`donor_key`"]),
+        (lambda: _pb_plan(a, "condition", "batch", "cell_type", None, ["age"]),
+         ["covariate 'age'", "`covariate_keys`", "'cell_type'"]),
+        (lambda: mnn.bbknn_graph(a, "donor"), ["'donor'", "adata.obs", "`batch_key`", "'batch'"]),
+        (lambda: mnn.bbknn_graph(a, "batch", use_rep="X_z"), ["'X_z'", "adata.obsm", "`use_rep`"]),
+    ]
+    for call, parts in cases:
+        with pytest.raises(KeyError) as e:
+            call()
+        for part in parts:
+            assert part in _message(e), (part, _message(e))

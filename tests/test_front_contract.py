@@ -245,8 +245,8 @@ def test_vae_owns_its_fitted_state_from_fit(counts, tmp_path):
 
 @pytest.mark.parametrize("front", ["pvae", "gmvae"])
 def test_a_front_validates_the_counts_once(counts, front, monkeypatch):
-    """setup validates; fit (and the count VAEs' latent) trust it (review S1-5). A direct call
-    still validates: bad counts raise from the estimator."""
+    """setup validates; fit, latent (and GMVAE's predict_proba) trust it (review S1-5). A direct
+    call still validates: bad counts raise from the estimator."""
     import scnotes._checks as checks
     import scnotes.vae._model as model_module
     from scnotes.vae import PVAE
@@ -262,16 +262,17 @@ def test_a_front_validates_the_counts_once(counts, front, monkeypatch):
     monkeypatch.setattr(model_module, "check_counts", counting)
     kw = dict(n_clusters=2, pretrain_epochs=0, batch_size=16) if front == "gmvae" else {}
     getattr(tl, front)(counts.copy(), n_latent=2, **VAE, **kw)
-    # fit never checks again; GMVAE's encoder-only outputs (latent, predict_proba) still check
-    # their input themselves (GMVAE._encoder_data)
-    assert calls == (["adata.X", "x", "x"] if front == "gmvae" else ["adata.X"])
+    # neither fit nor the outputs the front writes (latent; GMVAE's predict_proba) check again
+    assert calls == ["adata.X"]
     bad = counts.X.toarray()
     bad[0, 0] = 0.5
     with pytest.raises(ValueError, match="integer"):
         PVAE(bad.shape[1], hidden_dim=8).fit(bad, max_epochs=1)
-    m = tl.pvae(counts.copy(), n_latent=2, **VAE)
-    with pytest.raises(ValueError, match="integer"):
-        m.latent(bad)
+    m = getattr(tl, front)(counts.copy(), n_latent=2, **VAE, **kw)
+    outputs = [m.latent] + ([m.predict_proba, m.latent_w] if front == "gmvae" else [])
+    for output in outputs:  # a direct call validates
+        with pytest.raises(ValueError, match="integer"):
+            output(bad)
 
 
 def test_nmf_project_follows_the_front_contract(counts):

@@ -270,7 +270,7 @@ def test_n_neighbors_is_the_name_and_k_the_older_one():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new names never warn
         metrics.kbet_acceptance(b, x=x, n_neighbors=12)
-    with pytest.raises(TypeError, match="n_neighbors=5.*k=7"):
+    with pytest.raises(TypeError, match="n_neighbors=5.*k=7"), pytest.warns(DeprecationWarning):
         metrics.knn_graph(x, n_neighbors=5, k=7)
-    with pytest.raises(TypeError, match="kbet_n_neighbors"):
+    with pytest.raises(TypeError, match="kbet_n_neighbors"), pytest.warns(DeprecationWarning):
         metrics.score_embedding(x, lab, b, kbet_n_neighbors=10, kbet_k=12)

@@ -71,7 +71,8 @@ def gmvae(adata, n_clusters: int = 10, *, layer: str | None = None, batch_key: s
                                    size_factor_key=size_factor_key, key_added=key_added, copy=copy,
                                    model_kwargs=model_kwargs, kwargs=dict(kwargs, n_clusters=k),
                                    params=dict(proba_samples=proba_samples))
-    proba = model.predict_proba(inputs.x, n_samples=proba_samples)
+    # inputs.x: validated by setup (one check per front call)
+    proba = model.predict_proba(inputs.x, n_samples=proba_samples, _checked=True)
     adata.obsm[proba_key] = proba
     adata.obs[cluster_key] = pd.Categorical([str(v) for v in proba.argmax(axis=1)],
                                             categories=[str(v) for v in range(k)])

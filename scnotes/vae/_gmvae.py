@@ -415,12 +415,14 @@ class GMVAE(CountVAE):
             self.module.pretraining = False
 
     # --- outputs --------------------------------------------------------------
-    def _encoder_data(self, x, w, covariates):
+    def _encoder_data(self, x, w, covariates, checked=False):
         """Counts (and mask) only: the encoder sees neither size factors nor covariates.
-        Covariates, if given, are still checked."""
+        Covariates, if given, are still checked. ``checked``: counts a ``scnotes.tl`` front
+        already validated (one check per front call, as ``CountVAE._data``)."""
         from .._checks import check_counts, check_mask
 
-        x = check_counts(x, name="x", allow_empty_cells=True, allow_empty_genes=True)
+        if not checked:
+            x = check_counts(x, name="x", allow_empty_cells=True, allow_empty_genes=True)
         if x.shape[1] != self.input_dim:
             raise ValueError(f"x has {x.shape[1]} genes (columns) but the model has input_dim={self.input_dim}")
         w = check_mask(w, x.shape, name="w")
@@ -428,10 +430,10 @@ class GMVAE(CountVAE):
             self._covariates(covariates, x.shape[0])
         return CountData(x, np.ones(x.shape[0]), w, None, self.device)
 
-    def latent(self, x, s=None, covariates=None, w=None):
+    def latent(self, x, s=None, covariates=None, w=None, *, _checked: bool = False):
         """E_q[x_i], the embedding, ndarray n_cells × n_latent (eval mode). ``s`` and
         ``covariates`` are not used by the encoder (accepted for a uniform call shape)."""
-        data = self._encoder_data(x, w, covariates)
+        data = self._encoder_data(x, w, covariates, checked=_checked)
         return self._evaluate(data, lambda x, w, s, c, g: self.module.encode(x)[0])
 
     def latent_w(self, x, s=None, covariates=None, w=None):
@@ -440,13 +442,13 @@ class GMVAE(CountVAE):
         return self._evaluate(data, lambda x, w, s, c, g: self.module.encode_all(x)[2])
 
     def predict_proba(self, x, s=None, covariates=None, w=None, n_samples: int = 20,
-                      seed: int | None = None):
+                      seed: int | None = None, *, _checked: bool = False):
         """E_q[p(z_i = k | x_i, w_i)], ndarray n_cells × K, rows summing to one.
 
         Monte Carlo over ``n_samples`` draws (x, w) ~ q (seeded: ``seed`` or the
         model's), in eval mode. Needs neither size factors nor covariates."""
         n_samples = _positive_int("n_samples", n_samples)
-        data = self._encoder_data(x, w, covariates)
+        data = self._encoder_data(x, w, covariates, checked=_checked)
         m = self.module
         # Bayes' rule again in float64, so each row sums to one to rounding of float64.
         return self._evaluate(data, lambda x, w, s, c, g: torch.softmax(
