@@ -604,7 +604,7 @@ def emb_worker(method, n, n_batches, recall=False, n_sub=20000, backend="faiss",
             row["recall"] = pair_recall(pairs, (f, s_))
     sub = np.random.default_rng(0).choice(n, min(n_sub, n), replace=False)
     for name, zz in (("uncorrected", x), (method, z)):
-        knn = metrics.knn_graph(np.asarray(zz[sub], dtype=np.float64), k=90)
+        knn = metrics.knn_graph(np.asarray(zz[sub], dtype=np.float64), n_neighbors=90)
         key = "" if name == method else "unc_"
         row[key + "ilisi"] = metrics.ilisi_score(b[sub], knn=knn)
         row[key + "clisi"] = metrics.clisi_score(lab[sub], knn=knn)

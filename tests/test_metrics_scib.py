@@ -51,7 +51,7 @@ def test_lisi_matches_on_the_same_neighbours(data):
     # scib-metrics drops the cell from its own list: given the cell plus our 90 other
     # cells it sees exactly our neighbourhoods.
     x, lab, b, s = data
-    nr = with_self(*metrics.knn_graph(x, k=90))
+    nr = with_self(*metrics.knn_graph(x, n_neighbors=90))
     np.testing.assert_allclose(metrics.lisi(b, x=x), sm.lisi_knn(nr, b, perplexity=30), atol=1e-3)
     assert s["ilisi"] == pytest.approx(float(sm.ilisi_knn(nr, b, perplexity=30)), abs=1e-4)
     assert s["clisi"] == pytest.approx(float(sm.clisi_knn(nr, lab, perplexity=30)), abs=1e-4)
@@ -62,8 +62,8 @@ def test_kbet_statistic_matches_globally_and_per_label(data):
     x, lab, b, s = data
     n = len(b)
     # Global: the cell and its 24 nearest, Pearson chi-square against the global mix.
-    acc = sm.kbet(with_self(*metrics.knn_graph(x, k=24)), b)[0]
-    ours = metrics.kbet_acceptance(b, x=x, k=25, n_sample=None)
+    acc = sm.kbet(with_self(*metrics.knn_graph(x, n_neighbors=24)), b)[0]
+    ours = metrics.kbet_acceptance(b, x=x, n_neighbors=25, n_sample=None)
     assert ours == pytest.approx(float(acc), abs=1.5 / n)  # float32 p-values may flip a borderline cell
     # Per label, on the neighbours score_embedding uses (exact, within the label): the mean
     # of scib-metrics' kbet over labels of >= 10 cells and two batches.
@@ -71,8 +71,8 @@ def test_kbet_statistic_matches_globally_and_per_label(data):
     for c in np.unique(lab):
         sel = lab == c
         if sel.sum() >= 10 and len(np.unique(b[sel])) == 2:
-            per.append(float(sm.kbet(with_self(*metrics.knn_graph(x[sel], k=24)), b[sel])[0]))
-    ours = metrics.kbet_acceptance(b, x=x, labels=lab, k=25, n_sample=None)
+            per.append(float(sm.kbet(with_self(*metrics.knn_graph(x[sel], n_neighbors=24)), b[sel])[0]))
+    ours = metrics.kbet_acceptance(b, x=x, labels=lab, n_neighbors=25, n_sample=None)
     assert ours == pytest.approx(np.mean(per), abs=1.5 / n)
     assert s["kbet"] == pytest.approx(ours, abs=0.02)  # score_embedding samples ≤ 1,000 cells per label
     assert s["kbet"] > float(acc) + 0.1  # per label forgives the different compositions
@@ -80,13 +80,13 @@ def test_kbet_statistic_matches_globally_and_per_label(data):
 
 def test_leiden_matches_on_scib_grid_and_ours_is_a_superset(data):
     x, lab, _, s = data
-    ref = sm.nmi_ari_cluster_labels_leiden(with_self(*metrics.knn_graph(x, k=14)), lab, seed=3)
+    ref = sm.nmi_ari_cluster_labels_leiden(with_self(*metrics.knn_graph(x, n_neighbors=14)), lab, seed=3)
     ours = metrics.leiden_clustering(lab, x=x, resolutions=SCIB_RESOLUTIONS, seed=3)
     assert ours["nmi"] == pytest.approx(float(ref["nmi"]), abs=1e-9)
     assert ours["ari"] == pytest.approx(float(ref["ari"]), abs=1e-9)
     # The same graph as scanpy's (UMAP connectivities of the 15 nearest, the cell included).
     g = metrics._leiden_graph(x, None, 15, 0).obsp["connectivities"]
-    ref_g = with_self(*metrics.knn_graph(x, k=14)).knn_graph_connectivities
+    ref_g = with_self(*metrics.knn_graph(x, n_neighbors=14)).knn_graph_connectivities
     assert abs(g - ref_g).max() < 1e-5
     # Our default grid (0.1, …, 2.0) contains scib-metrics' (0.2, …, 2.0): NMI at least as high.
     assert metrics.leiden_clustering(lab, x=x, seed=3)["nmi"] >= ours["nmi"] - 1e-12
@@ -107,7 +107,7 @@ def test_kbet_per_label_gives_scib_metrics_verdict():
     # label; ours exact Euclidean within the label, k = 25: the verdicts agree.
     for shift, lo, hi in ((0.0, 0.6, 1.0), (6.0, 0.0, 0.1)):
         x, lab, b = simulate(shift=shift, seed=1)
-        ref = float(sm.kbet_per_label(with_self(*metrics.knn_graph(x, k=24)), b, lab))
+        ref = float(sm.kbet_per_label(with_self(*metrics.knn_graph(x, n_neighbors=24)), b, lab))
         ours = metrics.score_embedding(x, lab, b, skip=("kmeans", "asw_label", "asw_batch"))["kbet"]
         assert lo <= ours <= hi and lo <= ref <= hi
         assert abs(ours - ref) < 0.2
