@@ -10,7 +10,6 @@ returns the fitted model (not stored in ``adata``).
 """
 from __future__ import annotations
 
-import inspect
 
 from ._front import (SHARED, begin, check_genes, encode_covariates, finish, fit_default,  # noqa: F401
                      lift_model_kwargs, model_inputs, record, renamed, resolve_progress, route_kwargs,
@@ -44,20 +43,14 @@ def fit_vae(cls, adata, *, front, n_latent, max_epochs, batch_size, seed, device
     model = cls(inputs.x.shape[1], n_covariates=inputs.n_covariates, n_batches=inputs.n_batches,
                 **shared, **init_kw)
     model.fit(inputs.x, **inputs.fit_data(), progress=resolve_progress(progress), **fit_kw)
-    adata.obsm[key_added] = model.latent(inputs.x, s=inputs.s, covariates=inputs.covariates,
-                                         **_checked(model.latent))
+    # setup() validated the counts; the model's own outputs need not check them again
+    adata.obsm[key_added] = model.latent(inputs.x, s=inputs.s, covariates=inputs.covariates, _checked=True)
     used = {k: fit_kw.get(k, fit_default(cls, k)) for k in ("max_epochs", "batch_size")}
     record(adata, key_added, dict(params or {}, **shared, **used, layer=layer, batch_key=batch_key,
                                   covariate_keys=covariate_keys, size_factor_key=size_factor_key,
                                   **init_kw, **{k: v for k, v in fit_kw.items() if k not in used}),
            model)
     return adata, model, inputs
-
-
-def _checked(method) -> dict:
-    """``_checked=True`` for an output method that can skip re-validating the counts :func:`setup`
-    validated (CountVAE's); GMVAE's encoder-only outputs check them again."""
-    return {"_checked": True} if "_checked" in inspect.signature(method).parameters else {}
 
 
 _SHARED_DOC = """n_latent : int, dimension of the latent space (``latent_dim``: older name, deprecated)
