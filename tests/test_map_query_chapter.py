@@ -3,7 +3,7 @@ data), reruns on a reader's own query file, and follows the book's rules."""
 import anndata as ad
 import pytest
 
-from _chapter_checks import check_executed, check_source, text_outputs
+from _chapter_checks import check_executed, check_rendered, check_source, text_outputs
 from scnotes.cli import run_chapter
 
 SMALL = {"max_cells": 300, "max_cells_gmvae": 300, "n_top_genes": 150, "n_latent": 3, "n_clusters": 3,
@@ -53,6 +53,10 @@ def test_map_query_chapter_reruns_on_a_readers_query(tmp_path, have_data):
     text = text_outputs(out)
     assert "my_cells" in text and "section skipped" in text
     assert int(glued["n_sections"]) == 1 and int(glued["ld_n_labels"]) >= 5
+    # the reader's report: every value filled, no nan / n/a / 0 cells, nothing about the book's own
+    # query or the sections switched off (the reference is the book's, by the reader's choice)
+    check_rendered(out, book_only=["pbmc4k_10x_soupx", "SoupX", "kang2018_ctrl_8donors",
+                                   "cellbench_3cl_celseq2_dropseq", "CEL-seq2"])
 
 
 def test_map_query_misspelt_parameter_is_named():
