@@ -5,11 +5,19 @@ evaluation tables of ``scnotes.glmm``."""
 import numpy as np
 import pandas as pd
 import pytest
-from _chapter_checks import check_executed, check_source, text_outputs
+from _chapter_checks import (
+    check_executed,
+    check_rendered,
+    check_source,
+    report_prose,
+    text_outputs,
+)
 
 from scnotes import glmm
 
 # Small sizes: every experiment runs, on a few genes and cells.
+BOOK_ONLY = ["kang2018_ctrl_8donors", "kang2018_ifnb_3donors_100genes", "Kang et al", "eight donors"]
+
 SMALL = {"n_splits": 1, "power_b_splits": 1, "null_n_types": 3, "null_genes": 20, "null_max_cells": 600, "pos_max_cells": 600,
          "sim_genes": 30, "sim_cells": 20, "max_epochs": 30, "glmmtmb_genes": 0, "glmmtmb_sim_genes": 0,
          "min_cells": 3}
@@ -98,6 +106,10 @@ def test_calibration_chapter_reruns_on_foreign_files(tmp_path):
     assert "dropped 4 cell(s)" in text and "dropped 5 cell(s)" in text  # missing labels, counts printed
     assert glued["n_null_donors"] == "6" and glued["n_null_types"] == "3"
     assert glued["pos_ifn_absent"].strip("'") == "NOT_A_GENE"
+    prose = " ".join(report_prose(check_rendered(tmp_path / "foreign.ipynb", book_only=BOOK_ONLY)).split())
+    # the design table and the positive control name the reader's files; glmmTMB did not run
+    assert "my_controls.h5ad" in prose and "my_stim.h5ad" in prose
+    assert "NOT_A_GENE are not among the file" in prose and "did not run on a positive control" in prose
 
 
 def test_calibration_chapter_reruns_without_positive_control(tmp_path):
@@ -107,7 +119,11 @@ def test_calibration_chapter_reruns_without_positive_control(tmp_path):
     glued, text = _run(tmp_path, params, "nopos.ipynb")
     assert "positive control skipped" in text
     assert glued["n_null_donors"] == "4" and glued["null_designs"].strip("'") == "2 vs 2"  # no 3 vs 3 of 4 donors
-    assert glued["pos_cells"].strip("'") == "n/a"
+    assert "pos_cells" not in glued  # the skipped positive control glues no values ...
+    prose = " ".join(report_prose(check_rendered(tmp_path / "nopos.ipynb", book_only=BOOK_ONLY)).split())
+    # ... and its paragraphs are left out: no share called, no timing, the table's row says skipped
+    assert "positive control is skipped" in prose
+    assert "largest cell types with enough cells in both conditions" not in prose and "genes at once" not in prose
 
 
 def test_calibration_chapter_misspelt_parameter_names_it():
