@@ -75,6 +75,21 @@ def _foreign(path, n_types=25, per=8, seed=0):
     return a
 
 
+def test_mnn_topics_report_of_a_foreign_rerun_is_clean(tmp_path):
+    """Issue 27's check in CI: the reader's report (search comparison off, for time) has every
+    value filled, no nan / n/a / 0 cells, and nothing about the book's data sets."""
+    from _chapter_checks import check_rendered
+
+    path = tmp_path / "other_lab.h5ad"
+    _foreign(path)
+    out = scnotes.cli.run_chapter(
+        "mnn_topics", {"dataset": str(path), "layer": "raw", "batch_key": "tech", "label_key": "celltype",
+                       "n_top_genes": 200, "nmf_max_epochs": 10, "max_epochs": 20, "n_topics": 4,
+                       "n_neighbors": 10, "compare_search": False},
+        output=tmp_path / "foreign.ipynb")
+    check_rendered(out, book_only=BOOK_ONLY)
+
+
 @pytest.mark.slow  # ~60-90 s: the same, plus numba's compilation of pynndescent
 def test_mnn_topics_chapter_reruns_on_foreign_data(tmp_path):
     path = tmp_path / "other_lab.h5ad"
