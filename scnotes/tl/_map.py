@@ -71,7 +71,7 @@ def _resolve_model(model):
     if model.covariate_registry_ is None or model.var_names_ is None:
         raise ValueError(f"this {type(model).__name__} has no covariate registry / gene names: it was "
                          "fitted on arrays, not through scnotes.tl. Refit it with scnotes.tl."
-                         f"{type(model).__name__.lower()}(adata, batch_key=...) so that genes and batches "
+                         f"{_default_key(model)[2:]}(adata, batch_key=...) so that genes and batches "
                          "can be matched by name")
     return model
 

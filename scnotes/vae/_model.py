@@ -576,7 +576,7 @@ class CountVAE(Persistent):
         """Per-cell −E_q[Σ_j log p(x_ij | z_i)] (nats), ndarray (n_cells,), eval mode."""
         data, _ = self._data(x, w, s, covariates)
         return -self._evaluate(data, lambda x, w, s, c, g: self.module.loss_terms(
-            x, w, s, c, int(n_samples), g)["reconstruction"], seed)
+            x, w, s, c, int(n_samples), g).reconstruction, seed)
 
     def iwae(self, x, w=None, s=None, covariates=None, n_samples: int = 100,
              seed: int | None = None):
