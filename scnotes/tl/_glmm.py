@@ -55,9 +55,10 @@ def expressed_genes(adata, layer=None, min_cells: int = 10, min_frac: float = 0.
     return [str(adata.var_names[i]) for i in idx]
 
 
-def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "donor", *,
-         condition_key: str | None = None, reference: str | None = None, layer: str | None = None,
-         size_factor_key: str | None = None, method: str = "veb", covariate_keys=None, n_top_genes: int | None = None,
+def glmm(adata, genes=None, group_key: str | None = None, donor_key: str = "donor", *,
+         cell_type_key: str | None = None, condition_key: str | None = None, reference: str | None = None,
+         layer: str | None = None, size_factor_key: str | None = None, method: str = "veb", covariate_keys=None,
+         n_top_genes: int | None = None,
          min_gene_cells: int = 10, min_gene_frac: float = 0.01,
          min_cells: int = 1, level: float = 0.95, key_added: str = "glmm", max_epochs: int | str | None = None,
          batch_size: int | None = None, seed: int = 0, device: str = "cpu", progress: bool | None = None,
@@ -72,11 +73,16 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
         Genes to test. ``None``: every gene detected in at least ``min_gene_cells`` cells and in at
         least ``min_gene_frac`` of the cells (:func:`expressed_genes`; the NB GLMM fits them all in
         one batch), or the ``n_top_genes`` of those with the highest mean count.
-    group_key : str
-        ``obs`` column of the cell group (fixed effect). With ``condition_key``
-        it is the cell type, and the groups are cell type × condition.
+    group_key : str or None
+        Without ``condition_key``: ``obs`` column of the cell group, the fixed effect (None:
+        ``"cell_type"``). With ``condition_key`` the cell type is ``cell_type_key``; ``group_key``
+        there is its older spelling (DeprecationWarning).
     donor_key : str
         ``obs`` column of the donor (random effect; at least 2 donors).
+    cell_type_key : str or None
+        With ``condition_key``: ``obs`` column of the cell type (None: ``"cell_type"``); the cell
+        groups (fixed effects) are then cell type × condition, as in
+        :func:`scnotes.glmm.glmm_data`. Needs ``condition_key``.
     condition_key : str, optional
         ``obs`` column of the condition. The table then also holds, per cell type,
         the contrast (log fold change) of each condition against ``reference``
@@ -118,7 +124,9 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     level : float
         Coverage of the intervals ``lower``, ``upper``.
     key_added : str
-        ``adata.uns[key_added]`` receives ``{"params": …, "model": class name, "results": table}``.
+        ``adata.uns[key_added]`` receives ``{"params": …, "model": class name, "results": table}``;
+        ``params`` holds the keys as resolved: ``group_key`` (None with a condition),
+        ``cell_type_key`` (None without), ``donor_key``, ``condition_key``.
     max_epochs : int, "auto" or None
         Passes over the data (methods ``"veb"``, ``"nb"``; None: the estimator's default,
         "auto" for VEB, 300 for the NB GLMM's stage 1).
@@ -153,26 +161,29 @@ def glmm(adata, genes=None, group_key: str = "cell_type", donor_key: str = "dono
     Raises
     ------
     ValueError : unknown ``method``; missing labels, zero totals, a single donor
-        (see :func:`scnotes.glmm.glmm_data`); no cell type left after ``min_cells``.
+        (see :func:`scnotes.glmm.glmm_data`); no cell type left after ``min_cells``;
+        ``cell_type_key`` without ``condition_key``; ``group_key`` and ``cell_type_key`` naming
+        different columns.
     KeyError : a gene, layer or ``obs`` key that is not in ``adata``.
     RuntimeError : ``method="lme4"`` without R / lme4 (the message says how to install).
     """
     _check_arguments(method, max_epochs, batch_size, covariate_keys, return_model)
+    group_key, cell_type_key = _group_keys(group_key, cell_type_key, condition_key)
     progress = resolve_progress(progress)
     adata = begin(adata, copy)
     check_layer(adata, layer)
-    check_obs_columns(adata, {group_key: "group_key", donor_key: "donor_key", condition_key: "condition_key",
-                              size_factor_key: "size_factor_key"})
+    check_obs_columns(adata, {group_key: "group_key", cell_type_key: "cell_type_key", donor_key: "donor_key",
+                              condition_key: "condition_key", size_factor_key: "size_factor_key"})
     genes, gene_filter = _select_genes(adata, genes, layer, min_gene_cells, min_gene_frac, n_top_genes)
     total, totals_from = _library_sizes(adata, layer, size_factor_key)
-    keep, dropped_types = _testable_cells(adata.obs, group_key, donor_key, condition_key, min_cells, method,
+    keep, dropped_types = _testable_cells(adata.obs, cell_type_key, donor_key, condition_key, min_cells, method,
                                           verbose)
-    data = _model_data(adata[keep], genes, layer, total[keep], group_key, donor_key, condition_key, reference,
-                       covariate_keys)
+    data = _model_data(adata[keep], genes, layer, total[keep], group_key, cell_type_key, donor_key,
+                       condition_key, reference, covariate_keys)
     data.keys["size_factor_key"] = size_factor_key
     model, table = _fit(method, data, level, max_epochs, batch_size, seed, device, progress, kwargs)
-    params = dict(genes=list(genes), group_key=group_key, donor_key=donor_key, condition_key=condition_key,
-                  reference=reference, layer=layer, size_factor_key=size_factor_key, method=method,
+    params = dict(genes=list(genes), group_key=group_key, cell_type_key=cell_type_key, donor_key=donor_key,
+                  condition_key=condition_key, reference=reference, layer=layer, size_factor_key=size_factor_key, method=method,
                   min_cells=min_cells, level=level, max_epochs=max_epochs, batch_size=batch_size, seed=seed,
                   device=str(device) if method in _EPOCHS else None, totals=totals_from,
                   dropped_cell_types=dropped_types, covariate_keys=covariate_keys, gene_filter=gene_filter,
@@ -197,6 +208,29 @@ def _check_arguments(method, max_epochs, batch_size, covariate_keys, return_mode
         raise ValueError(f"covariate_keys is supported by method='nb' only, not {method!r}")
 
 
+def _group_keys(group_key, cell_type_key, condition_key):
+    """(``group_key``, ``cell_type_key``) as the model uses them: the cell group without a
+    condition (``cell_type_key`` None), the cell type with one (``group_key`` None); the default
+    column is ``"cell_type"`` either way. ``group_key`` with a condition is the older spelling of
+    ``cell_type_key`` (DeprecationWarning, attributed to scnotes as every older name)."""
+    if condition_key is None:
+        if cell_type_key is not None:
+            raise ValueError(f"scnotes.tl.glmm: cell_type_key={cell_type_key!r} names the cell type of "
+                             "cell type × condition groups and needs condition_key; without a condition "
+                             f"pass the cell group as group_key={cell_type_key!r}")
+        return ("cell_type" if group_key is None else group_key), None
+    if group_key is None:
+        return None, ("cell_type" if cell_type_key is None else cell_type_key)
+    if cell_type_key is not None and cell_type_key != group_key:
+        raise ValueError(f"scnotes.tl.glmm: group_key={group_key!r} and cell_type_key={cell_type_key!r} "
+                         "disagree; with condition_key the cell type is cell_type_key alone (drop group_key)")
+    warnings.warn(f"scnotes.tl.glmm: with condition_key the cell type is cell_type_key; pass "
+                  f"cell_type_key={group_key!r} instead of group_key (group_key is the cell group of a "
+                  "fit without a condition; this spelling goes in the next release)",
+                  DeprecationWarning, stacklevel=_caller_stacklevel())
+    return None, group_key
+
+
 def _select_genes(adata, genes, layer, min_gene_cells, min_gene_frac, n_top_genes):
     """(genes to test as a list of str, the gene filter's settings or None when ``genes`` was given)."""
     if genes is not None:
@@ -219,7 +253,7 @@ def _library_sizes(adata, layer, size_factor_key):
     return total, f"computed from the counts of all {adata.n_vars} genes of adata"
 
 
-def _testable_cells(obs, group_key, donor_key, condition_key, min_cells, method, verbose):
+def _testable_cells(obs, cell_type_key, donor_key, condition_key, min_cells, method, verbose):
     """(cells of the cell types kept (bool, n_cells), the dropped cell types): with a condition,
     those with too few cells in some condition (NB: or too few donors) are dropped."""
     keep = np.ones(len(obs), dtype=bool)
@@ -227,7 +261,7 @@ def _testable_cells(obs, group_key, donor_key, condition_key, min_cells, method,
         return keep, []
     from ..glmm import complete_cell_types
 
-    keep, dropped = complete_cell_types(obs, group_key, condition_key, max(min_cells, 1),
+    keep, dropped = complete_cell_types(obs, cell_type_key, condition_key, max(min_cells, 1),
                                         donor_key=donor_key if method == "nb" else None)
     if dropped and verbose:
         why = " or too few donors for a sample-level test" if method == "nb" else ""
@@ -239,18 +273,19 @@ def _testable_cells(obs, group_key, donor_key, condition_key, min_cells, method,
     return keep, dropped
 
 
-def _model_data(sub, genes, layer, total, group_key, donor_key, condition_key, reference, covariate_keys):
+def _model_data(sub, genes, layer, total, group_key, cell_type_key, donor_key, condition_key, reference,
+                covariate_keys):
     """The GLMM's data (:func:`scnotes.glmm.glmm_data`) of the kept cells ``sub`` and the ``genes``,
-    with the levels left without cells removed."""
+    with the levels left without cells removed: groups ``group_key``, or cell type × condition."""
     from ..glmm import glmm_data
 
     obs = sub.obs.copy()
-    for key in (group_key, condition_key, donor_key):
+    for key in (group_key, cell_type_key, condition_key, donor_key):
         if key is not None and isinstance(obs[key].dtype, pd.CategoricalDtype):
             obs[key] = obs[key].cat.remove_unused_categories()
     gsub = sub[:, genes]
     counts = gsub.X if layer is None else gsub.layers[layer]
-    ct_kw = (dict(cell_type_key=group_key, condition_key=condition_key, reference=reference)
+    ct_kw = (dict(cell_type_key=cell_type_key, condition_key=condition_key, reference=reference)
              if condition_key is not None else dict(group_key=group_key))
     return glmm_data(obs, counts, donor_key=donor_key, total=total, genes=genes,
                      covariate_keys=covariate_keys, **ct_kw)
