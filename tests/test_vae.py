@@ -417,3 +417,28 @@ def test_log_lik_in_row_pieces_equals_one_call(likelihood):
             pieces = m.log_lik(*args)
         assert pieces.shape == whole.shape == (2, n)
         assert torch.equal(pieces, whole)
+
+
+def test_softmax_decoder_gives_a_profile_and_round_trips(tmp_path):
+    """decoder_output="softmax": μ sums to one over genes for every cell and draw (s μ are the
+    expected counts with total-count size factors); decoder_layers sets the hidden layers;
+    both survive save → load; a bad value is refused by name."""
+    rng = np.random.default_rng(0)
+    x = rng.poisson(rng.gamma(2.0, 1.0, size=(200, 30))).astype(float)
+    x[x.sum(1) == 0, 0] = 1
+    m = NBVAE(30, n_latent=2, seed=0, decoder_output="softmax", decoder_layers=1)
+    n_linear = sum(isinstance(l, torch.nn.Linear) for l in m.module.decoder.net)
+    assert n_linear == 1
+    m.fit(x, max_epochs=3, batch_size=64, progress=False)
+    with torch.no_grad():
+        z = torch.randn(3, 5, 2)
+        mu = torch.exp(m.module.decode(z, None))
+    np.testing.assert_allclose(mu.sum(-1).numpy(), 1.0, rtol=1e-5)
+    path = tmp_path / "softmax.pt"
+    m.save(path)
+    m2 = NBVAE.load(path)
+    assert m2.get_params()["decoder_output"] == "softmax" and m2.get_params()["decoder_layers"] == 1
+    np.testing.assert_array_equal(m2.latent(x), m.latent(x))
+    np.testing.assert_array_equal(m2.elbo(x), m.elbo(x))
+    with pytest.raises(ValueError, match="decoder output"):
+        NBVAE(30, decoder_output="exp")

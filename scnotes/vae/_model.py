@@ -76,6 +76,10 @@ class CountVAE(Persistent):
         False is scmodes' decoder (Linear → ReLU): on the seed simulation (latent 10,
         3,000 epochs) 1.03× scmodes' CPU time instead of 1.27×, but a held-out
         log-likelihood per entry of −3.86 instead of −2.94 (scmodes −3.89)
+    decoder_output : "softplus" (default: μ = softplus(·), the expected count per unit size
+        factor, the seed's) or "softmax" (scvi-tools': μ an expression profile over genes,
+        times the total counts); see :class:`scnotes.vae.MLPDecoder`
+    decoder_layers : int, hidden layers of the decoder (default 2; scvi-tools' SCVI uses 1)
 
     Fitted attributes: ``history_`` (training record, see :meth:`fit`), ``trace_``
     (its loss summed over cells, the older record; deprecated), ``fit_time_`` (s); ``theta_``
