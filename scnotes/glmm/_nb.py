@@ -76,11 +76,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .._persist import Persistent
 from .._settings import resolve_progress
 from ..likelihoods import poisson_log_pmf
 from ._common import VAR_FLOOR, descend
@@ -91,7 +93,6 @@ from ._moderate import ash_normal, dispersion_trend, fit_f_dist, squeeze_var, t_
 from ._nb_lik import ExpectedNBLogLik, moment_theta
 from ._nb_newton import NewtonVEB, fisher_variance_step
 from ._tidy import contrast_terms, tidy_effects
-from .._persist import Persistent
 
 __all__ = ["NBGLMMVEB", "fit_nb_veb", "fit_genes_nb"]
 
@@ -325,26 +326,13 @@ class NBGLMMVEB(Persistent):
         u_df = residual_df(np.hstack([Xd, cov_d]))
         return ct_df, paired, w_df, u_df
 
-    # ---------------------------------------------------------------- fit
-    def fit(self, data: GLMMData):
-        """Fit q(b, γ, u, w), σ_u, σ_w (per cell type) and θ for every gene of ``data``; returns self.
-
-        Raises
-        ------
-        TypeError : ``data`` is not a :class:`GLMMData`.
-        ValueError : a cell type whose contrast has no sample-level residual df (e.g. 2 donors split
-            between the conditions); the message names it.
-        RuntimeError : NaN loss.
-        """
-        if not isinstance(data, GLMMData):
-            raise TypeError("data must be a GLMMData (see scnotes.glmm.glmm_data)")
-        t_start = time.perf_counter()
-        kw = dict(dtype=self.dtype, device=self.device)
-        J, G, D = data.n_genes, data.n_groups, data.n_donors
+    def _layout(self, data: GLMMData) -> _Layout:
+        """The design's blocks, samples, variance classes, donor units, residual dfs and block design A,
+        everything that does not depend on the counts; sets ``samples_`` and ``u_units_``. Raises
+        ValueError for a cell type whose contrast has no sample-level residual df."""
         gi, di, ki, samples = self._blocks(data)
         self.samples_ = samples
         Cb = self._block_covariates(data, gi, di)
-        Q = Cb.shape[1]
         K = 0 if ki is None else len(samples)
         classes, cls_of_sample = self._classes(data, gi, ki, samples)
         ct_df, paired, w_df, u_df = self._sample_df(data, gi, di, Cb, classes, cls_of_sample, ki)
@@ -360,301 +348,202 @@ class NBGLMMVEB(Persistent):
         # effects would otherwise absorb and so overstate the variance of a within-donor contrast;
         # pseudobulk methods fit the donor per cell type for the same reason.
         u_code, u_cls, u_classes = self._donor_units(data, gi, di, classes)
-        Du, Cu = len(u_cls), len(u_classes)
         self.u_units_ = pd.DataFrame({"donor": [data.donors[d] for d, _ in self._u_pairs],
                                       "class": [u_classes[c] for c in u_cls]})
-        P = G + Q + Du + K
-        nb = len(gi)
-        A = np.zeros((nb, P))
-        A[np.arange(nb), gi] = 1.0
-        A[:, G:G + Q] = Cb
-        A[np.arange(nb), G + Q + u_code] = 1.0
-        if K:
-            A[np.arange(nb), G + Q + Du + ki] = 1.0
-        # Orthonormal basis: right singular vectors of A (row space first, then null space), so the
-        # directions the likelihood does not see are separate coordinates, pinned by the priors only.
-        _, _, Vt = np.linalg.svd(A, full_matrices=True)
-        T = torch.as_tensor(Vt.T.copy(), **kw)
-        Ab = torch.as_tensor(A, **kw)
-        block_of = {(g, d): b for b, (g, d) in enumerate(zip(gi.tolist(), di.tolist()))}
-        cblock = torch.as_tensor(np.array([block_of[(g, d)] for g, d in zip(data.group.tolist(),
-                                                                            data.donor.tolist())]),
-                                 device=self.device)
-        y = torch.as_tensor(data.counts.T, **kw)  # (J, N)
-        logs = torch.as_tensor(np.log(data.total), **kw)
-        expected_nb = ExpectedNBLogLik(y, logs, cblock, nb, self.n_quad)
-        C = len(classes)
-        W1 = torch.as_tensor(np.eye(C)[cls_of_sample] if K else np.zeros((0, 0)), **kw)  # (K, C)
-        n_per_class = W1.sum(0) if K else None
-        cls_idx = torch.as_tensor(cls_of_sample, device=self.device)
-        U1 = torch.as_tensor(np.eye(Cu)[u_cls], **kw)  # (Du, Cu)
-        nu_per_class = U1.sum(0)
-        ucls_idx = torch.as_tensor(u_cls, device=self.device)
-        D = Du  # from here on the donor coordinates are the donor units
+        A = _block_design(gi, Cb, u_code, ki, data.n_groups, len(u_cls), K)
+        return _Layout(gi, di, ki, K, Cb, classes, cls_of_sample, u_code, u_cls, u_classes, ct_df, paired, w_df,
+                       u_df, A)
 
-        t0 = data.naive_estimates()
-        log_mean = np.log(np.exp(t0).mean(1)) + float(np.log(np.median(data.total)))  # log mean count per cell
-        mu_b0 = torch.as_tensor(t0.mean(1, keepdims=True), **kw)
-        M0 = np.concatenate([t0, np.zeros((J, Q + D + K))], 1)
-        p = {"m": torch.as_tensor(M0 @ Vt.T, **kw), "L_off": torch.zeros(J, P, P, **kw),
-             "log_diag": torch.full((J, P), math.log(0.1), **kw)}
-        learn_theta = self.theta is None
-        if learn_theta:
-            p["log_theta"] = torch.as_tensor(np.log(moment_theta(data, t0))[:, None], **kw)
-        for v in p.values():
-            v.requires_grad_(True)
-        fixed_log_theta = None if learn_theta else math.log(self.theta) if np.isfinite(self.theta) else None
-        vague = torch.full((J, 1), self.prior_sd_b ** 2, **kw)
+    # ---------------------------------------------------------------- fit
+    def fit(self, data: GLMMData):
+        """Fit q(b, γ, u, w), σ_u, σ_w (per cell type) and θ for every gene of ``data``; returns self.
 
-        newton = self.optimizer == "newton"
-        solver = None  # the Newton-type optimiser's state (``optimizer="newton"``), made by stage 1
+        The recipe of the module notes: the design's blocks (:meth:`_layout`), stage 1 with each gene's
+        own variances and θ, stage 2 at the shared variances with θ shrunk to the mean–dispersion
+        trend (:meth:`_moderated_stage`), then the posterior read out and the contrasts' df
+        (moderated sample-level dispersion, or Satterthwaite without stage 2).
 
-        def moments():
-            """q's mean M (J, P) and a factor L of its covariance (Σ = L Lᵀ)."""
-            if newton:
-                return solver.m, torch.linalg.cholesky(solver.sigma)
-            L = T @ (torch.tril(p["L_off"], -1) + torch.diag_embed(torch.exp(p["log_diag"])))
-            return p["m"] @ T.T, L
+        Raises
+        ------
+        TypeError : ``data`` is not a :class:`GLMMData`.
+        ValueError : a cell type whose contrast has no sample-level residual df (e.g. 2 donors split
+            between the conditions); the message names it.
+        RuntimeError : NaN loss.
+        """
+        if not isinstance(data, GLMMData):
+            raise TypeError("data must be a GLMMData (see scnotes.glmm.glmm_data)")
+        t_start = time.perf_counter()
+        lay = self._layout(data)
+        obj = _Objective(self, data, lay)
+        self._stage(obj, "per gene", self.max_epochs, self.lr, None, None)
+        raw = obj.own_estimates()
+        fixed, shared, do_moderate = self._moderated_stage(obj, *raw)
+        cov_working = self._read_sampling_variances(obj, fixed, do_moderate)
+        self.history_ = pd.DataFrame(obj.rows, columns=["stage", "epoch", "loss", "elbo", "reconstruction", "kl"])
+        M, cov = self._read_posterior(obj, fixed)
+        self._record_variances(raw, shared, lay)
+        self._record_design(data, lay, do_moderate)
+        if do_moderate:
+            self.contrast_df_ = self._quasi_likelihood(data, M, cov_working, obj.G, obj.Q, obj.D,
+                                                       lay.cls_of_sample)
+        else:
+            self.contrast_df_ = self._satterthwaite(data, cov, obj.G, obj.Q, obj.D, obj.K, lay.cls_of_sample)
+        self.n_epochs_ = len(self.history_)
+        self.fit_time_ = time.perf_counter() - t_start
+        return self
 
-        def half_logdet():
-            return 0.5 * solver.logdet if newton else p["log_diag"].sum(1)
+    def _stage(self, obj, stage, n_steps, lr, fixed, theta_prior):
+        """One stage of passes over the cells with the chosen optimiser; ``fixed`` None: each gene's own
+        prior variances (stage 1), else the (σ_u², σ_w²) held fixed (stage 2); ``theta_prior`` None or
+        (trend, τ²) of ln θ. Each pass is a row of ``obj.rows``."""
+        if self.optimizer == "newton":
+            self._newton_passes(obj, stage, n_steps, fixed, theta_prior)
+        elif self.optimizer == "lbfgs":
+            self._lbfgs_passes(obj, stage, n_steps, fixed, theta_prior)
+        else:
+            self._adam_passes(obj, stage, n_steps, lr, fixed, theta_prior)
 
-        def log_theta_now():
-            if newton:
-                return solver.t
-            return p["log_theta"]
+    def _passes(self, n_steps, stage):
+        """The pass counter, with a tqdm bar when progress is on."""
+        steps = range(n_steps)
+        if resolve_progress(self.progress):
+            from tqdm.auto import tqdm
 
-        def loglik(M, L):
-            m = M @ Ab.T  # (J, B) mean and variance of η per block
-            v = (torch.einsum("bp,jpq->jbq", Ab, L) ** 2).sum(2)
-            if not learn_theta and fixed_log_theta is None:
-                # θ = ∞: the Poisson GLMM, whose expectation is exact (E e^η = e^{m + v/2})
-                mc, vc = m[:, cblock], v[:, cblock]
-                return poisson_log_pmf(y, torch.exp(logs + mc + 0.5 * vc), log_rate=logs + mc).sum(1)
-            log_th = log_theta_now() if learn_theta else torch.full((J, 1), fixed_log_theta, **kw)
-            return expected_nb(m, v, log_th)
+            steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
+        return steps
 
-        def own_variances(M, var):
-            """Per-gene closed-form maximisers: σ_u² per donor class (J, Cu) and σ_w² per class (J, C)."""
-            su2 = ((M[:, G + Q:G + Q + D] ** 2 + var[:, G + Q:G + Q + D]) @ U1) / nu_per_class
-            sw2 = (((M[:, G + Q + D:] ** 2 + var[:, G + Q + D:]) @ W1) / n_per_class) if K else None
-            return su2.clamp_min(VAR_FLOOR), None if sw2 is None else sw2.clamp_min(VAR_FLOOR)
-
-        def prior(M, var, fixed):
-            mb, vb = M[:, :G], var[:, :G]
-            if self.prior_b == "vague":
-                mu, tau2 = mu_b0, vague
-            else:
-                mu = mb.mean(1, keepdim=True)
-                tau2 = (((mb - mu) ** 2 + vb).mean(1, keepdim=True) if G > 1 else torch.ones(J, 1, **kw)
-                        ).clamp_min(VAR_FLOOR)
-            su2, sw2 = fixed if fixed is not None else own_variances(M, var)
-            mean = torch.cat([mu.expand(J, G), torch.zeros(J, Q + D + K, **kw)], 1)
-            parts = [tau2.expand(J, G), vague.expand(J, Q), su2[:, ucls_idx]] + ([sw2[:, cls_idx]] if K else [])
-            return mean, torch.cat(parts, 1)
-
-        def kl(M, L, fixed):
-            var = (L ** 2).sum(2)
-            mean, pv = prior(M, var, fixed)
-            return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - half_logdet() - 0.5 * P)
-
-        Bk = torch.as_tensor(np.eye(K)[ki] if K else np.zeros((nb, 0)), **kw)  # blocks → samples
-        Bd = torch.as_tensor(np.eye(Du)[u_code], **kw)  # blocks → donor units
-
-        def sampling_variances(M):
-            """Cell-level sampling variance of each random effect: 1 / the expected Fisher information
-            its cells carry about it, Σ_i μ_i θ/(μ_i + θ) over the sample's (donor's) cells at the
-            posterior mean (computed directly: Σ⁻¹ minus the prior precision cancels badly when σ is
-            near its floor). Per donor averaged (J,), per sample class averaged (J, C), and per sample."""
-            mu = torch.exp(logs + (M @ Ab.T)[:, cblock])  # (J, N)
-            if learn_theta or fixed_log_theta is not None:
-                th = torch.exp(log_theta_now()) if learn_theta else torch.full((J, 1), math.exp(fixed_log_theta), **kw)
-                mu = mu * th / (mu + th)
-            info_b = torch.zeros(J, nb, **kw).index_add_(1, cblock, mu)
-            self._block_info = info_b
-            vd = 1.0 / (info_b @ Bd).clamp_min(1e-12)
-            vk = 1.0 / (info_b @ Bk).clamp_min(1e-12) if K else None
-            return (vd @ U1) / nu_per_class, ((vk @ W1) / n_per_class) if K else None
-
-        N = data.n_cells
-        rows = []
-
-        def run(stage, n_steps, lr, fixed, theta_prior):
-            def objective():
-                M, L = moments()
-                ll, k = loglik(M, L), kl(M, L, fixed)
-                lp = 0.0
-                if theta_prior is not None:
-                    tr, tau2 = theta_prior
-                    lp = -0.5 * ((p["log_theta"][:, 0] - tr) ** 2).sum() / tau2
-                return ll, k, -((ll - k).sum() + lp) / N
-
-            def record(ll, k):
-                # epoch: the row's index, so it counts passes over both stages
-                lls, kls = float(ll.detach().sum()), float(k.detach().sum())
-                rows.append((stage, len(rows), kls - lls, lls - kls, lls, kls))
-
-            if newton:
-                nonlocal solver
-                if solver is None:
-                    start_t = (p["log_theta"].detach() if learn_theta
-                               else None if fixed_log_theta is None else torch.full((J, 1), fixed_log_theta, **kw))
-                    solver = NewtonVEB(Ab, expected_nb, p["m"].detach() @ T.T, start_t, learn_theta)
-                solver.theta_prior = theta_prior
-                if fixed is None:
-                    # stage 1: each gene's variances by Fisher scoring (EM crawls toward small σ²)
-                    cur = {}
-                    solver.prior = lambda M, var: prior(M, var, cur.get("v"))
-                    rnd = slice(G + Q, P)
-                    onehot = torch.block_diag(U1, W1) if K else U1
-
-                    def variance_step(M, var, cov, active):
-                        s2 = cur.get("v") or own_variances(M, var)
-                        s2 = torch.cat([s2[0], s2[1]], 1) if K else s2[0]
-                        r = torch.nonzero(active)[:, 0]  # a gene set aside keeps its q and its σ²
-                        s2 = s2.clone()
-                        s2[r] = fisher_variance_step(M[r][:, rnd], var[r][:, rnd], cov[r][:, rnd, rnd], s2[r], onehot,
-                                                     VAR_FLOOR)
-                        cur["v"] = (s2[:, :Cu], s2[:, Cu:] if K else None)
-
-                    solver.variance_step = variance_step
-                else:
-                    solver.prior = lambda M, var: prior(M, var, fixed)
-                    solver.variance_step = None
-                with torch.no_grad():
-                    solver.refresh()
-                steps = range(n_steps)
-                if resolve_progress(self.progress):
-                    from tqdm.auto import tqdm
-
-                    steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
-                for _pass in steps:
-                    with torch.no_grad():
-                        n_active = solver.step(self.tol)
-                        ll, k, _ = solver.elbo_parts()
-                    record(ll, k)
-                    if n_active == 0:  # every gene's ELBO moved by less than tol nats in its last step
-                        break
-                return
-            if self.optimizer == "lbfgs":
-                # Deterministic, smooth objective: quasi-Newton steps cross the weakly curved
-                # directions (the posterior variances) far faster than Adam.
-                opt = torch.optim.LBFGS(list(p.values()), lr=1.0, max_iter=n_steps, history_size=20,
-                                        tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-                def closure():
-                    opt.zero_grad()
-                    ll, k, loss = objective()
-                    if not torch.isfinite(loss):
-                        raise RuntimeError("NaN/inf loss in the NB GLMM VEB")
-                    loss.backward()
-                    record(ll, k)
-                    return loss
-
-                opt.step(closure)
-                return
-            opt = torch.optim.Adam(list(p.values()), lr=lr)
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.lr_decay ** (1.0 / n_steps))
-            steps = range(n_steps)
-            if resolve_progress(self.progress):
-                from tqdm.auto import tqdm
-
-                steps = tqdm(steps, desc=f"NB GLMM VEB ({stage})", leave=False)
-            for _pass in steps:
-                ll, k, loss = objective()
-                descend(loss, opt, sched)
-                record(ll, k)
-
-        run("per gene", self.max_epochs, self.lr, None, None)
+    def _newton_passes(self, obj, stage, n_steps, fixed, theta_prior):
+        """Natural-gradient passes (:class:`._nb_newton.NewtonVEB`), each gene set aside once a step
+        moves its ELBO by less than ``tol`` nats; the stage ends early when every gene has."""
+        solver = obj.newton_solver(fixed, theta_prior)
         with torch.no_grad():
-            M, L = moments()
-            var = (L ** 2).sum(2)
-            su2_t, sw2_t = own_variances(M, var)
-        su2_raw = su2_t.cpu().numpy()
-        sw2_raw = sw2_t.cpu().numpy() if K else np.full((J, 0), np.nan)
-        theta_raw = (np.exp(log_theta_now().detach().cpu().numpy()[:, 0]) if learn_theta
-                     else np.full(J, float(self.theta)))
+            solver.refresh()
+        for _pass in self._passes(n_steps, stage):
+            with torch.no_grad():
+                n_active = solver.step(self.tol)
+                ll, k, _ = solver.elbo_parts()
+            obj.record(stage, ll, k)
+            if n_active == 0:  # every gene's ELBO moved by less than tol nats in its last step
+                break
 
-        # Stage 2 (module notes): every gene's q refitted at the typical sample and donor variances of its
-        # cell type (medians of the stage-1 estimates: a mean of estimates cut off at zero overstates a
-        # variance that is near zero, as on a real paired null), then each gene's own scatter enters
-        # through a sample-level dispersion φ moderated across genes.
+    def _lbfgs_passes(self, obj, stage, n_steps, fixed, theta_prior):
+        """L-BFGS on the Cholesky parameterisation (at most ``n_steps`` iterations), every evaluation a
+        row of the record. Deterministic, smooth objective: quasi-Newton steps cross the weakly curved
+        directions (the posterior variances) far faster than Adam."""
+        opt = torch.optim.LBFGS(list(obj.p.values()), lr=1.0, max_iter=n_steps, history_size=20,
+                                tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            ll, k, loss = obj.objective(fixed, theta_prior)
+            if not torch.isfinite(loss):
+                raise RuntimeError("NaN/inf loss in the NB GLMM VEB")
+            loss.backward()
+            obj.record(stage, ll, k)
+            return loss
+
+        opt.step(closure)
+
+    def _adam_passes(self, obj, stage, n_steps, lr, fixed, theta_prior):
+        """``n_steps`` Adam steps on the Cholesky parameterisation, the learning rate decayed
+        exponentially to ``lr * lr_decay`` by the last."""
+        opt = torch.optim.Adam(list(obj.p.values()), lr=lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.lr_decay ** (1.0 / n_steps))
+        for _pass in self._passes(n_steps, stage):
+            ll, k, loss = obj.objective(fixed, theta_prior)
+            descend(loss, opt, sched)
+            obj.record(stage, ll, k)
+
+    def _moderated_stage(self, obj, su2_raw, sw2_raw, theta_raw):
+        """Stage 2 (module notes): every gene's q refitted at the typical sample and donor variances of
+        its cell type (medians of the stage-1 estimates: a mean of estimates cut off at zero overstates
+        a variance that is near zero, as on a real paired null), with θ shrunk to its trend; each gene's
+        own scatter then enters through a sample-level dispersion φ moderated across genes. Returns the
+        variances held fixed (tensors, or None when stage 2 did not run), the (σ_u², σ_w²) reported,
+        and whether the variances were shared (moderated)."""
+        J, K = obj.J, obj.K
         su2, sw2 = su2_raw.copy(), sw2_raw.copy()
         do_moderate = self.moderate and J >= 3 and K > 0
         if do_moderate:
             su2 = np.tile(np.maximum(np.median(su2_raw, axis=0), VAR_FLOOR), (J, 1))
             sw2 = np.tile(np.maximum(np.median(sw2_raw, axis=0), VAR_FLOOR), (J, 1))
-        theta_prior = None
-        if learn_theta and self.shrink_theta and J >= 3:
-            tr, tau2 = dispersion_trend(log_mean, np.log(theta_raw))
-            theta_prior = (torch.as_tensor(tr, **kw), float(tau2))
-            self.theta_trend_, self.theta_prior_sd_ = np.exp(tr), float(np.sqrt(tau2))
+        theta_prior = self._theta_prior(obj, theta_raw)
+        fixed = None
         if do_moderate or theta_prior is not None:
-            fixed = (torch.as_tensor(su2, **kw), torch.as_tensor(sw2, **kw) if K else None)
+            fixed = (torch.as_tensor(su2, **obj.kw), torch.as_tensor(sw2, **obj.kw) if K else None)
             n2 = self.moderated_epochs or max(50, self.max_epochs // 3)
-            run("moderated", n2, 0.3 * self.lr, fixed, theta_prior)
-        else:
-            fixed = None
-        def working_cov(M, fixed):
-            """The covariance of the Gaussian working model at q's mean, (Aᵀ W A + prior precision)⁻¹ with
-            W the blocks' expected Fisher information: what the quadratic forms' expectations need, and
-            computed exactly rather than read off q's Cholesky factor, whose small errors the difference
-            n − tr C/σ² would magnify."""
-            sampling_variances(M)
-            H = torch.einsum("bp,jb,bq->jpq", Ab, self._block_info, Ab)
-            prec = torch.cat([torch.full((J, G + Q), 1.0 / self.prior_sd_b ** 2, **kw),
-                              fixed[0][:, ucls_idx].reciprocal(), fixed[1][:, cls_idx].reciprocal()], 1)
-            return torch.linalg.inv(H + torch.diag_embed(prec)).cpu().numpy()
+            self._stage(obj, "moderated", n2, 0.3 * self.lr, fixed, theta_prior)
+        return fixed, (su2, sw2), do_moderate
 
+    def _theta_prior(self, obj, theta_raw):
+        """The prior ln θ_j ~ N(trend(mean_j), τ²) around the mean–dispersion trend of the stage-1 θ̂
+        (as edgeR and DESeq2 shrink dispersions), or None (θ fixed, ``shrink_theta=False`` or fewer
+        than 3 genes); sets ``theta_trend_`` and ``theta_prior_sd_``."""
+        if not (obj.learn_theta and self.shrink_theta and obj.J >= 3):
+            return None
+        tr, tau2 = dispersion_trend(obj.log_mean, np.log(theta_raw))
+        self.theta_trend_, self.theta_prior_sd_ = np.exp(tr), float(np.sqrt(tau2))
+        return torch.as_tensor(tr, **obj.kw), float(tau2)
+
+    def _read_sampling_variances(self, obj, fixed, do_moderate):
+        """``sampling_var_u_`` / ``sampling_var_w_`` at the posterior mean, and (stage 2 only) the
+        working model's covariance the sample-level dispersions need (:meth:`_Objective.working_cov`)."""
         cov_working = None
         with torch.no_grad():
-            M, L = moments()
+            M, _ = obj.moments()
             if do_moderate:
-                cov_working = working_cov(M, fixed)
-            vu_t, vw_t = sampling_variances(M)
+                cov_working = obj.working_cov(M, fixed)
+            vu_t, vw_t = obj.sampling_variances(M)
         self.sampling_var_u_ = vu_t.cpu().numpy()
-        self.sampling_var_w_ = vw_t.cpu().numpy() if K else np.full((J, 0), np.nan)
-        self.log_mean_ = log_mean
-        del self._block_info
+        self.sampling_var_w_ = vw_t.cpu().numpy() if obj.K else np.full((obj.J, 0), np.nan)
+        self.log_mean_ = obj.log_mean
+        return cov_working
 
-        self.history_ = pd.DataFrame(rows, columns=["stage", "epoch", "loss", "elbo", "reconstruction", "kl"])
+    def _read_posterior(self, obj, fixed):
+        """Each gene's ELBO, q's means, covariance and sds split by effect (b, γ, u, w), and θ;
+        returns q's mean M (J, P) and covariance (J, P, P) as arrays."""
+        G, Q, D = obj.G, obj.Q, obj.D
         with torch.no_grad():
-            M, L = moments()
-            self.elbo_ = (loglik(M, L) - kl(M, L, fixed)).cpu().numpy()
+            M, L = obj.moments()
+            self.elbo_ = (obj.loglik(M, L) - obj.kl(M, L, fixed)).cpu().numpy()
             cov = (L @ L.transpose(1, 2)).cpu().numpy()
             M = M.cpu().numpy()
-            log_theta = log_theta_now().detach().cpu().numpy()[:, 0] if learn_theta else None
+            log_theta = obj.log_theta_now().detach().cpu().numpy()[:, 0] if obj.learn_theta else None
         self.cov_ = cov
         self.b_mean_, self.gamma_mean_ = M[:, :G], M[:, G:G + Q]
         self.u_mean_, self.w_mean_ = M[:, G + Q:G + Q + D], M[:, G + Q + D:]
         self.b_cov_ = cov[:, :G, :G]
         sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
         self.b_sd_, self.u_sd_, self.w_sd_ = sd[:, :G], sd[:, G + Q:G + Q + D], sd[:, G + Q + D:]
+        self.theta_ = np.exp(log_theta) if obj.learn_theta else np.full(obj.J, float(self.theta))
+        return M, cov
+
+    def _record_variances(self, raw, shared, lay):
+        """σ_u, σ_w (stage 1's own, ``raw``, and the reported ones, ``shared``), θ before shrinkage, and
+        the variance classes."""
+        (su2_raw, sw2_raw, theta_raw), (su2, sw2) = raw, shared
         self.sigma_u_raw_, self.sigma_w_raw_ = np.sqrt(su2_raw), np.sqrt(sw2_raw)
         self.sigma_u_, self.sigma_w_ = np.sqrt(su2), np.sqrt(sw2)
         self.theta_raw_ = theta_raw
-        self.theta_ = np.exp(log_theta) if learn_theta else np.full(J, float(self.theta))
-        self.w_classes_ = list(classes)
-        self.u_classes_ = list(u_classes)
-        self.sample_df_, self.donor_df_, self.cell_type_df_, self.paired_ = w_df, u_df, ct_df, paired
+        self.w_classes_ = list(lay.classes)
+        self.u_classes_ = list(lay.u_classes)
+
+    def _record_design(self, data, lay, do_moderate):
+        """The design's dfs, pairing, genes and registry, and the dispersions and priors at their values
+        without moderation (1, NaN, 0 prior df), which :meth:`_quasi_likelihood` overwrites."""
+        J, n_ct = data.n_genes, len(lay.ct_df)
+        self.sample_df_, self.donor_df_, self.cell_type_df_, self.paired_ = lay.w_df, lay.u_df, lay.ct_df, lay.paired
         self.covariate_names_ = list(data.covariate_names)
         self.design_ = data.design()
         self.var_names_ = np.asarray(data.genes, dtype=object)
         self.covariate_registry_ = self.design_.registry()
         self.moderated_ = do_moderate
         self.prior_df_u_, self.prior_scale_u_ = 0.0, np.nan
-        self.prior_df_w_ = {c: 0.0 for c in ct_df}
-        self.prior_scale_w_ = {c: np.nan for c in ct_df}
-        self.dispersion_ = np.ones((J, len(ct_df)))
-        self.dispersion_raw_ = np.ones((J, len(ct_df)))
-        self.dispersion_df_ = np.full((J, len(ct_df)), np.nan)
-        if do_moderate:
-            self.contrast_df_ = self._quasi_likelihood(data, M, cov_working, G, Q, D, cls_of_sample)
-        else:
-            self.contrast_df_ = self._satterthwaite(data, cov, G, Q, D, K, cls_of_sample)
-        self.n_epochs_ = len(self.history_)
-        self.fit_time_ = time.perf_counter() - t_start
-        return self
+        self.prior_df_w_ = {c: 0.0 for c in lay.ct_df}
+        self.prior_scale_w_ = {c: np.nan for c in lay.ct_df}
+        self.dispersion_ = np.ones((J, n_ct))
+        self.dispersion_raw_ = np.ones((J, n_ct))
+        self.dispersion_df_ = np.full((J, n_ct), np.nan)
 
     def _quasi_likelihood(self, data, M, cov, G, Q, D, cls_of_sample):
         """Sample-level dispersion φ per gene and cell type, moderated across the genes of the cell
@@ -828,6 +717,274 @@ class NBGLMMVEB(Persistent):
         init = dict(state["init"], device=device)
         init["dtype"] = getattr(torch, init["dtype"])
         return cls._restore(init, state, pd.DataFrame(state["samples"]), pd.DataFrame(state["history"]))
+
+
+# ---------------------------------------------------------------- the fit's pieces
+class _Layout(NamedTuple):
+    """The block structure of a design, fixed before any gene is fitted (:meth:`NBGLMMVEB._layout`).
+
+    A block is a non-empty (cell group, donor) pair; its cells share one linear predictor."""
+
+    gi: np.ndarray  # (n_blocks,) cell group of each block
+    di: np.ndarray  # (n_blocks,) donor of each block
+    ki: np.ndarray | None  # (n_blocks,) sample of each block; None without a sample effect
+    K: int  # number of samples
+    Cb: np.ndarray  # (n_blocks, Q) covariate values of each block
+    classes: list  # variance classes of the sample effects
+    cls_of_sample: np.ndarray  # (K,) class of each sample
+    u_code: np.ndarray  # (n_blocks,) donor unit of each block
+    u_cls: np.ndarray  # (n_donor_units,) class of each donor unit
+    u_classes: list  # variance classes of the donor effects
+    ct_df: dict  # cell type → residual df of its contrast
+    paired: dict  # cell type → whether every donor gives every condition
+    w_df: dict  # sample class → residual df of σ̂_w²
+    u_df: float  # residual df of the donors
+    A: np.ndarray  # (n_blocks, P) block design over the coordinates (b, γ, u, w)
+
+
+def _block_design(gi, Cb, u_code, ki, G, Du, K):
+    """The block design A (n_blocks × P, P = G + Q + Du + K): each block's group indicator, its
+    covariates, its donor unit's and its sample's indicators; the linear predictor of block b is
+    a_bᵀ(b, γ, u, w)."""
+    nb, Q = len(gi), Cb.shape[1]
+    A = np.zeros((nb, G + Q + Du + K))
+    A[np.arange(nb), gi] = 1.0
+    A[:, G:G + Q] = Cb
+    A[np.arange(nb), G + Q + u_code] = 1.0
+    if K:
+        A[np.arange(nb), G + Q + Du + ki] = 1.0
+    return A
+
+
+class _Objective:
+    """The ELBO of every gene over one design and the parameters of q that maximise it.
+
+    Holds the counts and the block structure as tensors, q's parameters (``p``: the Cholesky
+    parameterisation of the ``"adam"`` / ``"lbfgs"`` optimisers; ``solver``: the Newton-type
+    optimiser's state), and the training record (``rows``, one per pass). Coordinates are ordered
+    (b: G groups, γ: Q covariates, u: D donor units, w: K samples), P in all.
+    """
+
+    def __init__(self, est: NBGLMMVEB, data: GLMMData, lay: _Layout):
+        kw = self.kw = {"dtype": est.dtype, "device": est.device}
+        self.prior_b, self.prior_sd_b, self.theta, self.n_quad = est.prior_b, est.prior_sd_b, est.theta, est.n_quad
+        self.newton = est.optimizer == "newton"
+        self.J, self.G, self.N = data.n_genes, data.n_groups, data.n_cells
+        self.Q, self.D, self.K = lay.Cb.shape[1], len(lay.u_cls), lay.K
+        self.P, self.nb = lay.A.shape[1], len(lay.gi)
+        self.Cu = len(lay.u_classes)
+        # Orthonormal basis: right singular vectors of A (row space first, then null space), so the
+        # directions the likelihood does not see are separate coordinates, pinned by the priors only.
+        _, _, Vt = np.linalg.svd(lay.A, full_matrices=True)
+        self.T = torch.as_tensor(Vt.T.copy(), **kw)
+        self.Ab = torch.as_tensor(lay.A, **kw)
+        self._cells_and_classes(data, lay)
+        self._start(data, Vt)
+        self.solver = None  # the Newton-type optimiser's state (``optimizer="newton"``), made by stage 1
+        self.rows = []
+        self.block_info = None
+
+    def _cells_and_classes(self, data, lay):
+        """The counts, log library sizes and block of each cell; the one-hot maps from samples and
+        donor units to their variance classes, and from blocks to samples and donor units."""
+        kw, K = self.kw, self.K
+        block_of = {(g, d): b for b, (g, d) in enumerate(zip(lay.gi.tolist(), lay.di.tolist()))}
+        self.cblock = torch.as_tensor(np.array([block_of[(g, d)] for g, d in zip(data.group.tolist(),
+                                                                                 data.donor.tolist())]),
+                                      device=kw["device"])
+        self.y = torch.as_tensor(data.counts.T, **kw)  # (J, N)
+        self.logs = torch.as_tensor(np.log(data.total), **kw)
+        self.expected_nb = ExpectedNBLogLik(self.y, self.logs, self.cblock, self.nb, self.n_quad)
+        C = len(lay.classes)
+        self.W1 = torch.as_tensor(np.eye(C)[lay.cls_of_sample] if K else np.zeros((0, 0)), **kw)  # (K, C)
+        self.n_per_class = self.W1.sum(0) if K else None
+        self.cls_idx = torch.as_tensor(lay.cls_of_sample, device=kw["device"])
+        self.U1 = torch.as_tensor(np.eye(self.Cu)[lay.u_cls], **kw)  # (Du, Cu)
+        self.nu_per_class = self.U1.sum(0)
+        self.ucls_idx = torch.as_tensor(lay.u_cls, device=kw["device"])
+        self.Bk = torch.as_tensor(np.eye(K)[lay.ki] if K else np.zeros((self.nb, 0)), **kw)  # blocks → samples
+        self.Bd = torch.as_tensor(np.eye(self.D)[lay.u_code], **kw)  # blocks → donor units
+
+    def _start(self, data, Vt):
+        """q's starting point (means at the groups' naive estimates, no donor or sample effect; sds 0.1;
+        θ from the moments), the vague prior's mean, and each gene's log mean count per cell."""
+        kw, J, P = self.kw, self.J, self.P
+        t0 = data.naive_estimates()
+        self.log_mean = np.log(np.exp(t0).mean(1)) + float(np.log(np.median(data.total)))  # log mean count per cell
+        self.mu_b0 = torch.as_tensor(t0.mean(1, keepdims=True), **kw)
+        M0 = np.concatenate([t0, np.zeros((J, self.Q + self.D + self.K))], 1)
+        p = {"m": torch.as_tensor(M0 @ Vt.T, **kw), "L_off": torch.zeros(J, P, P, **kw),
+             "log_diag": torch.full((J, P), math.log(0.1), **kw)}
+        self.learn_theta = self.theta is None
+        if self.learn_theta:
+            p["log_theta"] = torch.as_tensor(np.log(moment_theta(data, t0))[:, None], **kw)
+        for v in p.values():
+            v.requires_grad_(True)
+        self.p = p
+        self.fixed_log_theta = (None if self.learn_theta else math.log(self.theta) if np.isfinite(self.theta)
+                                else None)
+        self.vague = torch.full((J, 1), self.prior_sd_b ** 2, **kw)
+
+    # ------------------------------------------------------------ q and the ELBO's terms
+    def moments(self):
+        """q's mean M (J, P) and a factor L of its covariance (Σ = L Lᵀ)."""
+        if self.newton:
+            return self.solver.m, torch.linalg.cholesky(self.solver.sigma)
+        p = self.p
+        L = self.T @ (torch.tril(p["L_off"], -1) + torch.diag_embed(torch.exp(p["log_diag"])))
+        return p["m"] @ self.T.T, L
+
+    def half_logdet(self):
+        """½ ln det Σ of each gene (J,)."""
+        return 0.5 * self.solver.logdet if self.newton else self.p["log_diag"].sum(1)
+
+    def log_theta_now(self):
+        """The current ln θ (J, 1), when θ is learned."""
+        return self.solver.t if self.newton else self.p["log_theta"]
+
+    def loglik(self, M, L):
+        """E_q ln p(y | b, γ, u, w) of each gene (J,), nats: by Gauss–Hermite quadrature
+        (:class:`._nb_lik.ExpectedNBLogLik`), exact for the Poisson GLMM (θ = ∞)."""
+        m = M @ self.Ab.T  # (J, B) mean and variance of η per block
+        v = (torch.einsum("bp,jpq->jbq", self.Ab, L) ** 2).sum(2)
+        if not self.learn_theta and self.fixed_log_theta is None:
+            # θ = ∞: the Poisson GLMM, whose expectation is exact (E e^η = e^{m + v/2})
+            mc, vc = m[:, self.cblock], v[:, self.cblock]
+            return poisson_log_pmf(self.y, torch.exp(self.logs + mc + 0.5 * vc), log_rate=self.logs + mc).sum(1)
+        log_th = (self.log_theta_now() if self.learn_theta
+                  else torch.full((self.J, 1), self.fixed_log_theta, **self.kw))
+        return self.expected_nb(m, v, log_th)
+
+    def own_variances(self, M, var):
+        """Per-gene closed-form maximisers (the VBEM M-step, σ² = mean of E_q[effect²]): σ_u² per donor
+        class (J, Cu) and σ_w² per class (J, C), at least ``VAR_FLOOR``."""
+        G, Q, D, K = self.G, self.Q, self.D, self.K
+        su2 = ((M[:, G + Q:G + Q + D] ** 2 + var[:, G + Q:G + Q + D]) @ self.U1) / self.nu_per_class
+        sw2 = (((M[:, G + Q + D:] ** 2 + var[:, G + Q + D:]) @ self.W1) / self.n_per_class) if K else None
+        return su2.clamp_min(VAR_FLOOR), None if sw2 is None else sw2.clamp_min(VAR_FLOOR)
+
+    def prior(self, M, var, fixed):
+        """The prior's mean and variance of every coordinate, both (J, P): b vague around the naive
+        mean (or the shared EB prior), γ vague, u and w at their class's variance (``fixed``, or each
+        gene's own maximiser when None)."""
+        J, G, Q, D, K, kw = self.J, self.G, self.Q, self.D, self.K, self.kw
+        mb, vb = M[:, :G], var[:, :G]
+        if self.prior_b == "vague":
+            mu, tau2 = self.mu_b0, self.vague
+        else:
+            mu = mb.mean(1, keepdim=True)
+            tau2 = (((mb - mu) ** 2 + vb).mean(1, keepdim=True) if G > 1 else torch.ones(J, 1, **kw)
+                    ).clamp_min(VAR_FLOOR)
+        su2, sw2 = fixed if fixed is not None else self.own_variances(M, var)
+        mean = torch.cat([mu.expand(J, G), torch.zeros(J, Q + D + K, **kw)], 1)
+        parts = ([tau2.expand(J, G), self.vague.expand(J, Q), su2[:, self.ucls_idx]]
+                 + ([sw2[:, self.cls_idx]] if K else []))
+        return mean, torch.cat(parts, 1)
+
+    def kl(self, M, L, fixed):
+        """KL(q ‖ prior) of each gene (J,), nats, over every coordinate jointly."""
+        var = (L ** 2).sum(2)
+        mean, pv = self.prior(M, var, fixed)
+        return (0.5 * ((var + (M - mean) ** 2) / pv + torch.log(pv)).sum(1) - self.half_logdet() - 0.5 * self.P)
+
+    def objective(self, fixed, theta_prior):
+        """Each gene's expected log-likelihood and KL (J,), and the loss minimised by the gradient
+        optimisers: −(ELBO + ln prior(θ)) summed over genes, per cell."""
+        M, L = self.moments()
+        ll, k = self.loglik(M, L), self.kl(M, L, fixed)
+        lp = 0.0
+        if theta_prior is not None:
+            tr, tau2 = theta_prior
+            lp = -0.5 * ((self.p["log_theta"][:, 0] - tr) ** 2).sum() / tau2
+        return ll, k, -((ll - k).sum() + lp) / self.N
+
+    def record(self, stage, ll, k):
+        """One row of the training record (nats summed over genes): loss (−ELBO), ELBO, reconstruction, KL."""
+        # epoch: the row's index, so it counts passes over both stages
+        lls, kls = float(ll.detach().sum()), float(k.detach().sum())
+        self.rows.append((stage, len(self.rows), kls - lls, lls - kls, lls, kls))
+
+    # ------------------------------------------------------------ the Newton-type optimiser
+    def newton_solver(self, fixed, theta_prior):
+        """The Newton-type solver (made at the first stage from q's starting mean), set up for a stage:
+        its prior (each gene's variances by Fisher scoring when ``fixed`` is None, else ``fixed``) and
+        θ's prior."""
+        if self.solver is None:
+            start_t = (self.p["log_theta"].detach() if self.learn_theta
+                       else None if self.fixed_log_theta is None
+                       else torch.full((self.J, 1), self.fixed_log_theta, **self.kw))
+            self.solver = NewtonVEB(self.Ab, self.expected_nb, self.p["m"].detach() @ self.T.T, start_t,
+                                    self.learn_theta)
+        solver = self.solver
+        solver.theta_prior = theta_prior
+        if fixed is None:
+            self._fisher_variances(solver)
+        else:
+            solver.prior = lambda M, var: self.prior(M, var, fixed)
+            solver.variance_step = None
+        return solver
+
+    def _fisher_variances(self, solver):
+        """Stage 1's prior for the solver: each gene's variances by a Fisher-scoring step before every
+        pass (EM crawls toward small σ²); a gene set aside keeps its q and its σ²."""
+        cur = {}
+        solver.prior = lambda M, var: self.prior(M, var, cur.get("v"))
+        rnd = slice(self.G + self.Q, self.P)
+        K, Cu = self.K, self.Cu
+        onehot = torch.block_diag(self.U1, self.W1) if K else self.U1
+
+        def variance_step(M, var, cov, active):
+            s2 = cur.get("v") or self.own_variances(M, var)
+            s2 = torch.cat([s2[0], s2[1]], 1) if K else s2[0]
+            r = torch.nonzero(active)[:, 0]
+            s2 = s2.clone()
+            s2[r] = fisher_variance_step(M[r][:, rnd], var[r][:, rnd], cov[r][:, rnd, rnd], s2[r], onehot, VAR_FLOOR)
+            cur["v"] = (s2[:, :Cu], s2[:, Cu:] if K else None)
+
+        solver.variance_step = variance_step
+
+    # ------------------------------------------------------------ read-outs
+    def own_estimates(self):
+        """Stage 1's result as arrays: each gene's own σ_u² (J, Cu), σ_w² (J, C) and θ (J,)."""
+        with torch.no_grad():
+            M, L = self.moments()
+            var = (L ** 2).sum(2)
+            su2_t, sw2_t = self.own_variances(M, var)
+        su2_raw = su2_t.cpu().numpy()
+        sw2_raw = sw2_t.cpu().numpy() if self.K else np.full((self.J, 0), np.nan)
+        theta_raw = (np.exp(self.log_theta_now().detach().cpu().numpy()[:, 0]) if self.learn_theta
+                     else np.full(self.J, float(self.theta)))
+        return su2_raw, sw2_raw, theta_raw
+
+    def sampling_variances(self, M):
+        """Cell-level sampling variance of each random effect: 1 / the expected Fisher information
+        its cells carry about it, Σ_i μ_i θ/(μ_i + θ) over the sample's (donor's) cells at the
+        posterior mean (computed directly: Σ⁻¹ minus the prior precision cancels badly when σ is
+        near its floor). Per donor class averaged (J, Cu) and per sample class averaged (J, C); the
+        blocks' information (J, n_blocks) is kept in ``block_info``."""
+        J, K, kw = self.J, self.K, self.kw
+        mu = torch.exp(self.logs + (M @ self.Ab.T)[:, self.cblock])  # (J, N)
+        if self.learn_theta or self.fixed_log_theta is not None:
+            th = (torch.exp(self.log_theta_now()) if self.learn_theta
+                  else torch.full((J, 1), math.exp(self.fixed_log_theta), **kw))
+            mu = mu * th / (mu + th)
+        info_b = torch.zeros(J, self.nb, **kw).index_add_(1, self.cblock, mu)
+        self.block_info = info_b
+        vd = 1.0 / (info_b @ self.Bd).clamp_min(1e-12)
+        vk = 1.0 / (info_b @ self.Bk).clamp_min(1e-12) if K else None
+        return (vd @ self.U1) / self.nu_per_class, ((vk @ self.W1) / self.n_per_class) if K else None
+
+    def working_cov(self, M, fixed):
+        """The covariance of the Gaussian working model at q's mean, (Aᵀ W A + prior precision)⁻¹ with
+        W the blocks' expected Fisher information, (J, P, P): what the quadratic forms' expectations
+        need, and computed exactly rather than read off q's Cholesky factor, whose small errors the
+        difference n − tr C/σ² would magnify."""
+        J, G, Q = self.J, self.G, self.Q
+        self.sampling_variances(M)
+        H = torch.einsum("bp,jb,bq->jpq", self.Ab, self.block_info, self.Ab)
+        prec = torch.cat([torch.full((J, G + Q), 1.0 / self.prior_sd_b ** 2, **self.kw),
+                          fixed[0][:, self.ucls_idx].reciprocal(), fixed[1][:, self.cls_idx].reciprocal()], 1)
+        return torch.linalg.inv(H + torch.diag_embed(prec)).cpu().numpy()
 
 
 def fit_nb_veb(data: GLMMData, **kwargs) -> NBGLMMVEB:
