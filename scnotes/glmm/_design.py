@@ -48,8 +48,29 @@ class SufficientStats:
     const: np.ndarray
 
 
+class _DesignSizes:
+    """``n_genes``, ``n_groups`` and ``n_donors`` from the ``genes``, ``groups`` and ``donors`` lists:
+    one definition for a design (:class:`GLMMDesign`) and its data (:class:`GLMMData`, whose count
+    columns are checked against its genes when it is built)."""
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes, ``len(genes)``."""
+        return len(self.genes)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of cell groups, ``len(groups)``."""
+        return len(self.groups)
+
+    @property
+    def n_donors(self) -> int:
+        """Number of donors, ``len(donors)``."""
+        return len(self.donors)
+
+
 @dataclass
-class GLMMDesign:
+class GLMMDesign(_DesignSizes):
     """What a fitted model needs to know about its data besides the counts: the
     genes, cell groups (with their cell type and condition), donors and the
     ``obs`` keys they came from. Saved with a model and checked against new data.
@@ -61,18 +82,6 @@ class GLMMDesign:
     group_table: pd.DataFrame
     keys: dict = field(default_factory=dict)
     covariate_names: list = field(default_factory=list)
-
-    @property
-    def n_genes(self):
-        return len(self.genes)
-
-    @property
-    def n_groups(self):
-        return len(self.groups)
-
-    @property
-    def n_donors(self):
-        return len(self.donors)
 
     def registry(self):
         """Category registry ``[(obs key, [categories…]), …]`` (donor, then cell group
@@ -116,7 +125,7 @@ class GLMMDesign:
 
 
 @dataclass
-class GLMMData:
+class GLMMData(_DesignSizes):
     """Validated data for the Poisson GLMM (build with :func:`glmm_data`).
 
     Attributes
@@ -132,6 +141,12 @@ class GLMMData:
         Sample-level fixed-effect covariates, coded by :func:`glmm_data` (numeric columns
         centred; categorical ones as treatment-coded indicators, first level dropped).
     covariate_names : list of str, one per column of ``covariates``
+    n_cells, n_genes, n_groups, n_donors : int
+        Sizes (``n_genes`` = ``len(genes)``, as :class:`GLMMDesign`'s).
+
+    Raises
+    ------
+    ValueError : ``counts`` is not 2-d with one column per gene name.
     """
 
     counts: np.ndarray
@@ -147,21 +162,16 @@ class GLMMData:
     covariates: np.ndarray | None = None
     covariate_names: list = field(default_factory=list)
 
+    def __post_init__(self):
+        # n_genes is read off the gene names (one definition with GLMMDesign), so the counts must match them
+        shape = np.shape(self.counts)
+        if len(shape) != 2 or shape[1] != len(self.genes):
+            raise ValueError(f"counts of shape {shape} for {len(self.genes)} gene names; GLMMData needs "
+                             "n_cells × n_genes counts, one column per gene (build it with glmm_data)")
+
     @property
     def n_cells(self):
         return self.counts.shape[0]
-
-    @property
-    def n_genes(self):
-        return self.counts.shape[1]
-
-    @property
-    def n_groups(self):
-        return len(self.groups)
-
-    @property
-    def n_donors(self):
-        return len(self.donors)
 
     def design(self) -> GLMMDesign:
         """Genes, groups, donors and keys without the counts (what a fitted model keeps)."""
