@@ -82,6 +82,23 @@ def test_nb_glmm_input_errors():
         glmm.NBGLMMVEB(max_epochs=2).fit(_data(a[keep.to_numpy()].copy()))
 
 
+def test_nb_glmm_groups_only_keeps_stage_one_variances():
+    """A design of cell groups only (group_key, no cell types) has no per-cell-type dispersion to
+    moderate: the default fit is the moderate=False fit (stage 1's variances, θ still shrunk), not a
+    crash, and it reports no contrast."""
+    a = glmm.simulate_nb_glmm(n_donors=4, n_cells=8, n_genes=4, seed=3)
+    obs = a.obs.assign(grp=a.obs["condition"].astype(str))
+    d = glmm.glmm_data(obs, a.X, donor_key="donor", size_factor_key="total_counts", group_key="grp")
+    m = glmm.NBGLMMVEB(max_epochs=15, moderated_epochs=5).fit(d)
+    off = glmm.NBGLMMVEB(max_epochs=15, moderated_epochs=5, moderate=False).fit(d)
+    assert not m.moderated_ and m.contrast_df_ == {}
+    assert list(m.history_["stage"].unique()) == ["per gene", "moderated"]  # θ's shrinkage still runs
+    for k in ("b_mean_", "b_cov_", "sigma_w_", "theta_", "elbo_"):
+        np.testing.assert_array_equal(getattr(m, k), getattr(off, k))
+    np.testing.assert_array_equal(m.sigma_w_, m.sigma_w_raw_)
+    assert (m.summary()["kind"] == "group").all()
+
+
 @pytest.mark.slow
 def test_nb_theta_infinite_matches_poisson_glmm():
     """θ → ∞: the NB GLMM without a sample effect and with the Poisson VEB's shared prior is the

@@ -113,8 +113,9 @@ class NBGLMMVEB(Persistent):
         learns θ_j per gene.
     moderate : bool
         Stage 2 of the module notes: shared variances and a sample-level dispersion per gene and cell
-        type, moderated across genes. Needs at least 3 genes and a sample effect; otherwise stage 1's
-        per-gene variances and Satterthwaite df are used.
+        type, moderated across genes. Needs at least 3 genes, a sample effect and cell types (data built
+        with ``cell_type_key`` and ``condition_key``); otherwise stage 1's per-gene variances and
+        Satterthwaite df are used.
     robust : bool
         Robust prior fit (limma ``robust=TRUE``): outlying genes do not shrink everybody's prior df.
     trend : bool
@@ -377,7 +378,8 @@ class NBGLMMVEB(Persistent):
         obj = _Objective(self, data, lay)
         self._stage(obj, "per gene", self.max_epochs, self.lr, None, None)
         raw = obj.own_estimates()
-        fixed, shared, do_moderate = self._moderated_stage(obj, *raw)
+        do_moderate = self._moderates(obj, lay)
+        fixed, shared = self._moderated_stage(obj, do_moderate, *raw)
         cov_working = self._read_sampling_variances(obj, fixed, do_moderate)
         self.history_ = pd.DataFrame(obj.rows, columns=["stage", "epoch", "loss", "elbo", "reconstruction", "kl"])
         M, cov = self._read_posterior(obj, fixed)
@@ -454,16 +456,21 @@ class NBGLMMVEB(Persistent):
             descend(loss, opt, sched)
             obj.record(stage, ll, k)
 
-    def _moderated_stage(self, obj, su2_raw, sw2_raw, theta_raw):
+    def _moderates(self, obj, lay):
+        """Whether stage 2 shares the variances and moderates φ: asked for (``moderate``), with at least
+        3 genes to share across, a sample effect and cell types (φ is per cell type; a design of cell
+        groups only has no contrast to moderate, and keeps stage 1's variances)."""
+        return self.moderate and obj.J >= 3 and obj.K > 0 and bool(lay.ct_df)
+
+    def _moderated_stage(self, obj, do_moderate, su2_raw, sw2_raw, theta_raw):
         """Stage 2 (module notes): every gene's q refitted at the typical sample and donor variances of
         its cell type (medians of the stage-1 estimates: a mean of estimates cut off at zero overstates
         a variance that is near zero, as on a real paired null), with θ shrunk to its trend; each gene's
-        own scatter then enters through a sample-level dispersion φ moderated across genes. Returns the
-        variances held fixed (tensors, or None when stage 2 did not run), the (σ_u², σ_w²) reported,
-        and whether the variances were shared (moderated)."""
+        own scatter then enters through a sample-level dispersion φ moderated across genes. Without
+        ``do_moderate`` each gene keeps its own variances (stage 2 runs only to shrink θ). Returns the
+        variances held fixed (tensors, or None when stage 2 did not run) and the (σ_u², σ_w²) reported."""
         J, K = obj.J, obj.K
         su2, sw2 = su2_raw.copy(), sw2_raw.copy()
-        do_moderate = self.moderate and J >= 3 and K > 0
         if do_moderate:
             su2 = np.tile(np.maximum(np.median(su2_raw, axis=0), VAR_FLOOR), (J, 1))
             sw2 = np.tile(np.maximum(np.median(sw2_raw, axis=0), VAR_FLOOR), (J, 1))
@@ -473,7 +480,7 @@ class NBGLMMVEB(Persistent):
             fixed = (torch.as_tensor(su2, **obj.kw), torch.as_tensor(sw2, **obj.kw) if K else None)
             n2 = self.moderated_epochs or max(50, self.max_epochs // 3)
             self._stage(obj, "moderated", n2, 0.3 * self.lr, fixed, theta_prior)
-        return fixed, (su2, sw2), do_moderate
+        return fixed, (su2, sw2)
 
     def _theta_prior(self, obj, theta_raw):
         """The prior ln θ_j ~ N(trend(mean_j), τ²) around the mean–dispersion trend of the stage-1 θ̂
