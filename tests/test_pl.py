@@ -149,3 +149,75 @@ def test_table_plots_name_the_missing_columns():
     with pytest.raises(KeyError, match="volcano.*'lfsr'"):
         pl.volcano(table, p="lfsr")
     plt.close("all")
+
+
+def test_effects_across_seeds_draws_each_fit_minus_the_reference():
+    est = np.array([[1.0, 2.0, 3.0], [1.5, 2.5, 2.0]])
+    ref, se = np.array([1.0, 2.0, 2.5]), np.array([0.1, 0.2, 0.3])
+    ax = pl.effects_across_seeds(est, ref, se, ["B", "T", "NK"], seed=4, ref_label="lme4", ylabel="VEB − ref",
+                                 title="t")
+    dots = ax.collections[:3]
+    for g, c in enumerate(dots):  # one column of dots per group, at the group ± jitter, y = fit − reference
+        xy = c.get_offsets()
+        assert np.allclose(xy[:, 1], est[:, g] - ref[g]) and np.all(np.abs(xy[:, 0] - g) < 0.5)
+    jitter = np.concatenate([c.get_offsets()[:, 0] for c in dots])
+    again = pl.effects_across_seeds(est, ref, se, ["B", "T", "NK"], seed=4)
+    assert np.array_equal(jitter, np.concatenate([c.get_offsets()[:, 0] for c in again.collections[:3]]))
+    bars = ax.containers[0].lines[2][0].get_segments()  # the ±1 SE bars, centred on 0
+    assert np.allclose([s[:, 1] for s in bars], np.column_stack([-se, se]))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["B", "T", "NK"]
+    assert ax.get_ylabel() == "VEB − ref" and ax.get_title() == "t"
+    assert ax.get_legend().get_texts()[0].get_text() == "±1 lme4 SE"
+    with pytest.raises(ValueError, match="3 groups but reference 2"):
+        pl.effects_across_seeds(est, ref[:2], se, ["B", "T", "NK"])
+    with pytest.raises(ValueError, match="n_fits, n_groups"):
+        pl.effects_across_seeds(est[0], ref, se, ["B", "T", "NK"])
+    plt.close("all")
+
+
+def test_correlation_matrix_draws_the_matrix_on_a_fixed_scale():
+    cov = np.array([[2.0, -0.8], [-0.8, 1.0]])
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    ax = pl.correlation_matrix(corr, title="q", xlabel="b | u", ylabel="b | u")
+    im = ax.get_images()[0]
+    assert np.array_equal(im.get_array(), corr) and im.get_clim() == (-1, 1)
+    assert ax.get_title() == "q" and ax.get_xlabel() == "b | u" and len(ax.figure.axes) == 2  # + colour bar
+    with pytest.raises(ValueError, match="not a covariance"):
+        pl.correlation_matrix(cov)
+    with pytest.raises(ValueError, match="square"):
+        pl.correlation_matrix(np.zeros((2, 3)))
+    plt.close("all")
+
+
+def test_scales_vs_reference_draws_the_points_and_the_identity_from_zero():
+    values, ref = np.array([0.2, 0.5, np.nan]), np.array([0.3, 0.4, 0.1])
+    ax = pl.scales_vs_reference(values, ref, xlabel="lme4 sigma_u", ylabel="VEB sigma_u", title="donor sd")
+    assert np.allclose(ax.collections[0].get_offsets(), np.column_stack([ref, values]), equal_nan=True)
+    line = ax.lines[0]
+    assert np.allclose(line.get_xdata(), [0, 0.5 * 1.05]) and np.allclose(line.get_ydata(), line.get_xdata())
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("lme4 sigma_u", "VEB sigma_u", "donor sd")
+    with pytest.raises(ValueError, match="3 values but 2"):
+        pl.scales_vs_reference(values, ref[:2])
+    with pytest.raises(ValueError, match="non-negative"):
+        pl.scales_vs_reference(-values, ref)
+    plt.close("all")
+
+
+def test_volcano_grid_draws_one_volcano_per_group():
+    rng = np.random.default_rng(0)
+    con = pd.DataFrame({"gene": [f"g{i}" for i in range(12)], "cell_type": ["B", "T", "NK"] * 4,
+                        "estimate": rng.normal(size=12), "lfsr": rng.uniform(0, 1, 12)})
+    fig = pl.volcano_grid(con, groups=["T", "B", "NK"], p="lfsr", label="gene", xlabel="log fold change",
+                          ncols=2)
+    shown = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in shown] == ["T", "B", "NK"] and len(fig.axes) == 4  # 2 × 2, one hidden
+    for a, g in zip(shown, ["T", "B", "NK"]):
+        part = con[con.cell_type == g]
+        xs = np.concatenate([c.get_offsets()[:, 0] for c in a.collections])
+        assert np.allclose(np.sort(xs), np.sort(part.estimate)) and a.get_xlabel() == "log fold change"
+    assert [a.get_title() for a in pl.volcano_grid(con, p="lfsr").axes] == ["B", "T", "NK"]
+    with pytest.raises(KeyError, match="volcano_grid.*'p'"):
+        pl.volcano_grid(con)
+    with pytest.raises(ValueError, match="no group"):
+        pl.volcano_grid(con, p="lfsr", groups=[])
+    plt.close("all")
