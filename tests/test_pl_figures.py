@@ -114,3 +114,113 @@ def test_score_bars_errors():
         pl.score_bars(pd.Series([-1.0, -np.inf], index=["a", "b"]))
     with pytest.raises(ValueError, match="finite"):
         pl.score_bars(pd.Series([], dtype=float))
+
+
+# --- reference mapping (scnotes.pl._map) ---
+
+@pytest.fixture
+def programs():
+    """Three matched programs and the 3 × 3 loadings correlations they were matched on."""
+    ref, new = ["Z_0", "Z_1", "Z_2"], ["N_0", "N_1", "N_2"]
+    r = pd.DataFrame([[0.9, -0.1, 0.2], [0.0, 0.3, -0.8], [0.1, 0.6, 0.1]], index=ref, columns=new)
+    pairs = pd.DataFrame({"de novo program": ["N_0", "N_2", "N_1"], "loadings r": [0.9, 0.8, 0.6],
+                          "activities r": [0.5, 0.95, -0.3]}, index=pd.Index(ref, name="reference program"))
+    return pairs, r
+
+
+def test_program_agreement_draws_the_pairs_and_the_matrix(programs):
+    pairs, r = programs
+    left, right = pl.program_agreement(pairs, r)
+    order = ["Z_1", "Z_0", "Z_2"]  # by activities r, highest first
+    bars = left.patches
+    np.testing.assert_allclose([b.get_height() for b in bars[:3]], pairs.loc[order, "loadings r"])
+    np.testing.assert_allclose([b.get_height() for b in bars[3:]], pairs.loc[order, "activities r"])
+    assert [t.get_text() for t in left.get_xticklabels()] == order
+    assert left.get_xlabel() == "reference program (matched to a de novo program)"
+    assert left.get_ylim()[0] == pytest.approx(-0.35)  # below the lowest correlation
+    np.testing.assert_array_equal(right.images[0].get_array(), np.abs(r.to_numpy()))
+    circles = right.collections[0].get_offsets()  # (column, row) of each match
+    np.testing.assert_array_equal(np.asarray(circles), [[0, 0], [2, 1], [1, 2]])
+    assert [t.get_text() for t in right.get_yticklabels()] == list(r.index)
+    assert [t.get_text() for t in right.get_xticklabels()] == list(r.columns)
+    assert right.get_title() == "|r| of centred loadings"
+
+
+def test_program_agreement_errors(programs):
+    pairs, r = programs
+    with pytest.raises(KeyError, match=r"lacks column\(s\) \['activities r'\]"):
+        pl.program_agreement(pairs.drop(columns="activities r"), r)
+    with pytest.raises(KeyError, match="not labels of correlations"):
+        pl.program_agreement(pairs, r.rename(columns={"N_2": "other"}))
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="two panels but 1 axes"):
+        pl.program_agreement(pairs, r, axes=ax)
+
+
+def test_program_marks_draws_the_table_clipped_at_the_limit():
+    marks = pd.DataFrame([[0.5, -3.0], [2.5, 0.0], [-1.0, 1.0]], index=["B", "T", "NK"], columns=["Z_0", "Z_1"])
+    ax = pl.program_marks(marks, ylabel="query annotation (cell_type)")
+    im = ax.images[0]
+    np.testing.assert_array_equal(im.get_array(), marks.to_numpy())
+    assert im.get_clim() == (-2.0, 2.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["B", "T", "NK"]
+    assert ax.get_ylabel() == "query annotation (cell_type)" and ax.get_xlabel()
+    with pytest.raises(ValueError, match="empty"):
+        pl.program_marks(marks.iloc[:0])
+    with pytest.raises(ValueError, match="positive"):
+        pl.program_marks(marks, limit=0)
+
+
+def test_label_tables_shade_row_shares_and_write_counts():
+    counts = pd.DataFrame([[8, 2, 0], [1, 1, 6]], index=["A", "B"], columns=["A", "B", "unknown"])
+    axes = pl.label_tables([counts, None], ["all", "without"], xlabel="called", ylabel="true", annotate=True,
+                           notes="control skipped", xrotation=30)
+    shares = counts.to_numpy() / counts.to_numpy().sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(axes[0].images[0].get_array(), shares)
+    texts = {(t.get_position(), t.get_text(), t.get_color()) for t in axes[0].texts}
+    assert ((0, 0), "8", "w") in texts and ((2, 1), "6", "w") in texts and ((1, 0), "2", "k") in texts
+    assert len(axes[0].texts) == counts.size
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["A", "B", "unknown"]
+    assert axes[0].get_xticklabels()[0].get_rotation() == 30
+    assert axes[0].get_ylabel() == "true" and axes[0].get_title() == "all"
+    assert not axes[1].axison and [t.get_text() for t in axes[1].texts] == ["control skipped"]
+
+
+def test_label_tables_shared_axis_and_colorbar():
+    counts = pd.DataFrame([[3, 1], [0, 4]], index=["x", "y"], columns=["0", "1"])
+    axes = pl.label_tables([counts, counts * 2], ["a", "b"], xlabel="cluster", ylabel="cell type", sharey=True,
+                           colorbar_label="share")
+    assert axes[0].get_ylabel() == "cell type" and axes[1].get_ylabel() == ""
+    assert not axes[0].texts  # no counts written
+    cbar = [a for a in axes[0].figure.axes if a not in axes]
+    assert len(cbar) == 1 and cbar[0].get_ylabel() == "share"
+    np.testing.assert_allclose(axes[1].images[0].get_array(), axes[0].images[0].get_array())
+
+
+def test_label_tables_errors():
+    counts = pd.DataFrame([[3, 1], [0, 0]], index=["x", "y"], columns=["0", "1"])
+    with pytest.raises(ValueError, match=r"rows without cells: \['y'\]"):
+        pl.label_tables([counts], ["a"], xlabel="", ylabel="")
+    with pytest.raises(ValueError, match="2 tables but 1 titles"):
+        pl.label_tables([None, None], ["a"], xlabel="", ylabel="")
+
+
+def test_mapping_cost_draws_times_and_gaps():
+    costs = pd.DataFrame({"model": ["LDVAE", "NBVAE"], "map s": [2.0, 0.5], "de novo s": [20.0, 4.0],
+                          "relative gap": [-0.02, 0.03]}, index=pd.Index(["programs", "protocols"], name="section"))
+    left, right = pl.mapping_cost(costs, target=0.05)
+    np.testing.assert_allclose([b.get_width() for b in left.patches], [2.0, 0.5, 20.0, 4.0])
+    assert left.get_xscale() == "log"
+    assert [t.get_text() for t in left.get_yticklabels()] == ["programs (LDVAE)", "protocols (NBVAE)"]
+    np.testing.assert_allclose([b.get_width() for b in right.patches], [-2.0, 3.0])  # in %
+    target = [ln for ln in right.get_lines() if ln.get_linestyle() == "--"]
+    assert target[0].get_xdata()[0] == pytest.approx(-5) and target[0].get_label() == "target: within 5 %"
+    with pytest.raises(KeyError, match=r"lacks column\(s\) \['map s'\]"):
+        pl.mapping_cost(costs.drop(columns="map s"))
+    with pytest.raises(ValueError, match="no rows"):
+        pl.mapping_cost(costs.iloc[:0])
+
+
+def test_skipped_says_why():
+    ax = pl.skipped("section skipped (x = None)")
+    assert not ax.axison and [t.get_text() for t in ax.texts] == ["section skipped (x = None)"]
