@@ -224,3 +224,53 @@ def test_mapping_cost_draws_times_and_gaps():
 def test_skipped_says_why():
     ax = pl.skipped("section skipped (x = None)")
     assert not ax.axison and [t.get_text() for t in ax.texts] == ["section skipped (x = None)"]
+
+
+# --- the table pl.program_marks draws: scnotes.tl.program_marks computes it ---
+
+@pytest.fixture
+def marked():
+    rng = np.random.default_rng(1)
+    n, k, g = 60, 3, 8
+    labels = pd.Categorical(rng.choice(["T", "B", "NK"], n), categories=["T", "NK", "B"])  # not sorted
+    act = rng.normal(size=(n, k)).astype(np.float32)
+    load = pd.DataFrame(rng.normal(size=(g, k)), index=[f"g{j}" for j in range(g)], columns=["Z_0", "Z_1", "Z_2"])
+    return act, labels, load
+
+
+def test_program_marks_equals_a_brute_force(marked):
+    from scnotes import tl
+
+    act, labels, load = marked
+    marks, table = tl.program_marks(act, labels, load, n_programs=2, n_genes=3)
+    assert list(marks.index) == ["T", "NK", "B"] == list(table.index)  # the categories' order
+    assert list(marks.columns) == list(load.columns)
+    sd = act.std(axis=0, ddof=1)
+    for lab in marks.index:
+        cells = np.asarray(labels) == lab
+        dev = act[cells].mean(axis=0) - act.mean(axis=0)
+        np.testing.assert_allclose(marks.loc[lab].to_numpy(), dev / sd, rtol=1e-4)
+        assert table.loc[lab, "cells"] == cells.sum()
+        top = np.argsort(-np.abs(dev / sd))[:2]
+        assert table.loc[lab, "programs that move most (sd)"].split(", ")[0].startswith(load.columns[top[0]])
+        raised = load.to_numpy() @ dev
+        assert table.loc[lab, "genes they raise most"] == ", ".join(load.index[np.argsort(-raised)[:3]])
+
+
+def test_program_marks_genes_ignore_a_shift_per_program(marked):
+    from scnotes import tl
+
+    act, labels, load = marked
+    _, table = tl.program_marks(act, labels, load)
+    _, shifted = tl.program_marks(act, labels, load + np.array([5.0, -3.0, 0.5]))
+    pd.testing.assert_series_equal(table["genes they raise most"], shifted["genes they raise most"])
+
+
+def test_program_marks_errors(marked):
+    from scnotes import tl
+
+    act, labels, load = marked
+    with pytest.raises(ValueError, match="labels has 59 entries but activities 60 cells"):
+        tl.program_marks(act, labels[:-1], load)
+    with pytest.raises(ValueError, match="cells × 3 programs"):
+        tl.program_marks(act[:, :2], labels, load)

@@ -6,6 +6,7 @@ from ._mnn import *  # noqa: F401,F403
 from ._glmm import *  # noqa: F401,F403
 from ._map import *  # noqa: F401,F403
 from ._map_eval import *  # noqa: F401,F403
+from ._map_tables import *  # noqa: F401,F403
 from ._loadings import *  # noqa: F401,F403
 from ._scvi_ref import *  # noqa: F401,F403
 from ._fit_many import *  # noqa: F401,F403
