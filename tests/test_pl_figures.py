@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import to_hex
 
-from scnotes import pl  # noqa: E402
+from scnotes import pl
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ._common import _need
 
-__all__ = ["program_agreement", "program_marks", "label_tables", "mapping_cost", "skipped"]
+__all__ = ["label_tables", "mapping_cost", "program_agreement", "program_marks", "skipped"]
 
 
 def skipped(text: str, ax=None, figsize=(4, 1)):

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ._common import _need
 
-__all__ = ["selection_curve", "score_bars"]
+__all__ = ["score_bars", "selection_curve"]
 
 
 def _methods(table: pd.DataFrame, by: str, order) -> list:
