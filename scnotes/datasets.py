@@ -7,6 +7,21 @@ otherwise ``../shared/data`` beside the repository root.
 Each entry records the file, its sha256 (checked on load, so a truncated or
 edited file is caught), the shape, the label columns, the citation and the
 original public location (see ``SOURCES.md`` in the data directory).
+
+Curated sets (:data:`CURATED`) are the book's versions of registered files, made
+by one named step and given a batch and a label column: ``load(name, curated=True)``
+(and ``load("pbmc_joined")``, which exists only curated). They are the sets of the
+chapter ``mnn_topics``:
+
+- ``cellbench_3cl_celseq2_dropseq``, ``cellbench_5cl_celseq2_plates`` (Tian et al.
+  2019): demuxlet doublets (``demuxlet_cls == "DBL"``) removed; batch ``batch``,
+  label ``cell_line``.
+- ``pbmc_joined``: ``pbmc_facs_zheng2017`` (10x v1, FACS-sorted populations) and
+  ``pbmc4k_10x_soupx`` (10x v2, cluster annotation) joined on gene symbols
+  (symbols that occur twice in either set dropped), coarse labels harmonised to
+  B, NK, CD4 T, CD8 T and Monocyte (:data:`PBMC_LABELS`; CD34+ and unannotated
+  "?" cells dropped); batch ``batch`` (``zheng2017_10xv1`` / ``pbmc4k_10xv2``),
+  label ``label``.
 """
 from __future__ import annotations
 
@@ -14,8 +29,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["DATA_ENV", "Dataset", "REGISTRY", "data_dir", "path", "load", "load_table", "list_datasets"]
+__all__ = ["DATA_ENV", "Dataset", "REGISTRY", "Curated", "CURATED", "BOOK_DATASETS", "PBMC_LABELS",
+           "data_dir", "path", "load", "load_table", "list_datasets"]
 
 DATA_ENV = "SCNOTES_DATA_DIR"
 
@@ -103,19 +120,25 @@ def data_dir() -> Path:
 
 
 def list_datasets():
-    """A pandas DataFrame of the registry (name, file, shape, labels, citation, url)."""
+    """A pandas DataFrame of the registry (name, file, shape, labels, citation, url) and of the
+    curated sets (``curated``: the step of ``load(name, curated=True)``; a set that exists only
+    curated has no file of its own and names its sources)."""
     import pandas as pd
 
-    return pd.DataFrame([
-        {"name": d.name, "file": d.file, "shape": d.shape, "labels": ", ".join(d.labels),
-         "citation": d.citation, "url": d.url} for d in REGISTRY.values()
-    ]).set_index("name")
+    rows = [{"name": d.name, "file": d.file, "shape": d.shape, "labels": ", ".join(d.labels),
+             "citation": d.citation, "url": d.url, "curated": CURATED[d.name].step if d.name in CURATED else ""}
+            for d in REGISTRY.values()]
+    rows += [{"name": c.name, "file": "", "shape": None, "labels": f"{c.batch_key}, {c.label_key}",
+              "citation": "made from " + ", ".join(c.sources), "url": "", "curated": c.step}
+             for c in CURATED.values() if c.name not in REGISTRY]
+    return pd.DataFrame(rows).set_index("name")
 
 
 def _entry(name: str) -> Dataset:
     if name not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; registered datasets: {sorted(REGISTRY)} "
-                       "(or pass a path to your own .h5ad)")
+        curated = sorted(set(CURATED) - set(REGISTRY))
+        raise KeyError(f"unknown dataset {name!r}; registered datasets: {sorted(REGISTRY)}, curated sets: "
+                       f"{curated} (or pass a path to your own .h5ad)")
     return REGISTRY[name]
 
 
@@ -160,16 +183,22 @@ def path(name: str, verify: bool = True) -> Path:
     return p
 
 
-def load(name_or_path: str, verify: bool = True):
+def load(name_or_path: str, verify: bool = True, curated: bool = False):
     """Load a dataset as AnnData with raw counts in ``X`` (and a copy in ``layers['counts']``).
 
     Parameters
     ----------
     name_or_path : str
-        A registered name (see :func:`list_datasets`) or a path to a user's
-        ``.h5ad`` (not checked against the registry).
+        A registered name (see :func:`list_datasets`), a curated set's name
+        (:data:`CURATED`) or a path to a user's ``.h5ad`` (not checked against
+        the registry).
     verify : bool
-        Check the registered file's sha256 (once per process).
+        Check the registered files' sha256 (once per process).
+    curated : bool
+        Return the book's curated version where :data:`CURATED` has one (doublets
+        dropped, a batch and a label column; see the module docstring); other names
+        and paths load as they are. A set that exists only curated
+        (``"pbmc_joined"``) is curated either way.
 
     Returns
     -------
@@ -183,20 +212,33 @@ def load(name_or_path: str, verify: bool = True):
         As :func:`path`; ``ValueError`` also for a registered table (use
         :func:`load_table`).
     """
+    name = str(name_or_path)
+    if name in CURATED and (curated or name not in REGISTRY):
+        return _with_counts(CURATED[name].make(CURATED[name], verify), name)
     import anndata as ad
-    import scipy.sparse as sp
 
+    p, name = _h5ad_file(name_or_path, verify)
+    return _with_counts(ad.read_h5ad(p), name)
+
+
+def _h5ad_file(name_or_path: str, verify: bool) -> tuple[Path, str]:
+    """(file, name) of a user's ``.h5ad`` path (its stem names it) or of a registered AnnData."""
     if str(name_or_path).endswith(".h5ad") or os.sep in str(name_or_path):
         p = Path(name_or_path).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"no .h5ad file at {p}")
-        name = p.stem
-    else:
-        d = _entry(name_or_path)
-        if d.kind != "h5ad":
-            raise ValueError(f"dataset {d.name!r} is a table; use scnotes.datasets.load_table")
-        p, name = path(name_or_path, verify=verify), d.name
-    adata = ad.read_h5ad(p)
+        return p, p.stem
+    d = _entry(name_or_path)
+    if d.kind != "h5ad":
+        raise ValueError(f"dataset {d.name!r} is a table; use scnotes.datasets.load_table")
+    return path(name_or_path, verify=verify), d.name
+
+
+def _with_counts(adata, name: str):
+    """The loader's contract: CSR counts in ``X``, a copy in ``layers['counts']`` unless the
+    file has one, the source's name in ``uns['scnotes_dataset']``."""
+    import scipy.sparse as sp
+
     if not sp.issparse(adata.X):
         adata.X = sp.csr_matrix(adata.X)
     if "counts" not in adata.layers:
@@ -213,3 +255,87 @@ def load_table(name: str = "smillie2019_celltype_counts", verify: bool = True):
     if d.kind != "csv":
         raise ValueError(f"dataset {name!r} is an AnnData; use scnotes.datasets.load")
     return pd.read_csv(path(name, verify=verify))
+
+
+# ---------------------------------------------------------------- curated sets (the book's versions)
+
+#: Coarse labels of the two PBMC sets joined as ``pbmc_joined``: registered name → (label
+#: column, batch name, label → coarse label). ``MNP`` (mononuclear phagocytes) of the 4k
+#: annotation is mostly CD14+ monocytes. Unmapped labels (CD34+, "?") are dropped.
+PBMC_LABELS = {
+    "pbmc_facs_zheng2017": ("cell_type", "zheng2017_10xv1", {
+        "CD19+ B": "B", "CD56+ NK": "NK", "CD14+ Monocyte": "Monocyte",
+        "CD8+ Cytotoxic T": "CD8 T", "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T",
+        "CD4+ T Helper2": "CD4 T", "CD4+/CD45RO+ Memory": "CD4 T",
+        "CD4+/CD25 T Reg": "CD4 T", "CD4+/CD45RA+/CD25- Naive T": "CD4 T"}),
+    "pbmc4k_10x_soupx": ("annotation", "pbmc4k_10xv2", {
+        "B": "B", "NK": "NK", "MNP": "Monocyte", "T_CD4": "CD4 T", "T_CD8": "CD8 T"}),
+}
+
+
+@dataclass(frozen=True)
+class Curated:
+    """One curated set: registered files (``sources``) made into the book's version by ``make``
+    (called as ``make(entry, verify)``, returns an AnnData of raw counts), with its batch and
+    label columns in ``obs``."""
+
+    name: str
+    sources: tuple
+    batch_key: str
+    label_key: str
+    step: str
+    make: Callable = field(repr=False, compare=False)
+
+
+def _without_doublets(entry: Curated, verify: bool):
+    """The registered file without demuxlet's doublets (``demuxlet_cls == "DBL"``)."""
+    a = load(entry.sources[0], verify=verify)
+    return a[(a.obs["demuxlet_cls"] != "DBL").to_numpy()].copy()
+
+
+def _by_symbol(a):
+    """Genes named by ``var['gene_symbol']``, symbols that occur twice dropped (no guess which is meant)."""
+    a = a[:, ~a.var["gene_symbol"].duplicated(keep=False).to_numpy()].copy()
+    a.var_names = a.var["gene_symbol"].astype(str).to_numpy()
+    return a
+
+
+def _coarse_labelled(name: str, verify: bool):
+    """(batch name, cells of ``name`` with a coarse label in ``obs['label']``, genes by symbol)."""
+    col, batch, mapping = PBMC_LABELS[name]
+    a = _by_symbol(load(name, verify=verify))
+    a.obs["label"] = a.obs[col].astype(str).map(mapping)
+    return batch, a[a.obs["label"].notna().to_numpy()]
+
+
+def _pbmc_joined(entry: Curated, verify: bool):
+    """The PBMC sets of :data:`PBMC_LABELS` on their shared gene symbols, one batch each,
+    cells named ``<batch>:<barcode>``, obs ``batch`` and ``label`` only."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    parts = dict(_coarse_labelled(name, verify) for name in entry.sources)
+    genes = None
+    for a in parts.values():
+        genes = a.var_names if genes is None else genes.intersection(a.var_names)
+    return ad.concat([ad.AnnData(
+        X=sp.csr_matrix(a[:, genes].X, dtype=np.float32),
+        obs=pd.DataFrame({"batch": batch, "label": a.obs["label"].to_numpy()},
+                         index=[f"{batch}:{i}" for i in a.obs_names]),
+        var=pd.DataFrame(index=genes)) for batch, a in parts.items()])
+
+
+#: The curated sets by name (the sets of the chapter ``mnn_topics``).
+CURATED: dict[str, Curated] = {c.name: c for c in [
+    Curated("cellbench_3cl_celseq2_dropseq", ("cellbench_3cl_celseq2_dropseq",), "batch", "cell_line",
+            "demuxlet doublets removed", _without_doublets),
+    Curated("cellbench_5cl_celseq2_plates", ("cellbench_5cl_celseq2_plates",), "batch", "cell_line",
+            "demuxlet doublets removed", _without_doublets),
+    Curated("pbmc_joined", tuple(PBMC_LABELS), "batch", "label",
+            "two PBMC sets joined on gene symbols, coarse labels harmonised", _pbmc_joined),
+]}
+
+#: name → (batch column, label column) of the curated sets.
+BOOK_DATASETS = {name: (c.batch_key, c.label_key) for name, c in CURATED.items()}

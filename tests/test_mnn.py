@@ -556,10 +556,15 @@ def test_compare_backends_reports_recall_and_times():
     assert df.attrs["warm-up s"] >= 0
 
 
-def test_load_data_curates_the_book_sets(have_data):
-    a = mnn.load_data("cellbench_3cl_celseq2_dropseq")
+def test_the_chapter_sets_load_curated(have_data):
+    from scnotes import datasets
+
+    a = datasets.load("cellbench_3cl_celseq2_dropseq", curated=True)
     assert (a.obs["demuxlet_cls"] == "SNG").all() and a.n_obs == 450
-    p = mnn.load_data("pbmc_joined")
+    with pytest.warns(DeprecationWarning, match="scnotes.datasets.load"):
+        old = mnn.load_data("cellbench_3cl_celseq2_dropseq")  # the older name, same cells
+    assert list(old.obs_names) == list(a.obs_names) and (old.X != a.X).nnz == 0
+    p = datasets.load("pbmc_joined")
     assert set(p.obs["batch"]) == {"zheng2017_10xv1", "pbmc4k_10xv2"}
     assert set(p.obs["label"]) == {"B", "NK", "CD4 T", "CD8 T", "Monocyte"}
     assert p.obs["label"].notna().all() and not p.var_names.duplicated().any()

@@ -15,7 +15,8 @@
   :func:`scnotes.tl.mnn` and read back with :meth:`MNNResult.from_adata`.
 - :func:`pair_summary`, :func:`score_methods`, :func:`compare_backends`: checks
   of the pairs, integration scores, exact vs approximate search.
-- :func:`load_data`: the curated datasets of the chapter ``mnn_topics``.
+- :func:`load_data`: deprecated, the older name of ``scnotes.datasets.load(name, curated=True)``
+  (the curated sets of the chapter ``mnn_topics`` are in :data:`scnotes.datasets.CURATED`).
 - :func:`harmony_embedding`, :func:`bbknn_graph`, :func:`method_story`, :func:`discussion_numbers`: that chapter's baselines and the numbers and words of its discussion.
 
 Names follow DEVELOPING.md: the neighbour count is ``n_neighbors`` (``k``,
