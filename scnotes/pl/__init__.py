@@ -4,3 +4,4 @@ from ._de import *  # noqa: F401,F403
 from ._gmvae import *  # noqa: F401,F403
 from ._map import *  # noqa: F401,F403
 from ._selection import *  # noqa: F401,F403
+from ._ldvae import *  # noqa: F401,F403

@@ -12,3 +12,4 @@ from ._scvi_ref import *  # noqa: F401,F403
 from ._fit_many import *  # noqa: F401,F403
 from ._baselines import *  # noqa: F401,F403
 from ._gmvae_sweep import *  # noqa: F401,F403
+from ._ldvae_study import *  # noqa: F401,F403
