@@ -27,12 +27,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["DATA_ENV", "Dataset", "REGISTRY", "Curated", "CURATED", "BOOK_DATASETS", "PBMC_LABELS",
-           "data_dir", "path", "load", "load_table", "list_datasets"]
+__all__ = [
+    "BOOK_DATASETS",
+    "CURATED",
+    "DATA_ENV",
+    "PBMC_LABELS",
+    "REGISTRY",
+    "Curated",
+    "Dataset",
+    "data_dir",
+    "list_datasets",
+    "load",
+    "load_table",
+    "path",
+]
 
 DATA_ENV = "SCNOTES_DATA_DIR"
 

@@ -39,7 +39,7 @@ def test_leiden_scores_are_the_two_protocols(labelled):
     assert set(scnotes.tl.leiden_scores(z, labelled.obs["type"], resolution=1.5)) >= {"ARI (res. 1.5)"}
 
 
-SMALL = dict(layer="counts", n_latent=2, max_epochs=3, batch_size=64, mll_samples=5, seed=2)
+SMALL = {"layer": "counts", "n_latent": 2, "max_epochs": 3, "batch_size": 64, "mll_samples": 5, "seed": 2}
 
 
 def test_ldvae_vs_scvi_scnotes_row_is_the_separate_calls(labelled):

@@ -10,7 +10,7 @@ import warnings
 
 from ..datasets import BOOK_DATASETS, PBMC_LABELS, load
 
-__all__ = ["load_data", "BOOK_DATASETS", "PBMC_LABELS"]
+__all__ = ["BOOK_DATASETS", "PBMC_LABELS", "load_data"]
 
 
 def load_data(name: str):

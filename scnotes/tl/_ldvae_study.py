@@ -21,8 +21,17 @@ from ._loadings import loading_agreement
 from ._scvi_ref import held_out_scores, linear_scvi
 from ._vae import ldvae
 
-__all__ = ["LDVAE_KEY_COLUMNS", "leiden_scores", "ldvae_vs_scvi", "scvi_training_record",
-           "standardised_label_means", "marker_factors", "loading_scale", "loading_scales", "label_recovery"]
+__all__ = [
+    "LDVAE_KEY_COLUMNS",
+    "label_recovery",
+    "ldvae_vs_scvi",
+    "leiden_scores",
+    "loading_scale",
+    "loading_scales",
+    "marker_factors",
+    "scvi_training_record",
+    "standardised_label_means",
+]
 
 #: Names of the key table's columns: held-out scores of :func:`held_out_scores` /
 #: :func:`linear_scvi` → the column the chapter shows.
@@ -84,8 +93,8 @@ def ldvae_vs_scvi(adata, labels, *, layer: str | None = None, run_scvi: bool = T
     Raises as ``tl.ldvae``, :func:`held_out_scores` and :func:`linear_scvi` (ImportError
     when ``run_scvi`` and scvi-tools is missing).
     """
-    settings = dict(n_latent=n_latent, batch_key=batch_key, max_epochs=max_epochs, lr=lr, batch_size=batch_size,
-                    library=library, seed=seed)
+    settings = {"n_latent": n_latent, "batch_key": batch_key, "max_epochs": max_epochs, "lr": lr,
+                "batch_size": batch_size, "library": library, "seed": seed}
     model, row = _scnotes_row(adata, labels, layer, mll_samples, settings)
     rows, vmodel, bdata = {"scnotes": row}, None, None
     if run_scvi:
