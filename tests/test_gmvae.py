@@ -122,11 +122,11 @@ def test_conditional_prior_matches_monte_carlo_and_kl_z_is_nonnegative():
         exact = (pz * torch.distributions.kl_divergence(
             torch.distributions.Normal(d["mean_x"][:, None, :], d["scale_x"][:, None, :]),
             torch.distributions.Normal(d["prior_mean"][0], d["prior_scale"][0])).sum(-1)).sum(-1)
-    torch.testing.assert_close(t["kl_x"], exact)
-    torch.testing.assert_close(t["kl_x"], mc, rtol=0.02, atol=0.02)
-    assert torch.all(t["kl_z"] >= 0) and torch.all(t["kl_z"] <= math.log(4) + 1e-12)
+    torch.testing.assert_close(t.kl["kl_x"], exact)
+    torch.testing.assert_close(t.kl["kl_x"], mc, rtol=0.02, atol=0.02)
+    assert torch.all(t.kl["kl_z"] >= 0) and torch.all(t.kl["kl_z"] <= math.log(4) + 1e-12)
     # By hand: Σ_k p_k log(p_k K).
-    torch.testing.assert_close(t["kl_z"], (pz * torch.log(pz * 4)).sum(-1))
+    torch.testing.assert_close(t.kl["kl_z"], (pz * torch.log(pz * 4)).sum(-1))
 
 
 def test_sampled_conditional_prior_terms_sum_to_the_elbo_draw_by_draw():
@@ -134,7 +134,7 @@ def test_sampled_conditional_prior_terms_sum_to_the_elbo_draw_by_draw():
     y = torch.as_tensor(np.random.default_rng(1).poisson(2.0, (6, 20)), dtype=torch.float64)
     with torch.no_grad():
         t = m.terms_from_draws(y, None, y.sum(1), None, m.draws(y, 3, torch.Generator().manual_seed(0)))
-    torch.testing.assert_close(t["reconstruction"] - t["kl_w"] - t["kl_x"] - t["kl_z"], t["elbo"])
+    torch.testing.assert_close(t.reconstruction - t.kl["kl_w"] - t.kl["kl_x"] - t.kl["kl_z"], t.extra["elbo"])
 
 
 def test_k1_is_a_vae_with_a_learned_gaussian_prior():
@@ -153,17 +153,17 @@ def test_k1_is_a_vae_with_a_learned_gaussian_prior():
         kl_x = torch.distributions.kl_divergence(N(d["mean_x"], d["scale_x"]), N(pm, ps)).sum(-1).mean(0)
         sampled = (N(d["mean_x"], d["scale_x"]).log_prob(d["x"]) - N(pm, ps).log_prob(d["x"])).sum(-1).mean(0)
     np.testing.assert_array_equal(torch.exp(d["log_pz"]).numpy(), 1.0)
-    np.testing.assert_allclose(t["kl_z"].numpy(), 0.0, atol=1e-12)
-    torch.testing.assert_close(t["reconstruction"], rec)
-    torch.testing.assert_close(t["kl_w"], kl_w)
-    torch.testing.assert_close(t["kl_x"], kl_x)
+    np.testing.assert_allclose(t.kl["kl_z"].numpy(), 0.0, atol=1e-12)
+    torch.testing.assert_close(t.reconstruction, rec)
+    torch.testing.assert_close(t.kl["kl_w"], kl_w)
+    torch.testing.assert_close(t.kl["kl_x"], kl_x)
     # The bound itself: the VAE ELBO with prior N(μ(w), σ(w)²), w ~ q(w | y).
-    torch.testing.assert_close(t["elbo"], rec - kl_w - sampled)
+    torch.testing.assert_close(t.extra["elbo"], rec - kl_w - sampled)
     # ... and in expectation the analytic decomposition is the same bound (exact for K = 1).
     with torch.no_grad():
         big = m.terms_from_draws(y, None, s, None, m.draws(y, 4000, torch.Generator().manual_seed(4)))
-    np.testing.assert_allclose((big["reconstruction"] - big["kl_w"] - big["kl_x"]).numpy(),
-                               big["elbo"].numpy(), rtol=2e-3)
+    np.testing.assert_allclose((big.reconstruction - big.kl["kl_w"] - big.kl["kl_x"]).numpy(),
+                               big.extra["elbo"].numpy(), rtol=2e-3)
 
 
 def test_elbo_below_marginal_likelihood(fitted, small_counts):
@@ -184,19 +184,19 @@ def test_free_bits_threshold(mode):
         return m.training_terms(y, None, s, None, 1, torch.Generator().manual_seed(0))
 
     t0 = terms(0.0)
-    rest = t0["reconstruction"] - t0["kl_w"] - t0["kl_x"]
-    torch.testing.assert_close(t0["objective"], rest - t0["kl_z"])
-    kz = t0["kl_z"]
+    rest = t0.reconstruction - t0.kl["kl_w"] - t0.kl["kl_x"]
+    torch.testing.assert_close((-t0.loss), rest - t0.kl["kl_z"])
+    kz = t0.kl["kl_z"]
     lam = float(kz.detach().median())
     t = terms(lam)
-    torch.testing.assert_close(t["elbo"], t0["elbo"])  # the logged bound never sees λ
+    torch.testing.assert_close(t.extra["elbo"], t0.extra["elbo"])  # the logged bound never sees λ
     if mode == "cell":
-        torch.testing.assert_close(t["objective"], rest - torch.clamp(kz, min=lam))
+        torch.testing.assert_close((-t.loss), rest - torch.clamp(kz, min=lam))
     else:  # on the minibatch mean: all cells keep kl_z, or all carry λ
         expect = rest - (kz if kz.mean() >= lam else torch.full_like(kz, lam))
-        torch.testing.assert_close(t["objective"], expect)
+        torch.testing.assert_close((-t.loss), expect)
         big = terms(10.0)  # above log K: the z prior gives no gradient at all
-        torch.testing.assert_close(big["objective"], rest - 10.0)
+        torch.testing.assert_close((-big.loss), rest - 10.0)
 
 
 def test_free_bits_batch_mode_drops_the_gradient():
@@ -204,10 +204,10 @@ def test_free_bits_batch_mode_drops_the_gradient():
     m = GMVAEModule(20, 3, 3, w_dim=2, hidden_dim=8, free_bits=5.0)  # 5 > log 3
     m.eval()
     t = m.training_terms(y, None, y.sum(1), None, 1, torch.Generator().manual_seed(0))
-    t["objective"].sum().backward(retain_graph=True)
+    (-t.loss).sum().backward(retain_graph=True)
     g1 = m.prior_out.weight.grad.clone()
     m.zero_grad()
-    (t["reconstruction"] - t["kl_w"] - t["kl_x"]).sum().backward()
+    (t.reconstruction - t.kl["kl_w"] - t.kl["kl_x"]).sum().backward()
     torch.testing.assert_close(g1, m.prior_out.weight.grad)
 
 

@@ -77,16 +77,6 @@ class LossTerms:
             named["reconstruction"] = self.reconstruction
         return {**{k: named[k] for k in sorted(named)}, "loss": self.loss}
 
-    def __getitem__(self, name):
-        """A term by its record name; ``"objective"`` is −``loss``. For code written
-        against the dictionary that ``training_terms`` returned before; read fields."""
-        if name == "objective":
-            return -self.loss
-        cols = self.columns()
-        if name not in cols:
-            raise KeyError(f"no term {name!r}; this record has {list(cols)} and 'objective'")
-        return cols[name]
-
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
     """RMSprop (the seed's choice) or Adam (scvi-tools' choice).
