@@ -469,7 +469,7 @@ def _adata(n_cells=1200, seed=20, n_other=5):
 def test_tl_glmm_veb_matches_the_estimator_and_records_params():
     a, data = _adata()
     genes = ["g0", "g1"]
-    model = scnotes_tl().glmm(a, genes, "ct", "patient", condition_key="stim", layer="umi",
+    model = scnotes_tl().glmm(a, genes, donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi",
                               size_factor_key="libsize", max_epochs=200)
     tab = model.summary()
     assert list(tab.columns) == glmm.TIDY_COLUMNS
@@ -489,7 +489,7 @@ def test_tl_glmm_veb_matches_the_estimator_and_records_params():
 def test_tl_glmm_totals_from_counts_copy_and_default_genes():
     a, data = _adata()
     before = a.copy()
-    a2, model = scnotes_tl().glmm(a, None, "ct", "patient", condition_key="stim", layer="umi", n_top_genes=2,
+    a2, model = scnotes_tl().glmm(a, None, donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi", n_top_genes=2,
                                   max_epochs=50, copy=True)
     tab = model.summary()
     # the input is untouched; the copy has the record
@@ -501,7 +501,7 @@ def test_tl_glmm_totals_from_counts_copy_and_default_genes():
     assert set(tab.gene) == {f"g{j}" for j in np.argsort(-mean)[:2]}
     # size_factor_key=None: totals over every gene of adata (not the tested ones)
     assert "all 8 genes" in a2.uns["glmm"]["params"]["totals"]
-    t2 = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=50)
+    t2 = scnotes_tl().glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi", max_epochs=50)
     tot = np.asarray(a.layers["umi"].sum(1)).ravel()
     d = glmm.glmm_data(a.obs.assign(t=tot), a.layers["umi"][:, :1], donor_key="patient", size_factor_key="t",
                        cell_type_key="ct", condition_key="stim", genes=["g0"])
@@ -513,11 +513,11 @@ def test_tl_glmm_errors_name_the_parameter():
     a, _ = _adata(n_cells=300)
     tl = scnotes_tl()
     with pytest.raises(KeyError, match="donor_key"):
-        tl.glmm(a, ["g0"], "ct", "donor", condition_key="stim", layer="umi")
+        tl.glmm(a, ["g0"], donor_key="donor", cell_type_key="ct", condition_key="stim", layer="umi")
     with pytest.raises(KeyError, match="layer"):
-        tl.glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="counts")
+        tl.glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="counts")
     with pytest.raises(KeyError, match="genes"):
-        tl.glmm(a, ["nope"], "ct", "patient", condition_key="stim", layer="umi")
+        tl.glmm(a, ["nope"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi")
     with pytest.raises(ValueError, match="method"):
         tl.glmm(a, ["g0"], "ct", "patient", method="mcmc", layer="umi")
 
@@ -528,18 +528,18 @@ def test_tl_glmm_drops_cell_types_missing_a_condition(capsys):
     rare = a.obs.index[(a.obs["ct"] == "t0").to_numpy()][:3]
     a.obs.loc[rare, "ct"] = "rare"
     a.obs.loc[rare, "stim"] = "ctrl"
-    tab = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=20).summary()
+    tab = scnotes_tl().glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi", max_epochs=20).summary()
     assert "rare" not in set(tab.cell_type)
     assert "dropped 1 cell type" in capsys.readouterr().out
     assert a.uns["glmm"]["params"]["dropped_cell_types"] == ["rare"]
-    scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi", max_epochs=2, verbose=False)
+    scnotes_tl().glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi", max_epochs=2, verbose=False)
     assert capsys.readouterr().out == ""  # verbose=False: silent, still recorded
     assert a.uns["glmm"]["params"]["dropped_cell_types"] == ["rare"]
 
 
 def test_tl_glmm_nuts_front():
     a, _ = _adata(n_cells=400)
-    models = scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi",
+    models = scnotes_tl().glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi",
                                method="nuts", num_samples=10, warmup_steps=10, num_chains=2)
     tab = models.summary()
     pd.testing.assert_frame_equal(a.uns["glmm"]["results"], tab)
@@ -551,7 +551,7 @@ def test_tl_glmm_nuts_front():
 @needs_r
 def test_tl_glmm_lme4_front_matches_fit_lme4():
     a, _ = _adata(n_cells=600)
-    res = scnotes_tl().glmm(a, ["g0", "g1"], "ct", "patient", condition_key="stim", layer="umi",
+    res = scnotes_tl().glmm(a, ["g0", "g1"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi",
                             size_factor_key="libsize", method="lme4")
     tab = res.summary()
     d = glmm.glmm_data(a.obs, a.layers["umi"][:, :2], donor_key="patient", size_factor_key="libsize",
@@ -638,9 +638,9 @@ def test_tl_glmm_refuses_when_no_cell_type_is_testable_even_when_silent():
     a, _ = _adata(n_cells=300)
     for verbose in (True, False):
         with pytest.raises(ValueError, match="min_cells"):
-            scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="stim", layer="umi",
+            scnotes_tl().glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="stim", layer="umi",
                               min_cells=10_000, verbose=verbose)
     with pytest.raises(KeyError, match="condition_key"):
-        scnotes_tl().glmm(a, ["g0"], "ct", "patient", condition_key="nope", layer="umi")
+        scnotes_tl().glmm(a, ["g0"], donor_key="patient", cell_type_key="ct", condition_key="nope", layer="umi")
     with pytest.raises(KeyError, match="size_factor_key"):
         scnotes_tl().glmm(a, ["g0"], "ct", "patient", size_factor_key="nope", layer="umi")

@@ -54,3 +54,22 @@ def test_counts_must_match_gene_names():
     ok = glmm.GLMMData(np.zeros((data.n_cells, 2)), data.total, data.group, data.donor, data.groups, data.donors,
                        ["a", "b"], data.group_table)
     assert ok.n_genes == 2
+
+
+def test_from_adata_refuses_group_key_with_a_named_condition():
+    """A cell-group design has no condition: naming one beside group_key must raise, not be dropped."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"donor": np.repeat(["d0", "d1", "d2", "d3"], 10), "grp": np.tile(["a", "b"], 20),
+                        "stim": np.tile(["ctrl", "ctrl", "stim", "stim"], 10)})
+    a = ad.AnnData(rng.poisson(3.0, (40, 3)).astype(np.float32), obs=obs)
+    a.obs["total_counts"] = np.asarray(a.X.sum(1)).ravel() + 10
+    d = glmm.glmm_data_from_adata(a, donor_key="donor", size_factor_key="total_counts", group_key="grp")
+    assert d.n_groups == 2
+    with pytest.raises(ValueError, match="condition_key='stim'"):
+        glmm.glmm_data_from_adata(a, donor_key="donor", size_factor_key="total_counts", group_key="grp",
+                                  condition_key="stim")

@@ -457,7 +457,10 @@ def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_k
     Raises
     ------
     KeyError
-        A gene, layer or obs key is missing. Otherwise as :func:`glmm_data`.
+        A gene, layer or obs key is missing.
+    ValueError
+        ``group_key`` together with a ``cell_type_key`` or ``condition_key`` other than the
+        defaults (a cell-group design has neither). Otherwise as :func:`glmm_data`.
     """
     if genes is None:
         genes = list(adata.var_names)
@@ -471,6 +474,13 @@ def glmm_data_from_adata(adata, genes=None, *, layer: str | None = None, donor_k
         full = adata.X if layer is None else adata.layers[layer]
         total = np.asarray(full.sum(axis=1), dtype=float).ravel()
     if group_key is not None:
+        # A design of cell groups has no cell type or condition; a condition asked for by name
+        # would otherwise be dropped without a word and the fit would test no contrast.
+        if (cell_type_key, condition_key) not in (("cell_type", "condition"), (None, None)):
+            raise ValueError(
+                f"group_key={group_key!r} fits cell groups without a condition, but cell_type_key="
+                f"{cell_type_key!r} and condition_key={condition_key!r} were given; pass either group_key "
+                "alone or cell_type_key with condition_key")
         cell_type_key = condition_key = None
     return glmm_data(adata.obs, x, donor_key=donor_key, size_factor_key=size_factor_key, group_key=group_key,
                      cell_type_key=cell_type_key, condition_key=condition_key, genes=genes,
