@@ -196,7 +196,7 @@ def _missing_gene_library(q, x, w, c):
     count over all of the model's genes; plain totals would put every rate too low by the
     share of the missing genes."""
     present = torch.as_tensor(np.asarray(w[0]) > 0, device=q.device)
-    data, _ = q._data(x, w, None, c, need_s=False)  # size factors 1: only the profile is read
+    data, _ = q._data(x, w, None, c, need_s=False, checked=True)  # size factors 1: only the profile is read
     m = q.module
 
     def share(x_, w_, s_, c_, g):
@@ -373,7 +373,7 @@ def map_query(adata_query, model, *, layer=None, batch_key=None, max_epochs: int
     s = _size_factors(adata_query, ref, size_factor_key)
     if s is None and w is not None and getattr(ref.module, "library", "observed") == "observed":
         s = _missing_gene_library(q, x, w, c)
-    data, _ = q._data(x, w, s, c)
+    data, _ = q._data(x, w, s, c, checked=True)  # _match_genes checked the counts once
     if data.n < 2:
         raise ValueError("need at least 2 query cells")
 
