@@ -91,6 +91,22 @@ CONDITIONAL_PRIORS = ("analytic", "sampled")
 PRETRAIN_EPOCHS = 10
 
 
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _free_bits(v) -> float:
+    try:
+        ok = bool(np.isfinite(v) and v >= 0)
+    except TypeError:  # not a number at all: the same clear error
+        ok = False
+    if not ok:
+        raise ValueError(f"free_bits must be a finite number ≥ 0 (nats), got {v!r}")
+    return float(v)
+
+
 class GMVAEModule(CountVAEModule):
     """The GMVAE as an ``nn.Module``: a :class:`CountVAEModule` (its encoder is q(x | y),
     its decoder, likelihood, θ / π, size factor and mask handling are shared) plus
@@ -110,6 +126,14 @@ class GMVAEModule(CountVAEModule):
     other arguments : as :class:`CountVAEModule` (the library is observed).
 
     Shapes: B cells, S draws, K clusters, d = ``latent_dim``.
+
+    Raises
+    ------
+    ValueError : naming the argument and its value: ``n_clusters``, ``w_dim`` or
+        ``prior_hidden_dim`` not a positive integer, ``free_bits`` negative or not finite,
+        an unknown ``free_bits_mode`` or ``conditional_prior``; the errors of
+        :class:`CountVAEModule`. The only place these are checked: :class:`GMVAE` builds
+        this module in its constructor.
     """
 
     def __init__(self, input_dim: int, latent_dim: int, n_clusters: int, w_dim: int = 10,
@@ -118,16 +142,20 @@ class GMVAEModule(CountVAEModule):
                  scale_floor: float = 1e-4, encoder_input: str = "log1p", n_layers: int = 2,
                  dropout: float = 0.0, n_batches: int = 0, free_bits: float = 0.0,
                  free_bits_mode: str = "batch", conditional_prior: str = "analytic"):
-        super().__init__(input_dim, latent_dim, hidden_dim, n_covariates, likelihood, theta_by_gene,
-                         logodds_by_gene, scale_floor, encoder_input, n_layers, dropout,
-                         n_batches=n_batches)
+        n_clusters, w_dim = _positive_int("n_clusters", n_clusters), _positive_int("w_dim", w_dim)
+        if prior_hidden_dim is not None:
+            prior_hidden_dim = _positive_int("prior_hidden_dim", prior_hidden_dim)
+        free_bits = _free_bits(free_bits)
         if free_bits_mode not in FREE_BITS_MODES:
             raise ValueError(f"free_bits_mode must be one of {FREE_BITS_MODES}, got {free_bits_mode!r}")
         if conditional_prior not in CONDITIONAL_PRIORS:
             raise ValueError(f"conditional_prior must be one of {CONDITIONAL_PRIORS}, "
                              f"got {conditional_prior!r}")
-        self.n_clusters, self.w_dim = int(n_clusters), int(w_dim)
-        self.free_bits, self.free_bits_mode = float(free_bits), free_bits_mode
+        super().__init__(input_dim, latent_dim, hidden_dim, n_covariates, likelihood, theta_by_gene,
+                         logodds_by_gene, scale_floor, encoder_input, n_layers, dropout,
+                         n_batches=n_batches)
+        self.n_clusters, self.w_dim, self.prior_hidden_dim = n_clusters, w_dim, prior_hidden_dim
+        self.free_bits, self.free_bits_mode = free_bits, free_bits_mode
         self.conditional_prior = conditional_prior
         # q(w | y) heads on the trunk of q(x | y): one recognition network, as the paper.
         self.w_mean = nn.Linear(hidden_dim, w_dim)
@@ -247,12 +275,6 @@ class GMVAEModule(CountVAEModule):
         return dataclasses.replace(t, loss=-objective)
 
 
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or int(v) != v or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 class GMVAE(CountVAE):
     """Gaussian-mixture VAE: clusters of counts, with batch (and other) covariates in the decoder.
 
@@ -290,8 +312,11 @@ class GMVAE(CountVAE):
 
     Raises
     ------
-    ValueError : K, d, d_w or widths not positive integers, λ negative or not finite,
-        unknown likelihood / free-bits mode / conditional prior.
+    ValueError : at construction, naming the argument and its value: K, d, d_w or widths
+        not positive integers, λ negative or not finite, unknown likelihood / free-bits
+        mode / conditional prior, dropout outside [0, 1). Each is checked once: the
+        mixture's arguments by :class:`GMVAEModule` (built here), the sizes and likelihood
+        by :class:`~scnotes.vae.CountVAE`, the encoder's ``n_layers`` and ``dropout`` here.
     """
 
     def __init__(self, input_dim: int, n_clusters: int = 10, n_latent: int = 10, w_dim: int = 10,
@@ -300,26 +325,21 @@ class GMVAE(CountVAE):
                  free_bits_mode: str = "batch", conditional_prior: str = "analytic",
                  n_covariates: int = 0, n_batches: int = 0, encoder_input: str = "log1p",
                  seed: int = 0, device="cpu", **lik_kwargs):
-        self.n_clusters = _positive_int("n_clusters", n_clusters)
-        self.w_dim = _positive_int("w_dim", w_dim)
+        # The mixture's arguments are checked by GMVAEModule, which super().__init__ builds
+        # (_build); the module leaves the encoder's n_layers and dropout unchecked.
         self.n_layers = _positive_int("n_layers", n_layers)
-        self.prior_hidden_dim = (None if prior_hidden_dim is None
-                                 else _positive_int("prior_hidden_dim", prior_hidden_dim))
-        if not (np.isfinite(free_bits) and free_bits >= 0):
-            raise ValueError(f"free_bits must be a finite number ≥ 0 (nats), got {free_bits!r}")
-        if free_bits_mode not in FREE_BITS_MODES:
-            raise ValueError(f"free_bits_mode must be one of {FREE_BITS_MODES}, got {free_bits_mode!r}")
-        if conditional_prior not in CONDITIONAL_PRIORS:
-            raise ValueError(f"conditional_prior must be one of {CONDITIONAL_PRIORS}, "
-                             f"got {conditional_prior!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        self.free_bits, self.free_bits_mode = float(free_bits), free_bits_mode
+        self.n_clusters, self.w_dim, self.prior_hidden_dim = n_clusters, w_dim, prior_hidden_dim
+        self.free_bits, self.free_bits_mode = free_bits, free_bits_mode
         self.conditional_prior = conditional_prior
         super().__init__(input_dim, n_latent, hidden_dim, n_covariates=n_covariates, seed=seed,
                          device=device, encoder_input=encoder_input, n_batches=n_batches,
                          likelihood=likelihood, **lik_kwargs)
+        m = self.module  # the validated values (ints, a float), as save() writes them
+        self.n_clusters, self.w_dim, self.prior_hidden_dim = m.n_clusters, m.w_dim, m.prior_hidden_dim
+        self.free_bits = m.free_bits
 
     def _init_kwargs(self):
         return dict(super()._init_kwargs(), n_clusters=self.n_clusters, w_dim=self.w_dim,

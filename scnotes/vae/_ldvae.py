@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from ._model import CountVAE
-from ._module import LATENT_DISTRIBUTIONS, LIBRARY, CountVAEModule, LinearDecoder
+from ._module import CountVAEModule, LinearDecoder
 
 __all__ = ["LDVAE"]
 
@@ -54,6 +54,14 @@ class LDVAE(CountVAE):
     ``logodds_`` for ZINB). :meth:`fit` trains with scvi-tools' LinearSCVI tutorial
     settings (Adam, lr 5e-3, batches of 128, 90 % of the cells, 250 epochs), the same
     through ``LDVAE().fit()`` and :func:`scnotes.tl.ldvae`.
+
+    Raises
+    ------
+    ValueError : at construction, naming the argument and its value: ``n_layers`` not a
+        positive integer, ``dropout`` outside [0, 1) (checked here); a size not a positive
+        integer, an unknown ``likelihood`` or ``encoder_input``, ``n_batches`` outside
+        [0, n_covariates] (:class:`~scnotes.vae.CountVAE`); an unknown
+        ``latent_distribution`` or ``library`` (:class:`~scnotes.vae.CountVAEModule`).
     """
 
     def __init__(self, input_dim: int, n_latent: int = 10, hidden_dim: int = 128,
@@ -61,11 +69,10 @@ class LDVAE(CountVAE):
                  decoder_batch_norm: bool = True, latent_distribution: str = "normal",
                  library: str = "observed", n_covariates: int = 0, n_batches: int = 0,
                  encoder_input: str = "log1p", seed: int = 0, device="cpu", **lik_kwargs):
-        if latent_distribution not in LATENT_DISTRIBUTIONS:
-            raise ValueError(f"latent_distribution must be one of {LATENT_DISTRIBUTIONS}, "
-                             f"got {latent_distribution!r}")
-        if library not in LIBRARY:
-            raise ValueError(f"library must be one of {LIBRARY}, got {library!r}")
+        # latent_distribution, library, likelihood, encoder_input and n_batches are
+        # validated where they are used, by CountVAE and the CountVAEModule that
+        # _build() makes below; the module does not check the encoder's n_layers and
+        # dropout, so they are checked here.
         if int(n_layers) != n_layers or n_layers < 1:
             raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
         if not 0 <= dropout < 1:
