@@ -36,6 +36,13 @@ def _values(x):
 _VALUE_CHUNK = 1 << 22  # values per check: temporaries of a few MB, not copies of the data
 
 
+def _float_dtype(have, want):
+    """``want``, or with ``want=None`` the input's own float32 / float64 (float64 otherwise)."""
+    if want is not None:
+        return want
+    return have if have in (np.float32, np.float64) else np.float64
+
+
 def _check_values(v, name):
     """Finite, non-negative, integer, checked in chunks so that a 10⁸-value matrix
     gets no full-size temporaries (``np.round`` alone would copy it)."""
@@ -118,7 +125,7 @@ def row_sums(x, mask=None) -> np.ndarray:
 
 
 def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
-                 allow_empty_genes: bool = False):
+                 allow_empty_genes: bool = False, dtype=np.float64):
     """Validate a cells × genes matrix of UMI counts.
 
     Parameters
@@ -130,10 +137,14 @@ def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
     allow_empty_cells, allow_empty_genes : bool
         Whether all-zero rows / columns are allowed. Size factors and
         per-gene parameters are undefined for them, so the default refuses.
+    dtype : numpy float dtype or None
+        The returned dtype (float64). None keeps float32 / float64 input as it is (integers
+        become float64): the VAEs train in float32 anyway, and converting a 10⁶-cell float32
+        CSR to float64 copied its 2 GB of values (the peak memory of a fit from memory).
 
     Returns
     -------
-    numpy.ndarray (float64) or scipy.sparse.csr_matrix (float64)
+    numpy.ndarray or scipy.sparse.csr_matrix of ``dtype``
         The same counts; sparse input stays sparse (never densified). A backed
         matrix (``anndata.read_h5ad(path, backed="r").X``) is checked in chunks
         of rows and returned as it is, still on disk.
@@ -152,12 +163,12 @@ def check_counts(x, name: str = "X", allow_empty_cells: bool = False,
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     if sp.issparse(x):
-        x = sp.csr_matrix(x, dtype=np.float64)
+        x = sp.csr_matrix(x, dtype=_float_dtype(x.dtype, dtype))
     else:
         x = np.asarray(x)
         if x.dtype == object or not np.issubdtype(x.dtype, np.number):
             raise TypeError(f"{name} must be numeric counts, got dtype {x.dtype}")
-        x = x.astype(np.float64, copy=False)
+        x = x.astype(_float_dtype(x.dtype, dtype), copy=False)
     if x.ndim != 2:
         raise TypeError(f"{name} must be a 2-d cells × genes matrix, got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -309,8 +320,9 @@ def check_genes(adata, genes, param: str | None = "genes") -> list[str]:
     return genes
 
 
-def counts_from_adata(adata, layer: str | None = None):
-    """The raw counts of ``adata`` (``X`` or ``layers[layer]``), validated, never copied densely.
+def counts_from_adata(adata, layer: str | None = None, dtype=np.float64):
+    """The raw counts of ``adata`` (``X`` or ``layers[layer]``), validated, never copied densely
+    (``dtype``: as :func:`check_counts`; None keeps float32 counts as they are).
 
     Raises
     ------
@@ -320,7 +332,7 @@ def counts_from_adata(adata, layer: str | None = None):
         As :func:`check_counts`.
     """
     x = check_layer(adata, layer)
-    return check_counts(x, name="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    return check_counts(x, name="adata.X" if layer is None else f"adata.layers[{layer!r}]", dtype=dtype)
 
 
 def size_factors(x):

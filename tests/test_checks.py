@@ -161,3 +161,33 @@ def test_the_fronts_name_a_missing_key_in_the_one_message():
             call()
         for part in parts:
             assert part in _message(e), (part, _message(e))
+
+
+def test_check_counts_dtype_none_keeps_float32_without_a_copy():
+    """dtype=None (the VAEs' path) returns float32 counts as they are (a 10⁶-cell CSR is not
+    copied to float64); integers become float64; the default still gives float64."""
+    x = sp.random(50, 20, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    x.data = np.ceil(x.data * 5)
+    kept = check_counts(x, allow_empty_cells=True, allow_empty_genes=True, dtype=None)
+    assert kept.dtype == np.float32 and np.shares_memory(kept.data, x.data)
+    assert check_counts(x, allow_empty_cells=True, allow_empty_genes=True).dtype == np.float64
+    dense = check_counts(np.arange(12).reshape(3, 4) + 1, dtype=None)
+    assert dense.dtype == np.float64
+    d32 = np.ones((3, 4), dtype=np.float32)
+    assert check_counts(d32, dtype=None) is d32
+
+
+def test_vae_fit_on_float32_counts_equals_float64():
+    """The same counts as float32 or float64 CSR give bit-identical fits (training is float32)."""
+    from scnotes.vae import NBVAE
+
+    rng = np.random.default_rng(1)
+    x = rng.negative_binomial(2, 0.4, size=(120, 15)).astype(np.float64)
+    x[x.sum(1) == 0, 0] = 1
+    out = []
+    for dt in (np.float32, np.float64):
+        m = NBVAE(15, n_latent=2, seed=0).fit(sp.csr_matrix(x.astype(dt)), max_epochs=2, batch_size=32,
+                                              progress=False)
+        out.append((m.latent(sp.csr_matrix(x.astype(dt))), m.history_["loss"].to_numpy()))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])

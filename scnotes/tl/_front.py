@@ -125,7 +125,7 @@ def setup(adata, layer=None, batch_key=None, covariate_keys=None, size_factor_ke
     ValueError : counts that are not non-negative integers (or NaN), bad size factors, a
         covariate column with missing values (see :mod:`scnotes._checks`).
     """
-    x = counts_from_adata(adata, layer)
+    x = counts_from_adata(adata, layer, dtype=None)  # a VAE trains in float32: no float64 copy
     registry = covariate_registry(adata, batch_key, covariate_keys)
     return Inputs(x=x, s=read_size_factors(adata, size_factor_key),
                   covariates=encode_covariates(adata, registry), registry=registry,
@@ -155,7 +155,7 @@ def model_inputs(model, adata, layer=None):
     ``scnotes.tl``: genes checked (:func:`check_genes`), covariates encoded by
     the model's registry (:func:`encode_covariates`)."""
     check_genes(model, adata)
-    return counts_from_adata(adata, layer), encode_covariates(adata, getattr(model, "covariate_registry_", None))
+    return counts_from_adata(adata, layer, dtype=None), encode_covariates(adata, getattr(model, "covariate_registry_", None))
 
 
 # --- slots and records ----------------------------------------------------------------------

@@ -278,7 +278,7 @@ class CountVAE(Persistent):
     def _data(self, x, w, s, covariates, fitting=False, need_s=True, checked=False):
         # checked: counts a scnotes.tl front already validated (one check per front call)
         if not checked:
-            x = check_counts(x, name="x", allow_empty_cells=True, allow_empty_genes=True)
+            x = check_counts(x, name="x", allow_empty_cells=True, allow_empty_genes=True, dtype=None)
         if x.shape[1] != self.input_dim:
             raise ValueError(f"x has {x.shape[1]} genes (columns) but the model has input_dim={self.input_dim}")
         w = check_mask(w, x.shape, name="w")

@@ -46,6 +46,11 @@ DECODER_OUTPUTS = ("softplus", "softmax")
 _EVAL_ROWS = 256
 
 
+def _all_ones(s) -> bool:
+    """s ≡ 1, checked only on the CPU (on a GPU the test would cost a device sync per step)."""
+    return s.device.type == "cpu" and bool(torch.all(s == 1))
+
+
 def _by_rows(fn, x, w, s, log_mu, log_s):
     """``fn(x, w, s, log_mu, log_s)`` (rows on axis -2 of ``log_mu``, -1 of the result) in pieces."""
     parts = []
@@ -334,10 +339,15 @@ class CountVAEModule(nn.Module):
         return self._log_lik(x, w, s, log_mu, log_s)
 
     def _log_lik(self, x, w, s, log_mu, log_s=None):
-        log_s = torch.log(s)[:, None] if log_s is None else log_s[..., None]
+        if log_s is None and _all_ones(s):
+            # s ≡ 1 (the seed's PVAE, s=1): log s = 0 exactly, and skipping the S × B × p
+            # addition and its backward saves ~15 % of the likelihood's time per step.
+            log_rate = log_mu
+        else:
+            log_rate = (torch.log(s)[:, None] if log_s is None else log_s[..., None]) + log_mu
         if w is None and self.likelihood == "poisson":
-            return poisson_log_lik_rows(x, log_s + log_mu)
-        ll = self.log_lik_entries(x, log_s + log_mu)
+            return poisson_log_lik_rows(x, log_rate)
+        ll = self.log_lik_entries(x, log_rate)
         if w is not None:
             ll = torch.where(w > 0, w * ll, torch.zeros_like(ll))
         return ll.sum(-1)
