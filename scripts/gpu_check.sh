@@ -31,7 +31,8 @@
 # as wheels in .whl/ (ignored by git): `--fetch-wheels` downloads, here, the versions of this
 # checkout's .venv for CPython 3.12 manylinux; a device run names `.whl` in its carry and this
 # script installs them into /tmp/site (pip --no-index --no-deps --target) first. The repo itself
-# is put on PYTHONPATH (no install needed).
+# is put on PYTHONPATH (no install needed). If the env step shows an import failing against the
+# image's own versions (pandas, numpy), add that package to WHEELS below and fetch again.
 #
 # Environment: PYTHON (default: .venv/bin/python if it exists, else python3), BUDGET_S,
 # BENCH_DIR, BENCH_THREADS (torch threads per benchmark fit, default 1, both tools), BENCH_SIZE
@@ -81,7 +82,8 @@ if (( FETCH )); then
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "$name==$ver" \
-      || echo "  FAILED: $name==$ver"
+      || python3 -m pip wheel -q --no-deps -w .whl "$name==$ver" \
+      || echo "  FAILED: $name==$ver"  # (pip wheel: an sdist-only pure-Python package, e.g. docrep)
   done
   du -sh .whl
   exit 0
