@@ -179,6 +179,9 @@ def fit_lightning(module, data, *, lr, n_samples, max_epochs, batch_size, object
     finally:
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
+        # Lightning's teardown moves the LightningModule (and so this module) back to the CPU;
+        # the estimator's weights belong on its own device, where latent/elbo/predict run.
+        module.to(data.device)
         _revert_sync_batchnorm(module)
     history = pd.DataFrame(plan.rows)
     best_epoch = best.epoch if best is not None and best.epoch is not None else len(plan.rows) - 1
