@@ -57,9 +57,16 @@ the steps (validation, loader, hooks).
 ``--ldvae``: scnotes ``LDVAE`` against ``LinearSCVI`` (NB, observed library, defaults
 otherwise) on the same file, memory only.
 
+``--device cuda``: both tools train and score on the GPU (scnotes ``device="cuda"``, scvi-tools
+``accelerator="gpu"``); each child also reports its peak GPU memory
+(``torch.cuda.max_memory_allocated()``, GB: ``gpu_fit_gb`` before the held-out scoring,
+``gpu_peak_gb`` at the end), printed beside peak RSS with the ratio of the two tools. The
+data stay where ``--modes`` puts them (host memory or the backed file); minibatches are
+copied to the GPU per step by both. ``scripts/gpu_check.sh`` runs it at 1M cells.
+
     python benchmarks/bench_scvi_scale.py [--sizes 20000 100000 300000 1000000] [--epochs 2]
         [--modes memory backed] [--threads 1] [--out-dir DIR] [--ldvae] [--no-small]
-        [--decoder-output softplus|softmax]
+        [--decoder-output softplus|softmax] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -163,12 +170,23 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _child(tool, mode, path, epochs, threads, split_path, shipped, decoder_output="softplus"):
+def _gpu_gb(device):
+    """Peak GPU memory allocated by torch so far in this process (GB), or None on the CPU."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+
+
+def _child(tool, mode, path, epochs, threads, split_path, shipped, decoder_output="softplus", device="cpu"):
     import anndata as ad
     import torch
 
     torch.set_num_threads(threads)
     _quiet()
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: torch.cuda.is_available() is False")
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     a = ad.read_h5ad(path, backed="r" if mode == "backed" else None)
     open_gb = status_gb("VmRSS")
@@ -184,20 +202,21 @@ def _child(tool, mode, path, epochs, threads, split_path, shipped, decoder_outpu
             from scnotes.vae import LDVAE
 
             m = LDVAE(a.shape[1], n_latent=10, n_covariates=N_BATCH, n_batches=N_BATCH, likelihood="nb",
-                      seed=SEED)
+                      seed=SEED, device=device)
             m.fit(a.X, covariates=c, **kw)
         elif shipped:
             import scnotes
 
-            m = scnotes.tl.nbvae(a, batch_key="batch", seed=SEED, **kw)
+            m = scnotes.tl.nbvae(a, batch_key="batch", seed=SEED, device=device, **kw)
         else:
             from scnotes.vae import NBVAE
 
             m = NBVAE(a.shape[1], n_latent=10, hidden_dim=128, n_covariates=N_BATCH, n_batches=N_BATCH,
                       decoder_layers=1, decoder_output=decoder_output, encoder_input="log1p", n_layers=1,
-                      dropout=0.1, seed=SEED)
+                      dropout=0.1, seed=SEED, device=device)
             m.fit(a.X, covariates=c, **kw)
         out["rss_fit_gb"] = status_gb("VmHWM")  # before the held-out scoring below
+        out["gpu_fit_gb"] = _gpu_gb(device)
         assert np.array_equal(m.validation_indices_, val), "scnotes drew another split"
         xv, cv = a.X[np.sort(val)], c[np.sort(val)]
         out["curve"] = [float(v) for v in m.history_["validation_elbo"]]
@@ -211,11 +230,12 @@ def _child(tool, mode, path, epochs, threads, split_path, shipped, decoder_outpu
         cls = scvi.model.LinearSCVI if tool == "scvi-ldvae" else scvi.model.SCVI
         cls.setup_anndata(a, batch_key="batch")
         m = cls(a, n_latent=10, gene_likelihood="nb", use_observed_lib_size=True)
-        m.train(max_epochs=epochs, batch_size=128, accelerator="cpu", devices=1, check_val_every_n_epoch=1,
+        m.train(max_epochs=epochs, batch_size=128, accelerator="gpu" if device == "cuda" else "cpu", devices=1, check_val_every_n_epoch=1,
                 enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
                 plan_kwargs=dict(lr=1e-3, n_epochs_kl_warmup=None, weight_decay=0.0, eps=1e-8),
                 datasplitter_kwargs=dict(external_indexing=[tr, val, np.array([], dtype=int)]))
         out["rss_fit_gb"] = status_gb("VmHWM")  # before the held-out scoring below
+        out["gpu_fit_gb"] = _gpu_gb(device)
         out["curve"] = [-float(v) for v in m.history["elbo_validation"].to_numpy().ravel()]
         out.update(elbo=float(m.get_elbo(indices=val, batch_size=2048)),
                    rec=float(-m.get_reconstruction_error(indices=val, batch_size=2048)["reconstruction_loss"]))
@@ -223,17 +243,32 @@ def _child(tool, mode, path, epochs, threads, split_path, shipped, decoder_outpu
     out.update({k: float(np.mean([e[k] for e in ep])) for k in ("wall", "cpu", "steps", "val", "n_steps")},
                epochs=len(clock.epochs), rss_gb=status_gb("VmHWM"), total=time.perf_counter() - t0,
                n_train=len(tr), n_val=len(val))
+    if device == "cuda":
+        out["gpu_peak_gb"] = _gpu_gb(device)
+    else:
+        out.pop("gpu_fit_gb", None)
     print(json.dumps(out))
 
 
 # --- parent -----------------------------------------------------------------------------------
-def run_child(tool, mode, path, epochs, threads, split_path, shipped=False, decoder_output="softplus"):
+def _card(device):
+    """``": <GPU name>"`` on cuda (the parent's view of the card both children use), else ``""``."""
+    if device != "cuda":
+        return ""
+    import torch
+
+    return f": {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ": no CUDA device visible"
+
+
+def run_child(tool, mode, path, epochs, threads, split_path, shipped=False, decoder_output="softplus",
+              device="cpu"):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if mode == "backed":
         for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
             env.pop(k, None)
     cmd = ["nice", "-n", "5", sys.executable, __file__, "--threads", str(threads), "--epochs", str(epochs),
-           "--child", tool, mode, str(path), str(split_path), "--decoder-output", decoder_output] + (
+           "--child", tool, mode, str(path), str(split_path), "--decoder-output", decoder_output,
+           "--device", device] + (
                ["--shipped"] if shipped else [])
     before = loadavg()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -248,10 +283,11 @@ def run_child(tool, mode, path, epochs, threads, split_path, shipped=False, deco
 
 
 def fmt(tool, r):
+    gpu = (f"peak GPU {r['gpu_peak_gb']:.2f} GB (fit {r['gpu_fit_gb']:.2f}) " if "gpu_peak_gb" in r else "")
     return (f"{tool:<14} {r['wall']:8.2f} s/epoch (CPU {r['cpu']:7.2f}; steps {r['steps']:.2f} s over "
             f"{r['n_steps']:.0f}, validation {r['val']:.2f}, rest {r['wall'] - r['steps'] - r['val']:.2f}) "
             f"peak RSS {r['rss_gb']:.2f} GB (open {r['open_gb']:.2f}, fit {r.get('rss_fit_gb', float('nan')):.2f}) held-out ELBO {r['elbo']:.2f} "
-            f"reconstruction {r['rec']:.2f} nats/cell [load {r['load_before']} -> {r['load_after']}]")
+            f"reconstruction {r['rec']:.2f} nats/cell {gpu}[load {r['load_before']} -> {r['load_after']}]")
 
 
 def compare(label, ours, ref):
@@ -264,7 +300,10 @@ def compare(label, ours, ref):
           f"{'met' if ok['time'] else 'MISSED'}] | held-out ELBO {ours['elbo']:.2f} vs {ref['elbo']:.2f}, "
           f"{100 * gap:+.2f} % [target >= -0.5 %: {'met' if ok['elbo'] else 'MISSED'}] | peak RSS "
           f"{ours['rss_gb']:.2f} vs {ref['rss_gb']:.2f} GB, {rss:.2f}x [target <= 1.00: "
-          f"{'met' if ok['rss'] else 'MISSED'}]", flush=True)
+          f"{'met' if ok['rss'] else 'MISSED'}]"
+          + (f" | peak GPU {ours['gpu_peak_gb']:.2f} vs {ref['gpu_peak_gb']:.2f} GB, "
+             f"{ours['gpu_peak_gb'] / ref['gpu_peak_gb']:.2f}x" if "gpu_peak_gb" in ours and "gpu_peak_gb" in ref
+             else ""), flush=True)
     return ratio, gap, rss, ok
 
 
@@ -280,12 +319,15 @@ def main(argv=None):
     ap.add_argument("--decoder-output", default="softplus", choices=["softplus", "softmax"],
                     help="scnotes' decoder output: its default softplus, or scvi-tools' softmax profile")
     ap.add_argument("--ldvae", action="store_true", help="also LDVAE vs LinearSCVI (memory)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="train both tools on the CPU or the GPU (scnotes device='cuda', scvi-tools "
+                         "accelerator='gpu'); on cuda each line also gives the peak GPU memory")
     ap.add_argument("--no-small", dest="small", action="store_false")
     ap.add_argument("--small-epochs", type=int, default=40)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        return _child(*a.child[:3], a.epochs, a.threads, a.child[3], a.shipped, a.decoder_output)
+        return _child(*a.child[:3], a.epochs, a.threads, a.child[3], a.shipped, a.decoder_output, a.device)
     # Without --out-dir the files live in a temporary directory removed at the end.
     out = Path(a.out_dir or tempfile.mkdtemp(prefix="scnotes_scvi_scale_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +335,7 @@ def main(argv=None):
     print(f"bench_scvi_scale: {os.cpu_count()} CPUs, {a.threads} torch thread(s) per fit, nice 5, "
           f"MALLOC thresholds {'set' if 'MALLOC_MMAP_THRESHOLD_' in os.environ else 'default'} (memory fits), "
           f"{a.epochs} epochs, batch 128, {'tl.nbvae as shipped' if a.shipped else 'matched architecture'}, "
-          f"scnotes decoder output {a.decoder_output}",
+          f"scnotes decoder output {a.decoder_output}, device {a.device}{_card(a.device)}",
           flush=True)
     summary = []
     for n in a.sizes:
@@ -306,8 +348,9 @@ def main(argv=None):
         if a.ldvae:
             pairs.append(("scnotes-ldvae", "scvi-ldvae", "memory"))
         for ours_tool, ref_tool, mode in pairs:
-            ours = run_child(ours_tool, mode, path, a.epochs, a.threads, sp_path, a.shipped, a.decoder_output)
-            ref = run_child(ref_tool, mode, path, a.epochs, a.threads, sp_path)
+            ours = run_child(ours_tool, mode, path, a.epochs, a.threads, sp_path, a.shipped, a.decoder_output,
+                             a.device)
+            ref = run_child(ref_tool, mode, path, a.epochs, a.threads, sp_path, device=a.device)
             for tool, r in ((ours_tool, ours), (ref_tool, ref)):
                 if r is not None:
                     print(f"  {n:>8} {mode:>6} {fmt(tool, r)}", flush=True)
@@ -317,8 +360,10 @@ def main(argv=None):
                                   enumerate(zip(ours["curve"], ref["curve"]))), flush=True)
             if ours is not None and ref is not None:
                 ratio, gap, rss, ok = compare(f"{n} {mode} {ours_tool} / {ref_tool}", ours, ref)
+                gpu = (f", GPU memory {ours['gpu_peak_gb'] / ref['gpu_peak_gb']:.2f}x" if "gpu_peak_gb" in ours
+                       and "gpu_peak_gb" in ref else "")
                 summary.append(f"{n} {mode}{' LDVAE' if 'ldvae' in ours_tool else ''}: {ratio:.2f}x s/epoch "
-                               f"(CPU {ours['cpu'] / ref['cpu']:.2f}x), ELBO {100 * gap:+.2f} %, RSS {rss:.2f}x "
+                               f"(CPU {ours['cpu'] / ref['cpu']:.2f}x), ELBO {100 * gap:+.2f} %, RSS {rss:.2f}x{gpu} "
                                f"({'all met' if all(ok.values()) else 'missed: ' + ', '.join(k for k, v in ok.items() if not v)})")
     if a.small:
         # The step's cost at 5 minibatches per epoch against the same model's on a file 20x as
@@ -334,7 +379,7 @@ def main(argv=None):
         for tool in (ours_name, "scvi"):
             for n_small, ep in ((600, a.small_epochs), (12000, 2)):
                 r = run_child(tool, "memory", files[n_small], ep, a.threads, out / f"split_{n_small}x1000.npz",
-                              a.shipped, a.decoder_output)
+                              a.shipped, a.decoder_output, a.device)
                 if r is None:
                     continue
                 res[tool, n_small] = r
@@ -350,7 +395,7 @@ def main(argv=None):
                            f"ms/step all included ({per[ours_name, 600] / per['scvi', 600]:.2f}x), "
                            f"{per[ours_name, 600] / per[ours_name, 12000]:.2f}x its step at 12000 cells "
                            f"(scvi-tools {per['scvi', 600] / per['scvi', 12000]:.2f}x)")
-    print(f"SUMMARY bench_scvi_scale ({a.threads} thread(s), {a.epochs} epochs, scnotes / scvi-tools 1.4.2; "
+    print(f"SUMMARY bench_scvi_scale ({a.device}{_card(a.device)}, {a.threads} thread(s), {a.epochs} epochs, scnotes / scvi-tools 1.4.2; "
           f"targets <= 1.00x, ELBO >= -0.5 %, RSS <= 1.00x): " + "; ".join(summary), flush=True)
     if a.out_dir is None:
         shutil.rmtree(out, ignore_errors=True)
