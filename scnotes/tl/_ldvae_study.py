@@ -10,6 +10,7 @@ comparisons (``tl.loading_agreement``): an experiment over models, not a model.
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from .. import metrics
 from .._checks import key_error
 from ._loadings import loading_agreement
 from ._scvi_ref import held_out_scores, linear_scvi
+from ..vae import LDVAE
 from ._vae import ldvae
 
 __all__ = [
@@ -72,15 +74,17 @@ def _scvi_row(adata, labels, model, layer, mll_samples, settings):
 
 
 def ldvae_vs_scvi(adata, labels, *, layer: str | None = None, run_scvi: bool = True, mll_samples: int = 1000,
-                  n_latent: int = 10, batch_key: str | None = None, max_epochs: int = 250, lr: float = 5e-3,
-                  batch_size: int = 128, library: str = "observed", seed: int = 0):
+                  n_latent: int = 10, batch_key: str | None = None, max_epochs: int | None = None,
+                  lr: float | None = None, batch_size: int | None = None, library: str = "observed", seed: int = 0):
     """Fit scnotes' LDVAE (``tl.ldvae``, latent means in ``adata.obsm["X_ldvae"]``) and, with
     ``run_scvi``, scvi-tools' ``LinearSCVI`` on the same training and validation cells and
     settings (:func:`linear_scvi`); one row of the key table per tool.
 
     ``adata``: n_cells × n_genes raw counts in ``layers[layer]`` (``None``: ``X``);
     ``labels``: n_cells reference labels for :func:`leiden_scores`. The other keywords are
-    both tools' settings (Svensson et al. 2020's LDVAE; ``library`` as :func:`linear_scvi`).
+    both tools' settings (Svensson et al. 2020's LDVAE; ``library`` as :func:`linear_scvi`);
+    ``max_epochs``, ``lr``, ``batch_size`` None: :meth:`scnotes.vae.LDVAE.fit`'s defaults, so
+    the comparison trains as ``tl.ldvae`` does.
 
     Returns ``(model, vmodel, bdata, table)``: the LDVAE; scvi-tools' model and registered
     copy (None without ``run_scvi``); a DataFrame indexed by ``tool`` ("scnotes",
@@ -93,8 +97,10 @@ def ldvae_vs_scvi(adata, labels, *, layer: str | None = None, run_scvi: bool = T
     Raises as ``tl.ldvae``, :func:`held_out_scores` and :func:`linear_scvi` (ImportError
     when ``run_scvi`` and scvi-tools is missing).
     """
-    settings = {"n_latent": n_latent, "batch_key": batch_key, "max_epochs": max_epochs, "lr": lr,
-                "batch_size": batch_size, "library": library, "seed": seed}
+    fit_defaults = inspect.signature(LDVAE.fit).parameters  # one source: the model's own defaults
+    given = {"max_epochs": max_epochs, "lr": lr, "batch_size": batch_size}
+    settings = {"n_latent": n_latent, "batch_key": batch_key, "library": library, "seed": seed,
+                **{k: fit_defaults[k].default if v is None else v for k, v in given.items()}}
     model, row = _scnotes_row(adata, labels, layer, mll_samples, settings)
     rows, vmodel, bdata = {"scnotes": row}, None, None
     if run_scvi:
