@@ -20,7 +20,6 @@ from .. import metrics
 from .._checks import key_error
 from ._loadings import loading_agreement
 from ._scvi_ref import held_out_scores, linear_scvi
-from ..vae import LDVAE
 from ._vae import ldvae
 
 __all__ = [
@@ -97,6 +96,8 @@ def ldvae_vs_scvi(adata, labels, *, layer: str | None = None, run_scvi: bool = T
     Raises as ``tl.ldvae``, :func:`held_out_scores` and :func:`linear_scvi` (ImportError
     when ``run_scvi`` and scvi-tools is missing).
     """
+    from ..vae import LDVAE  # lazily, as the fronts import their models
+
     fit_defaults = inspect.signature(LDVAE.fit).parameters  # one source: the model's own defaults
     given = {"max_epochs": max_epochs, "lr": lr, "batch_size": batch_size}
     settings = {"n_latent": n_latent, "batch_key": batch_key, "library": library, "seed": seed,
